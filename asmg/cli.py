@@ -1,0 +1,24 @@
+"""The ``asmg`` command. Each group lives beside the code it drives; heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import typer
+
+from asmg.cli_datasets import app as datasets_app
+from asmg.cli_experiment import register as register_experiment
+from producers.cli import register as register_producers
+from streams.cli import register as register_streams
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.add_typer(datasets_app, name="datasets", help="Download and inspect datasets.")
+register_experiment(app)
+register_streams(app)
+register_producers(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""MovieLens loaders: 100K (u.data + u.item genres), 1M/10M (``::`` files), 20M/25M/latest (csv).
+
+Explicit ratings: label = 1 if rating >= 4 else 0, genres are the item's categories.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from asmg.data.log import DataError, InteractionLog, make_log, stable_ids
+
+POSITIVE_RATING = 4.0
+ML100K_GENRES = 19
+
+
+def _require(path: Path, hint: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; {hint}")
+    return path
+
+
+def _read_table(path: Path, sep: str, names: list[str], **kwargs) -> pd.DataFrame:
+    """Read a delimited file; malformed rows become a DataError naming the file and line."""
+    try:
+        frame = pd.read_csv(path, sep=sep, names=names, header=None, engine="c" if len(sep) == 1 else "python",
+                            **kwargs)
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot parse ({exc}); expected {len(names)} fields {names} per line") from exc
+    _check_numeric(frame, path, [c for c in names if c in ("user_id", "item_id", "rating", "ts")])
+    return frame
+
+
+def _check_numeric(frame: pd.DataFrame, path: Path, columns: list[str], header_lines: int = 0) -> None:
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna().to_numpy()
+        if bad.any():
+            line = int(np.flatnonzero(bad)[0]) + 1 + header_lines
+            raise DataError(
+                f"{path}: line {line}: column '{column}' has {frame[column].iloc[line - 1 - header_lines]!r}; "
+                "expected a number"
+            )
+        frame[column] = values
+
+
+def _explicit_events(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": frame["user_id"].astype("int64"),
+        "item_id": frame["item_id"].astype("int64"),
+        "ts": frame["ts"].astype("int64"),
+        "label": (frame["rating"].astype("float32") >= POSITIVE_RATING).astype("float32"),
+    })
+
+
+def load_ml100k(data_dir: str | Path) -> InteractionLog:
+    root = Path(data_dir)
+    hint = "point --data-dir at the unpacked ml-100k folder (see `asmg datasets download ml-100k`)"
+    ratings = _read_table(_require(root / "u.data", hint), "\t", ["user_id", "item_id", "rating", "ts"])
+    items = pd.read_csv(_require(root / "u.item", hint), sep="|", header=None, encoding="latin-1")
+    if items.shape[1] != 5 + ML100K_GENRES:
+        raise DataError(f"{root / 'u.item'}: {items.shape[1]} fields per line; expected {5 + ML100K_GENRES} "
+                        "(id|title|release|video release|url|19 genre flags)")
+    flags = items.iloc[:, 5:].to_numpy(dtype=np.int8)
+    item_idx, genre = np.nonzero(flags)
+    categories = pd.DataFrame({"item_id": items.iloc[item_idx, 0].to_numpy(np.int64), "category_id": genre})
+    return make_log("ml-100k", _explicit_events(ratings), categories, implicit=False)
+
+
+def _split_genres(items: pd.DataFrame) -> pd.DataFrame:
+    genres = items[["item_id", "genres"]].assign(genre=items["genres"].astype(str).str.split("|")).explode("genre")
+    genres = genres[genres["genre"].notna() & (genres["genre"] != "(no genres listed)")]
+    return pd.DataFrame({"item_id": genres["item_id"].astype("int64"),
+                         "category_id": stable_ids(genres["genre"].reset_index(drop=True)).to_numpy()})
+
+
+def load_ml_colon(data_dir: str | Path, name: str) -> InteractionLog:
+    """MovieLens 1M and 10M: ratings.dat and movies.dat with ``::`` separators."""
+    root = Path(data_dir)
+    hint = f"point --data-dir at the unpacked {name} folder"
+    ratings = _read_table(_require(root / "ratings.dat", hint), "::", ["user_id", "item_id", "rating", "ts"])
+    movies = pd.read_csv(_require(root / "movies.dat", hint), sep="::", engine="python", header=None,
+                         names=["item_id", "title", "genres"], encoding="latin-1")
+    return make_log(name, _explicit_events(ratings), _split_genres(movies), implicit=False)
+
+
+def load_ml_csv(data_dir: str | Path, name: str) -> InteractionLog:
+    """MovieLens 20M, 25M and latest: ratings.csv and movies.csv with headers."""
+    root = Path(data_dir)
+    hint = f"point --data-dir at the unpacked {name} folder"
+    ratings = pd.read_csv(_require(root / "ratings.csv", hint))
+    expected = {"userId", "movieId", "rating", "timestamp"}
+    if not expected <= set(ratings.columns):
+        raise DataError(f"{root / 'ratings.csv'}: header has {list(ratings.columns)}; expected {sorted(expected)}")
+    ratings = ratings.rename(columns={"userId": "user_id", "movieId": "item_id", "timestamp": "ts"})
+    _check_numeric(ratings, root / "ratings.csv", ["user_id", "item_id", "rating", "ts"], header_lines=1)
+    movies = pd.read_csv(_require(root / "movies.csv", hint)).rename(columns={"movieId": "item_id"})
+    return make_log(name, _explicit_events(ratings), _split_genres(movies), implicit=False)
