@@ -10,40 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from asmg.data._io import check_numeric as _check_numeric
+from asmg.data._io import read_table as _read_table
+from asmg.data._io import require as _require
 from asmg.data.log import DataError, InteractionLog, make_log, stable_ids
 
 POSITIVE_RATING = 4.0
 ML100K_GENRES = 19
-
-
-def _require(path: Path, hint: str) -> Path:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; {hint}")
-    return path
-
-
-def _read_table(path: Path, sep: str, names: list[str], **kwargs) -> pd.DataFrame:
-    """Read a delimited file; malformed rows become a DataError naming the file and line."""
-    try:
-        frame = pd.read_csv(path, sep=sep, names=names, header=None, engine="c" if len(sep) == 1 else "python",
-                            **kwargs)
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot parse ({exc}); expected {len(names)} fields {names} per line") from exc
-    _check_numeric(frame, path, [c for c in names if c in ("user_id", "item_id", "rating", "ts")])
-    return frame
-
-
-def _check_numeric(frame: pd.DataFrame, path: Path, columns: list[str], header_lines: int = 0) -> None:
-    for column in columns:
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = values.isna().to_numpy()
-        if bad.any():
-            line = int(np.flatnonzero(bad)[0]) + 1 + header_lines
-            raise DataError(
-                f"{path}: line {line}: column '{column}' has {frame[column].iloc[line - 1 - header_lines]!r}; "
-                "expected a number"
-            )
-        frame[column] = values
 
 
 def _explicit_events(frame: pd.DataFrame) -> pd.DataFrame:

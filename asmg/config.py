@@ -1,0 +1,83 @@
+"""Hyper-parameters in one typed place. CLI flags and env vars (ASMG_<FLAG>) map onto these fields."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+
+EMBEDDING_DIM = 8
+HIDDEN_LAYERS = (20, 10)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Base-model training (IU, BU, pretraining). Authors: Adam, batch 1024, 1 epoch, 10 to pretrain."""
+
+    lr: float = 1e-3
+    batch_size: int = 1024
+    epochs: int = 1
+    pretrain_epochs: int = 10
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The meta generator. Authors: k = 3, hidden 4, lr 1e-2, linear step weights, 1 epoch.
+
+    ``output`` = "direct" is the paper's y = h w + b; "residual" adds the window's last input to it
+    (zero-initialised output layer, so a fresh generator reproduces IU exactly).
+    """
+
+    k: int = 3
+    hidden: int = 4
+    lr: float = 1e-2
+    epochs: int = 1
+    batch_size: int = 1024
+    output: Literal["direct", "residual"] = "direct"
+    row_gather: bool = True
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """The paper's protocol: pretrain on 1..10, update on 11..30, report tests on D_25..D_31."""
+
+    n_periods: int = 31
+    pretrain_periods: int = 10
+    first_test_period: int = 25
+    split: str = "equal"  # "equal" (N equal-count periods) or a pandas frequency such as "1D"
+    history_len: int = 30
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    seed: int = 0
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(train=TrainConfig(**data["train"]), meta=MetaConfig(**data["meta"]),
+                   protocol=ProtocolConfig(**data["protocol"]), seed=data["seed"], device=data["device"])
+
+    def with_seed(self, seed: int) -> RunConfig:
+        return replace(self, seed=seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """CUDA when torch sees it, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seeded(seed: int, period: int, purpose: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator that depends only on (seed, period, purpose): reruns and restarts repeat exactly."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + period * 1_009 + purpose) % (2**63 - 1))
+    return gen

@@ -1,0 +1,111 @@
+"""Meta generators: map the sequence of recent base models to the model served next.
+
+Every scalar coordinate of the base model is a time series. A parameter is viewed as a matrix
+[rows, coords]: an embedding table [N, d] has N rows that share the GRU weights of their dimension d;
+an MLP tensor is one row whose every coordinate has its own GRU weights. Generators only ever see the
+rows handed to them, so training can work on the rows a batch touches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from asmg.model import EMBEDDINGS, Params
+
+GATES = 3  # update z, reset r, candidate g
+
+
+def as_rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """[rows, coords] view of a parameter."""
+    return tensor if name in EMBEDDINGS else tensor.reshape(1, -1)
+
+
+def from_rows(name: str, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    return rows if name in EMBEDDINGS else rows.reshape(shape)
+
+
+def coords_of(name: str, shape: tuple[int, ...]) -> int:
+    return shape[1] if name in EMBEDDINGS else math.prod(shape)
+
+
+class CoordinateGRU(nn.Module):
+    """z = s(x u_z + h W_z), r = s(x u_r + h W_r), g = tanh(x u_g + (r h) W_g), h' = (1-z) h + z g,
+    y = h' w_hy + b_y (+ x when residual). Weights per coordinate: u [c, H], W [c, H, H], w_hy [c, H]."""
+
+    def __init__(self, coords: int, hidden: int, residual: bool, gen: torch.Generator) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(hidden)
+
+        def uniform(*shape: int) -> nn.Parameter:
+            return nn.Parameter((torch.rand(*shape, generator=gen) * 2 - 1) * bound)
+
+        self.hidden = hidden
+        self.residual = residual
+        self.u = uniform(GATES, coords, hidden)
+        self.w = uniform(GATES, coords, hidden, hidden)
+        self.w_hy = nn.Parameter(torch.zeros(coords, hidden)) if residual else uniform(coords, hidden)
+        self.b_y = nn.Parameter(torch.zeros(coords))
+
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [R, c], h [R, c, H] -> (y [R, c], h' [R, c, H])."""
+        xu = x.unsqueeze(-1) * self.u.unsqueeze(1)  # [3, R, c, H]
+        z = torch.sigmoid(xu[0] + torch.einsum("rch,chk->rck", h, self.w[0]))
+        r = torch.sigmoid(xu[1] + torch.einsum("rch,chk->rck", h, self.w[1]))
+        g = torch.tanh(xu[2] + torch.einsum("rch,chk->rck", r * h, self.w[2]))
+        h_next = (1 - z) * h + z * g
+        y = (h_next * self.w_hy).sum(-1) + self.b_y
+        return (y + x if self.residual else y), h_next
+
+
+class GruGenerator(nn.Module):
+    """One CoordinateGRU per base-model parameter."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], hidden: int, residual: bool,
+                 gen: torch.Generator) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.names = list(shapes)
+        self.cells = nn.ModuleDict({_key(n): CoordinateGRU(coords_of(n, s), hidden, residual, gen)
+                                    for n, s in shapes.items()})
+
+    def zero_state(self, params: Params) -> dict[str, torch.Tensor]:
+        return {n: params[n].new_zeros(*as_rows(n, params[n]).shape, self.hidden) for n in self.names}
+
+    def run(self, inputs: dict[str, list[torch.Tensor]], h0: dict[str, torch.Tensor]
+            ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """inputs[name] = one [R, c] tensor per step. Returns every step's outputs and h after step one."""
+        steps = len(next(iter(inputs.values())))
+        outputs: list[dict[str, torch.Tensor]] = [{} for _ in range(steps)]
+        first: dict[str, torch.Tensor] = {}
+        for name, xs in inputs.items():
+            cell, h = self.cells[_key(name)], h0[name]
+            for i, x in enumerate(xs):
+                outputs[i][name], h = cell.step(x, h)
+                if i == 0:
+                    first[name] = h
+        return outputs, first
+
+
+class LinearGenerator(nn.Module):
+    """ASMG-Linear: theta* = sum_i alpha_i theta_i over the window (alphas start uniform)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((k,), 1.0 / k))
+
+    def zero_state(self, params: Params) -> dict[str, torch.Tensor]:
+        return {}
+
+    def run(self, inputs: dict[str, list[torch.Tensor]], h0: dict[str, torch.Tensor]
+            ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        steps = len(next(iter(inputs.values())))
+        alpha = self.alpha[-steps:]
+        last = {name: sum(a * x for a, x in zip(alpha, xs, strict=True)) for name, xs in inputs.items()}
+        return [{} for _ in range(steps - 1)] + [last], {}
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")

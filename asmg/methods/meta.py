@@ -1,0 +1,197 @@
+"""ASMG: a meta generator turns the last k incrementally updated models into the served model.
+
+Per period t (D_t just arrived; the window holds theta_{t-k}..theta_{t-1} and the hidden state the
+generator had just before theta_{t-k}):
+1. train the generator: the output at window step i is trained on the period that followed model i
+   (``multi``: every step, weights i / sum(1..k); ``unif``: equal weights; ``single``: last step only);
+2. IU: theta_t = train(theta_{t-1}, D_t);
+3. one full pass over [theta_{t-k}, .., theta_t] from the saved hidden state: the hidden state after
+   the first step is kept for the next period (truncation with memory), the last output is served.
+``zero`` starts every window from a zero state; ``full`` never truncates (whole sequence, zero start).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from asmg.batches import BatchMaker, PeriodTensors
+from asmg.config import RunConfig, seeded
+from asmg.generator import GruGenerator, LinearGenerator, as_rows, from_rows
+from asmg.methods.base import State, UpdateMethod, pack, pack_periods, unpack, unpack_periods
+from asmg.model import EMBEDDINGS, Batch, Params, compact_batch, loss, serving_copy, table_sizes
+from asmg.train import train_base
+
+Variant = Literal["multi", "single", "unif", "zero", "full", "linear"]
+GENERATOR_INIT_PURPOSE = 23
+META_SHUFFLE_PURPOSE = 29
+
+
+class AsmgMethod(UpdateMethod):
+    def __init__(self, cfg: RunConfig, device: torch.device, variant: Variant) -> None:
+        super().__init__(cfg, device)
+        self.variant = variant
+        self.name = "asmg-linear" if variant == "linear" else f"asmg-gru-{variant}"
+        self.models: list[Params] = []  # the window; models[j] is followed by periods[j]
+        self.periods: list[PeriodTensors] = []
+        self.hidden: dict[str, torch.Tensor] = {}
+        self.generated: Params = {}
+        self.generator: GruGenerator | LinearGenerator | None = None
+        self.meta_steps = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, pretrained: Params) -> None:
+        super().start(pretrained)
+        meta = self.cfg.meta
+        gen = seeded(self.cfg.seed, 0, GENERATOR_INIT_PURPOSE)
+        if self.variant == "linear":
+            self.generator = LinearGenerator(meta.k).to(self.device)
+        else:
+            shapes = {n: tuple(t.shape) for n, t in self.base.items()}
+            self.generator = GruGenerator(shapes, meta.hidden, meta.output == "residual", gen).to(self.device)
+        self.models = [self.base]
+        self.periods = []
+        self.hidden = self.generator.zero_state(self.base)
+        self.generated = self.base
+
+    def grow(self, sizes: dict[str, int], gen: torch.Generator) -> Params:
+        """New rows: every stored model gets the same initial values; their hidden state starts at zero."""
+        added = super().grow(sizes, gen)
+        if not added:
+            return added
+        older = [{**m, **{n: torch.cat([m[n], rows]) for n, rows in added.items()}} for m in self.models[:-1]]
+        self.models = [*older, self.base]
+        for name, rows in added.items():
+            if name in self.hidden:
+                h = self.hidden[name]
+                self.hidden[name] = torch.cat([h, h.new_zeros(rows.shape[0], *h.shape[1:])])
+        return added
+
+    def update(self, data: PeriodTensors, item_cats: np.ndarray) -> None:
+        data = data.to(self.device)
+        self.periods.append(data)
+        self.train_generator(item_cats)
+        self.base = train_base(self.base, data, item_cats, self.cfg.train, self.cfg.seed, device=self.device)
+        self.models.append(self.base)
+        self.generated = self.generate()
+
+    def serving(self) -> Params:
+        return serving_copy(self.generated)
+
+    # -- the generator -------------------------------------------------------------------------------
+    def step_weights(self, steps: int) -> list[float]:
+        if self.variant in ("single", "linear"):
+            return [0.0] * (steps - 1) + [1.0]
+        if self.variant == "unif":
+            return [1.0 / steps] * steps
+        total = steps * (steps + 1) / 2
+        return [(i + 1) / total for i in range(steps)]
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        if self.variant in ("zero", "full"):
+            return self.generator.zero_state(self.base)
+        return self.hidden
+
+    def train_generator(self, item_cats: np.ndarray) -> None:
+        """Adam on the generator; each step sees one batch of every period its window step is trained on."""
+        meta, steps = self.cfg.meta, len(self.models)
+        weights = self.step_weights(steps)
+        active = [i for i, w in enumerate(weights) if w > 0]
+        optimiser = torch.optim.Adam(self.generator.parameters(), lr=meta.lr)
+        maker = BatchMaker(item_cats, table_sizes(self.base), self.device)
+        newest = self.periods[-1]
+        iterations = math.ceil(len(newest) / meta.batch_size)
+        h0 = self.initial_state()
+        for epoch in range(meta.epochs):
+            orders = {i: torch.randperm(len(self.periods[i]), generator=seeded(
+                self.cfg.seed, newest.period, META_SHUFFLE_PURPOSE + 100 * epoch + i)) for i in active}
+            for it in range(iterations):
+                batches = {i: maker.batch(self.periods[i], _cycle(orders[i], it, meta.batch_size).to(self.device))
+                           for i in active}
+                optimiser.zero_grad(set_to_none=True)
+                self.meta_loss(batches, weights, h0).backward()
+                optimiser.step()
+                self.meta_steps += 1
+
+    def meta_loss(self, batches: dict[int, Batch], weights: list[float], h0: dict[str, torch.Tensor]
+                  ) -> torch.Tensor:
+        """sum_i w_i * loss(generated model at step i, batch i), generating only the rows the batches use
+        (or every row when ``row_gather`` is off, as the authors' code did)."""
+        if self.cfg.meta.row_gather:
+            rows, local = _compact_all(batches)
+        else:
+            rows, local = None, batches
+        inputs, state = {}, {}
+        for name in self.base:
+            pick = rows.get(name) if rows is not None else None
+            inputs[name] = [as_rows(name, m[name])[pick] if pick is not None else as_rows(name, m[name])
+                            for m in self.models]
+            if name in h0:
+                state[name] = h0[name][pick] if pick is not None else h0[name]
+        outputs, _ = self.generator.run(inputs, state)
+        total = torch.zeros((), device=self.device)
+        for i, batch in local.items():
+            params = {n: from_rows(n, outputs[i][n], self.base[n].shape) for n in self.base}
+            total = total + weights[i] * loss(params, batch)
+        return total
+
+    @torch.no_grad()
+    def generate(self) -> Params:
+        """Full pass over every row: the served model and, when the window slides, the next hidden state."""
+        k = self.cfg.meta.k
+        inputs = {n: [as_rows(n, m[n]) for m in self.models] for n in self.base}
+        outputs, first = self.generator.run(inputs, self.initial_state())
+        if self.variant != "full" and len(self.models) > k:
+            if self.variant not in ("zero", "linear"):
+                self.hidden = first
+            self.models = self.models[1:]
+            self.periods = self.periods[1:]
+        if self.variant == "linear":
+            # the serving combination uses the newest k models only
+            outputs, _ = self.generator.run({n: [as_rows(n, m[n]) for m in self.models] for n in self.base}, {})
+        return {n: from_rows(n, outputs[-1][n], self.base[n].shape).detach() for n in self.base}
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state(self) -> tuple[State, dict[str, Any]]:
+        tensors: State = {**pack("base", self.base), **pack("generated", self.generated),
+                          **pack("hidden", self.hidden), **pack_periods("periods", self.periods),
+                          **pack("generator", dict(self.generator.state_dict()))}
+        for j, m in enumerate(self.models):
+            tensors.update(pack(f"models/{j}", m))
+        return tensors, {"models": len(self.models), "periods": len(self.periods), "meta_steps": self.meta_steps}
+
+    def load_state(self, tensors: State, meta: dict[str, Any]) -> None:
+        base = unpack("base", tensors, self.device)
+        self.start(base)
+        self.generator.load_state_dict(unpack("generator", tensors, self.device))
+        self.generated = unpack("generated", tensors, self.device)
+        self.hidden = unpack("hidden", tensors, self.device)
+        self.models = [unpack(f"models/{j}", tensors, self.device) for j in range(meta["models"])]
+        self.periods = unpack_periods("periods", tensors, meta["periods"], self.device)
+        self.meta_steps = meta["meta_steps"]
+
+
+def _cycle(order: torch.Tensor, iteration: int, size: int) -> torch.Tensor:
+    """The iteration-th batch of a shuffled order, wrapping around shorter periods."""
+    idx = (torch.arange(size) + iteration * size) % len(order)
+    return order[idx[: min(size, len(order))]]
+
+
+def _compact_all(batches: dict[int, Batch]) -> tuple[dict[str, torch.Tensor], dict[int, Batch]]:
+    """One shared set of rows for all batches, and each batch re-indexed onto it."""
+    keys = list(batches)
+    fields = Batch.__dataclass_fields__
+    joined = Batch(**{f: torch.cat([getattr(batches[i], f) for i in keys]) for f in fields})
+    rows, local = compact_batch(joined)
+    out, start = {}, 0
+    for i in keys:
+        n = len(batches[i])
+        out[i] = Batch(**{f: getattr(local, f)[start:start + n] for f in fields})
+        start += n
+    return rows, out
+
+
+__all__ = ["EMBEDDINGS", "AsmgMethod"]

@@ -1,0 +1,140 @@
+"""Embedding & MLP base model as a pure function of a name -> tensor dict.
+
+Parameters are addressable by name so a generator can supply any of them, whole or as the few rows
+a batch touches (see :func:`compact_batch`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+
+from asmg.config import EMBEDDING_DIM, HIDDEN_LAYERS, seeded
+
+Params = dict[str, torch.Tensor]
+EMBEDDINGS = {"user_emb": "user", "item_emb": "item", "cat_emb": "category"}
+EMBED_INIT = 0.05
+INIT_PURPOSE = 7
+
+
+def mlp_shapes(dim: int = EMBEDDING_DIM) -> dict[str, tuple[int, ...]]:
+    """[user ; history (item+cats) ; target (item+cats)] = 5*dim -> 20 -> 10 -> 1."""
+    sizes = (5 * dim, *HIDDEN_LAYERS, 1)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        shapes[f"mlp.{layer}.weight"] = (fan_out, fan_in)
+        shapes[f"mlp.{layer}.bias"] = (fan_out,)
+    return shapes
+
+
+def init_rows(n: int, gen: torch.Generator, dim: int = EMBEDDING_DIM) -> torch.Tensor:
+    return (torch.rand(n, dim, generator=gen) * 2 - 1) * EMBED_INIT
+
+
+def init_params(sizes: dict[str, int], seed: int, dim: int = EMBEDDING_DIM) -> Params:
+    """Uniform embeddings (size-independent, so grown rows look like old ones), Glorot MLP, zero bias."""
+    gen = seeded(seed, 0, INIT_PURPOSE)
+    params: Params = {name: init_rows(sizes[kind], gen, dim) for name, kind in EMBEDDINGS.items()}
+    for name, shape in mlp_shapes(dim).items():
+        if name.endswith("bias"):
+            params[name] = torch.zeros(shape)
+        else:
+            limit = math.sqrt(6.0 / sum(shape))
+            params[name] = (torch.rand(shape, generator=gen) * 2 - 1) * limit
+    return params
+
+
+def grow_params(params: Params, sizes: dict[str, int], gen: torch.Generator) -> tuple[Params, Params]:
+    """Append fresh rows for new ids. Returns (grown params, the appended rows per table)."""
+    grown, added = dict(params), {}
+    for name, kind in EMBEDDINGS.items():
+        extra = sizes[kind] - params[name].shape[0]
+        if extra > 0:
+            rows = init_rows(extra, gen, params[name].shape[1]).to(params[name].device)
+            added[name] = rows
+            grown[name] = torch.cat([params[name], rows])
+    return grown, added
+
+
+def table_sizes(params: Params) -> dict[str, int]:
+    return {kind: params[name].shape[0] for name, kind in EMBEDDINGS.items()}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Row indices of one batch. Masks are computed before unknown ids are clamped to row 0."""
+
+    user: torch.Tensor  # [B]
+    item: torch.Tensor  # [B]
+    history: torch.Tensor  # [B, L]
+    history_mask: torch.Tensor  # [B, L] bool
+    item_cats: torch.Tensor  # [B, C]
+    item_cat_mask: torch.Tensor  # [B, C] bool
+    history_cats: torch.Tensor  # [B, L, C]
+    history_cat_mask: torch.Tensor  # [B, L, C] bool
+    label: torch.Tensor  # [B] float
+
+    def __len__(self) -> int:
+        return self.user.shape[0]
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def _item_vectors(params: Params, items: torch.Tensor, cats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[item emb ; mean of its category embs] (zeros when an item has no known category)."""
+    weights = mask.to(params["cat_emb"].dtype)
+    cat_sum = (params["cat_emb"][cats] * weights.unsqueeze(-1)).sum(-2)
+    cat_mean = cat_sum / weights.sum(-1, keepdim=True).clamp(min=1.0)
+    return torch.cat([params["item_emb"][items], cat_mean], dim=-1)
+
+
+def logits(params: Params, batch: Batch) -> torch.Tensor:
+    user = params["user_emb"][batch.user]
+    target = _item_vectors(params, batch.item, batch.item_cats, batch.item_cat_mask)
+    history = _item_vectors(params, batch.history, batch.history_cats, batch.history_cat_mask)
+    weights = batch.history_mask.to(history.dtype).unsqueeze(-1)
+    history = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    hidden = torch.cat([user, history, target], dim=-1)
+    n_layers = len(HIDDEN_LAYERS) + 1
+    for layer in range(n_layers):
+        hidden = F.linear(hidden, params[f"mlp.{layer}.weight"], params[f"mlp.{layer}.bias"])
+        if layer < n_layers - 1:
+            hidden = F.relu(hidden)
+    return hidden.squeeze(-1)
+
+
+def loss(params: Params, batch: Batch) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits(params, batch), batch.label)
+
+
+def compact_batch(batch: Batch) -> tuple[dict[str, torch.Tensor], Batch]:
+    """The rows each table needs for this batch (row 0 always first) and the batch re-indexed onto them."""
+
+    def rows_and_local(*parts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        zero = torch.zeros(1, dtype=parts[0].dtype, device=parts[0].device)
+        flat = torch.cat([zero, *(p.reshape(-1) for p in parts)])
+        rows, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+        out, start = [], 1
+        for p in parts:
+            out.append(inverse[start:start + p.numel()].reshape(p.shape))
+            start += p.numel()
+        return rows, out
+
+    users, (user,) = rows_and_local(batch.user)
+    items, (item, history) = rows_and_local(batch.item, batch.history)
+    cats, (item_cats, history_cats) = rows_and_local(batch.item_cats, batch.history_cats)
+    local = replace(batch, user=user, item=item, history=history, item_cats=item_cats, history_cats=history_cats)
+    return {"user_emb": users, "item_emb": items, "cat_emb": cats}, local
+
+
+def serving_copy(params: Params) -> Params:
+    """Detached copy whose fallback row 0 of users and items is the mean of the known rows."""
+    out = {name: t.detach().clone() for name, t in params.items()}
+    for name in ("user_emb", "item_emb"):
+        if out[name].shape[0] > 1:
+            out[name][0] = out[name][1:].mean(0)
+    return out

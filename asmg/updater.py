@@ -1,0 +1,123 @@
+"""THE per-period update path, shared by the offline runner and the streaming trainer.
+
+For each period, in order: encode its samples (vocabularies grow), test the served model on it,
+grow the method's tables, then let the method update; the first ``pretrain_periods`` periods are
+collected and used once to pretrain the base model every method starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from asmg.batches import PeriodTensors, encode_period
+from asmg.config import RunConfig, resolve_device, seeded
+from asmg.methods import UpdateMethod, make_method
+from asmg.model import Params, init_params
+from asmg.train import evaluate, train_base
+from asmg.vocab import ItemCategories, Vocabularies, Vocabulary
+
+GROW_PURPOSE = 3
+PRETRAIN_PERIOD = 0
+
+
+@dataclass
+class PeriodResult:
+    period: int
+    samples: int
+    metrics: dict[str, float] | None  # the served model tested on this period (None before pretraining)
+    shadow: dict[str, float] | None  # the plain IU model of the same run, where the method has one
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PeriodUpdater:
+    def __init__(self, method: str, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.method: UpdateMethod = make_method(method, cfg, self.device)
+        self.vocabs = Vocabularies()
+        self.pretrain_data: list[PeriodTensors] = []
+        self.started = False
+        self.last_period = 0
+
+    def step(self, period: int, samples: pd.DataFrame, train: bool = True,
+             with_shadow: bool = False) -> PeriodResult:
+        if period <= self.last_period:
+            raise ValueError(f"period {period} arrives after period {self.last_period}; periods must increase")
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+        data = encode_period(samples, self.vocabs, period, self.cfg.protocol.history_len).to(self.device)
+        item_cats = self.vocabs.item_categories.table
+        metrics = shadow = None
+        if self.started:
+            metrics = evaluate(self.method.serving(), data, item_cats)
+            if with_shadow:
+                shadow = evaluate(self.method.incremental(), data, item_cats)
+        seconds["evaluate"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        if not self.started:
+            self.pretrain_data.append(data)
+            if period >= self.cfg.protocol.pretrain_periods:
+                self.method.start(self.pretrain())
+                self.pretrain_data = []
+                self.started = True
+            seconds["pretrain"] = time.perf_counter() - clock
+        elif train:
+            self.method.grow(self.vocabs.sizes(), seeded(self.cfg.seed, period, GROW_PURPOSE))
+            self.method.update(data, item_cats)
+            seconds["update"] = time.perf_counter() - clock
+        self.last_period = period
+        return PeriodResult(period, len(data), metrics, shadow, seconds)
+
+    def pretrain(self) -> Params:
+        params = {n: t.to(self.device) for n, t in init_params(self.vocabs.sizes(), self.cfg.seed).items()}
+        union = PeriodTensors.concat(self.pretrain_data)
+        union = PeriodTensors(PRETRAIN_PERIOD, union.user, union.item, union.history, union.label)
+        return train_base(params, union, self.vocabs.item_categories.table, self.cfg.train, self.cfg.seed,
+                          epochs=self.cfg.train.pretrain_epochs, device=self.device)
+
+    def serving(self) -> Params:
+        return self.method.serving()
+
+    # -- checkpoints: everything needed to continue exactly where this left off ---------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, meta = self.method.state() if self.started else ({}, {})
+        tensors = {f"method/{k}": v for k, v in tensors.items()}
+        tensors["vocab/users"] = torch.from_numpy(self.vocabs.users.ids.copy())
+        tensors["vocab/items"] = torch.from_numpy(self.vocabs.items.ids.copy())
+        tensors["vocab/categories"] = torch.from_numpy(self.vocabs.categories.ids.copy())
+        tensors["vocab/item_categories"] = torch.from_numpy(self.vocabs.item_categories.table.copy())
+        for i, p in enumerate(self.pretrain_data):
+            for f in ("user", "item", "history", "label"):
+                tensors[f"pretrain/{i}/{f}"] = getattr(p, f).contiguous().cpu()
+        info = {"method": self.method.name, "config": self.cfg.to_dict(), "started": self.started,
+                "last_period": self.last_period, "method_meta": meta,
+                "pretrain_periods": [p.period for p in self.pretrain_data]}
+        return tensors, json.loads(json.dumps(info))
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> PeriodUpdater:
+        updater = cls(info["method"], RunConfig.from_dict(info["config"]))
+        vocabs = updater.vocabs
+        vocabs.users = Vocabulary(tensors["vocab/users"].numpy())
+        vocabs.items = Vocabulary(tensors["vocab/items"].numpy())
+        vocabs.categories = Vocabulary(tensors["vocab/categories"].numpy())
+        vocabs.item_categories = ItemCategories(tensors["vocab/item_categories"].numpy().copy())
+        updater.pretrain_data = [
+            PeriodTensors(p, *(tensors[f"pretrain/{i}/{f}"].to(updater.device) for f in ("user", "item", "history",
+                                                                                       "label")))
+            for i, p in enumerate(info["pretrain_periods"])]
+        updater.started = info["started"]
+        updater.last_period = info["last_period"]
+        if updater.started:
+            method_tensors = {k[len("method/"):]: v for k, v in tensors.items() if k.startswith("method/")}
+            updater.method.load_state(method_tensors, info["method_meta"])
+        return updater
