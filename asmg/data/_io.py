@@ -24,6 +24,11 @@ TS_UNITS = ("s", "ms", "us", "ns")
 MS_THRESHOLD = 10**11
 
 
+def shown(value: object) -> str:
+    """repr of a cell for messages: numpy scalars as plain Python values (1.5, not np.float64(1.5))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def require(path: Path, hint: str) -> Path:
     """Return ``path`` if it is a file, else a DataError with a hint on where to get it."""
     if not path.is_file():
@@ -103,7 +108,7 @@ def check_numeric(frame: pd.DataFrame, path: Path, columns: Iterable[str], heade
             row = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{path}: {where(path, offset + row, header_lines)}: column '{column}' has "
-                f"{frame[column].iloc[row]!r}; expected a number"
+                f"{shown(frame[column].iloc[row])}; expected a number"
             )
         frame[column] = values
 
@@ -147,7 +152,7 @@ def to_int_ids(values: pd.Series, path: Path, column: str, header_lines: int = 0
         if not whole.all():
             row = int(np.flatnonzero(~whole)[0])
             raise DataError(f"{path}: {where(path, offset + row, header_lines)}: column '{column}' has "
-                            f"{values.iloc[row]!r}; expected a whole-number or string id")
+                            f"{shown(values.iloc[row])}; expected a whole-number or string id")
         return values.astype("int64")
     return stable_ids(values.astype(str))
 
@@ -185,7 +190,7 @@ def _seconds(parsed: pd.Series, raw: pd.Series, path: Path, column: str, header_
         expected = (f"a time in format {ts_format!r}" if ts_format
                     else "unix seconds/ms or an ISO 8601 datetime")
         raise DataError(f"{path}: {where(path, offset + row, header_lines)}: column '{column}' has "
-                        f"{raw.iloc[row]!r}; expected {expected}")
+                        f"{shown(raw.iloc[row])}; expected {expected}")
     return ((parsed - _EPOCH) // pd.Timedelta(seconds=1)).astype("int64")
 
 

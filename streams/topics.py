@@ -1,0 +1,126 @@
+"""The project's topics, created idempotently with the partitioning and retention the design asks for.
+
+Names share one prefix (default ``asmg.``, env ASMG_TOPIC_PREFIX) so several deployments or test runs
+can share a cluster without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from streams.kafka_config import KafkaSettings
+
+DEFAULT_PREFIX = "asmg."
+DEFAULT_PARTITIONS = 4
+DAY_MS = 24 * 3600 * 1000
+
+
+class TopicError(RuntimeError):
+    """A topic could not be created or has an incompatible existing layout."""
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Topic names derived from one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def from_env(cls) -> TopicNames:
+        return cls(prefix=os.environ.get("ASMG_TOPIC_PREFIX", DEFAULT_PREFIX))
+
+    @property
+    def interactions(self) -> str:
+        return f"{self.prefix}interactions"
+
+    @property
+    def watermarks(self) -> str:
+        return f"{self.prefix}watermarks"
+
+    @property
+    def periods(self) -> str:
+        return f"{self.prefix}periods"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}models"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}dlq"
+
+    def all(self) -> list[str]:
+        return [self.interactions, self.watermarks, self.periods, self.models, self.dlq]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(names: TopicNames, partitions: int = DEFAULT_PARTITIONS,
+                interactions_retention_ms: int = 7 * DAY_MS) -> list[TopicSpec]:
+    """Layout per the design.
+
+    - interactions: many partitions keyed by user; time retention (records carry wall-clock timestamps,
+      not event time, so replaying an old dataset is not deleted on arrival).
+    - watermarks: one partition so one reader sees every partition's progress in order.
+    - periods: one partition, kept forever: the trainer's input, replayed from the start after a crash.
+    - models: one partition, compacted: the latest version record per model name survives.
+    - dlq: refused records with the reason, kept two weeks for inspection.
+    """
+    if partitions < 1:
+        raise TopicError(f"partitions must be >= 1, got {partitions}")
+    return [
+        TopicSpec(names.interactions, partitions,
+                  {"cleanup.policy": "delete", "retention.ms": str(interactions_retention_ms)}),
+        TopicSpec(names.watermarks, 1, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+        TopicSpec(names.periods, 1, {"cleanup.policy": "delete", "retention.ms": "-1"}),
+        TopicSpec(names.models, 1, {"cleanup.policy": "compact", "retention.ms": "-1",
+                                    "min.compaction.lag.ms": "0"}),
+        TopicSpec(names.dlq, 1, {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS)}),
+    ]
+
+
+def ensure_topics(settings: KafkaSettings, names: TopicNames | None = None,
+                  partitions: int = DEFAULT_PARTITIONS, timeout: float = 30.0,
+                  replication_factor: int | None = None) -> dict[str, str]:
+    """Create missing topics; return ``{name: "created" | "exists"}``. Safe to call any number of times.
+
+    The replication factor defaults to min(3, brokers in the cluster): 1 on the local broker.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    names = names or TopicNames.from_env()
+    admin = AdminClient(settings.confluent_config())
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise TopicError(f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:.0f}s: "
+                         f"{exc}") from exc
+    replicas = replication_factor or min(3, max(1, len(metadata.brokers)))
+    specs = topic_specs(names, partitions)
+    result = {spec.name: "exists" for spec in specs if spec.name in metadata.topics}
+    missing = [spec for spec in specs if spec.name not in metadata.topics]
+    if not missing:
+        return result
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replicas, config=s.config)
+         for s in missing],
+        operation_timeout=timeout, request_timeout=timeout,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+            result[name] = "created"
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                result[name] = "exists"  # another process won the race
+            else:
+                raise TopicError(f"cannot create topic {name}: {exc}") from exc
+    return {spec.name: result[spec.name] for spec in specs}

@@ -1,0 +1,83 @@
+"""Shared fixtures: a real Kafka broker for the whole session, and per-test topic names.
+
+Where the broker comes from, first match wins:
+1. KAFKA_BOOTSTRAP_SERVERS (plus the KAFKA_* security variables): an existing cluster;
+2. testcontainers' KafkaContainer when a Docker engine answers (ASMG_TEST_DOCKER=0 skips this);
+3. the project's own local broker (streams/broker.py) on free ports in a temporary folder, reusing the
+   jar cache in .kafka/lib so only the first run downloads from Maven Central.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from streams.kafka_config import KafkaSettings
+from streams.topics import TopicNames
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that use the broker are `kafka` tests even if their author forgot the mark."""
+    for item in items:
+        if {"kafka_bootstrap", "kafka_settings"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
+
+
+def _docker_answers() -> bool:
+    if os.environ.get("ASMG_TEST_DOCKER", "1") == "0":
+        return False
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # no SDK, no socket, no daemon: all mean "no Docker"
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers of a real Kafka broker, up for the whole test session."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        yield external
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        image = os.environ.get("ASMG_TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:7.6.0")
+        with KafkaContainer(image).with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from streams.broker import BrokerConfig, LocalBroker, free_port
+
+    port = free_port()
+    controller_port = free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    broker = LocalBroker(BrokerConfig(home=tmp_path_factory.mktemp("kafka"), port=port,
+                                      controller_port=controller_port, heap="384m"))
+    broker.start(timeout=180, die_with_parent=True)
+    try:
+        yield broker.config.bootstrap
+    finally:
+        gc.collect()  # drop clients left by tests first, so they don't log reconnect failures at exit
+        broker.stop(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+    """Client settings for the session broker (the KAFKA_* security variables apply to external ones)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
+        return KafkaSettings.from_env()
+    return KafkaSettings(bootstrap_servers=kafka_bootstrap)
+
+
+@pytest.fixture
+def topic_names() -> TopicNames:
+    """A fresh topic prefix per test, so tests never read each other's records."""
+    return TopicNames(prefix=f"test-{uuid.uuid4().hex[:10]}.")

@@ -1,0 +1,156 @@
+"""Embedding & MLP, growing vocabularies and the GRU meta generator."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asmg.batches import BatchMaker, encode_period
+from asmg.config import MetaConfig, RunConfig, seeded
+from asmg.generator import CoordinateGRU, GruGenerator
+from asmg.methods.meta import AsmgMethod
+from asmg.model import compact_batch, grow_params, init_params, logits, mlp_shapes
+from asmg.train import train_base
+from asmg.vocab import Vocabularies, Vocabulary
+from tests.helpers import tiny_samples
+
+torch.set_default_dtype(torch.float32)
+
+
+def _encoded(n_events=600):
+    samples = tiny_samples(n_events=n_events)
+    vocabs = Vocabularies()
+    data = encode_period(samples, vocabs, period=1, history_len=30)
+    return samples, vocabs, data
+
+
+def test_parameters_have_the_reference_shapes():
+    params = init_params({"user": 5, "item": 7, "category": 3}, seed=0)
+    assert params["user_emb"].shape == (5, 8) and params["item_emb"].shape == (7, 8)
+    assert params["cat_emb"].shape == (3, 8)
+    assert {n: tuple(s) for n, s in mlp_shapes().items()} == {
+        "mlp.0.weight": (20, 40), "mlp.0.bias": (20,), "mlp.1.weight": (10, 20), "mlp.1.bias": (10,),
+        "mlp.2.weight": (1, 10), "mlp.2.bias": (1,)}
+
+
+def test_forward_equals_a_direct_computation():
+    _, vocabs, data = _encoded()
+    params = init_params(vocabs.sizes(), seed=1)
+    maker = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu"))
+    batch = maker.batch(data, slice(0, 5))
+    out = logits(params, batch)
+    table = vocabs.item_categories.table
+    for b in range(5):
+        def item_vec(i):
+            cats = [c for c in table[i] if c > 0]
+            cat = params["cat_emb"][cats].mean(0) if cats else torch.zeros(8)
+            return torch.cat([params["item_emb"][i], cat])
+        hist = [int(h) for h in data.history[b] if h > 0]
+        hv = torch.stack([item_vec(h) for h in hist]).mean(0) if hist else torch.zeros(16)
+        x = torch.cat([params["user_emb"][data.user[b]], hv, item_vec(int(data.item[b]))])
+        for layer in range(3):
+            x = F.linear(x, params[f"mlp.{layer}.weight"], params[f"mlp.{layer}.bias"])
+            x = F.relu(x) if layer < 2 else x
+        assert out[b].item() == pytest.approx(x.item(), abs=1e-6)
+
+
+def test_vocabulary_grows_without_moving_rows():
+    vocab = Vocabulary()
+    vocab.add(np.array([7, 3, 7, 9]))
+    assert list(vocab.lookup(np.array([7, 3, 9, 4]))) == [1, 2, 3, 0]
+    vocab.add(np.array([4, 3]))
+    assert list(vocab.lookup(np.array([7, 3, 9, 4]))) == [1, 2, 3, 4]
+
+
+def test_grown_tables_keep_existing_rows_and_scores():
+    _, vocabs, data = _encoded()
+    params = init_params(vocabs.sizes(), seed=0)
+    maker = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu"))
+    before = logits(params, maker.batch(data, slice(0, 50)))
+    sizes = {k: v + 5 for k, v in vocabs.sizes().items()}
+    grown, added = grow_params(params, sizes, seeded(0, 2, 3))
+    assert grown["item_emb"].shape[0] == sizes["item"] and added["item_emb"].shape == (5, 8)
+    assert torch.equal(grown["item_emb"][: params["item_emb"].shape[0]], params["item_emb"])
+    assert torch.allclose(logits(grown, maker.batch(data, slice(0, 50))), before)
+
+
+def test_unknown_ids_fall_back_to_row_zero():
+    _, vocabs, data = _encoded()
+    small = {k: max(2, v // 2) for k, v in vocabs.sizes().items()}
+    params = init_params(small, seed=0)
+    batch = BatchMaker(vocabs.item_categories.table, small, torch.device("cpu")).batch(data, slice(0, 200))
+    assert int(batch.user.max()) < small["user"] and int(batch.item.max()) < small["item"]
+    assert torch.isfinite(logits(params, batch)).all()
+
+
+def test_gru_step_equals_direct_computation():
+    gen = torch.Generator().manual_seed(0)
+    cell = CoordinateGRU(coords=3, hidden=4, residual=False, gen=gen)
+    x, h = torch.randn(2, 3), torch.randn(2, 3, 4)
+    y, h_next = cell.step(x, h)
+    sig = torch.sigmoid
+    for r in range(2):
+        for c in range(3):
+            u, w = cell.u[:, c], cell.w[:, c]
+            z = sig(x[r, c] * u[0] + h[r, c] @ w[0])
+            rr = sig(x[r, c] * u[1] + h[r, c] @ w[1])
+            g = torch.tanh(x[r, c] * u[2] + (rr * h[r, c]) @ w[2])
+            hn = (1 - z) * h[r, c] + z * g
+            assert torch.allclose(h_next[r, c], hn, atol=1e-6)
+            assert y[r, c].item() == pytest.approx((hn @ cell.w_hy[c] + cell.b_y[c]).item(), abs=1e-6)
+
+
+def test_residual_generator_starts_as_the_last_input():
+    gen = torch.Generator().manual_seed(0)
+    generator = GruGenerator({"user_emb": (4, 8)}, hidden=4, residual=True, gen=gen)
+    xs = [torch.randn(4, 8) for _ in range(3)]
+    outputs, _ = generator.run({"user_emb": xs}, {"user_emb": torch.zeros(4, 8, 4)})
+    assert torch.equal(outputs[-1]["user_emb"], xs[-1])
+
+
+def _asmg_with_window(row_gather: bool, output="direct"):
+    samples, vocabs, data = _encoded(n_events=900)
+    cfg = RunConfig(meta=MetaConfig(row_gather=row_gather, output=output))
+    method = AsmgMethod(cfg, torch.device("cpu"), "multi")
+    params = init_params(vocabs.sizes(), seed=0)
+    method.start(params)
+    cats = vocabs.item_categories.table
+    later = train_base(params, data, cats, cfg.train, seed=1)
+    method.models = [params, later, train_base(later, data, cats, cfg.train, seed=2)]
+    method.periods = [data, data, data]
+    gen = torch.Generator().manual_seed(5)
+    method.hidden = {n: torch.randn(h.shape, generator=gen) * 0.1 for n, h in method.hidden.items()}
+    maker = BatchMaker(cats, vocabs.sizes(), torch.device("cpu"))
+    batches = {i: maker.batch(data, torch.arange(i * 100, i * 100 + 128)) for i in range(3)}
+    return method, batches
+
+
+@pytest.mark.parametrize("output", ["direct", "residual"])
+def test_row_gather_equals_full_table_loss_and_gradients(output):
+    results = []
+    for row_gather in (True, False):
+        method, batches = _asmg_with_window(row_gather, output)
+        torch.manual_seed(0)
+        for p in method.generator.parameters():  # non-trivial output layer in both cases
+            torch.nn.init.uniform_(p, -0.3, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+        loss = method.meta_loss(batches, method.step_weights(3), method.initial_state())
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in method.generator.named_parameters()}))
+    (loss_rows, grads_rows), (loss_full, grads_full) = results
+    assert math.isfinite(loss_rows)
+    assert loss_rows == pytest.approx(loss_full, abs=1e-5)
+    for name, grad in grads_full.items():
+        assert torch.allclose(grads_rows[name], grad, atol=1e-5), name
+    assert any(g.abs().sum() > 0 for g in grads_full.values())
+
+
+def test_compact_batch_keeps_row_zero_first():
+    _, vocabs, data = _encoded()
+    batch = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu")).batch(data, slice(0, 64))
+    rows, local = compact_batch(batch)
+    for name in rows:
+        assert rows[name][0] == 0
+    assert torch.equal(rows["item_emb"][local.item], batch.item)
+    assert torch.equal(rows["cat_emb"][local.history_cats], batch.history_cats)
