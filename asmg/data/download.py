@@ -124,7 +124,6 @@ def _unpack(archive: Path, staging: Path, dataset: Dataset) -> None:
         if archive.name in dataset.files:  # the archive is itself the dataset file (e.g. Sobazaar's .csv.gz)
             if name.endswith(".gz"):
                 _check_gzip(archive)
-            staging.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(archive, staging / archive.name)
         elif name.endswith(".zip"):
             _extract_zip(archive, staging)
@@ -190,6 +189,7 @@ def install_archive(archive_path: str | Path, dest: str | Path, dataset: str, fo
     staging = dest / f".{info.folder}.unpacking"
     shutil.rmtree(staging, ignore_errors=True)
     try:
+        staging.mkdir()
         _unpack(archive, staging, info)
         root = _find_root(staging, info, archive)
         verify_files(info, root)

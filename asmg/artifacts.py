@@ -1,0 +1,144 @@
+"""Model artifacts and trainer checkpoints: safetensors + a JSON manifest with sha256 checksums.
+
+A bundle is a folder (local path or any pyarrow filesystem URI) holding ``tensors.safetensors`` and
+``manifest.json``; the manifest records the tensor file's sha256 and the reader refuses a mismatch.
+Records on Kafka carry the manifest's own sha256, so a reader checks the whole chain. No pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pyarrow import fs
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from asmg.model import Params
+
+FORMAT = 1
+TENSORS = "tensors.safetensors"
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(RuntimeError):
+    """A bundle is missing, incomplete or does not match its checksum."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _filesystem(uri: str) -> tuple[fs.FileSystem, str]:
+    if "://" not in uri:
+        return fs.LocalFileSystem(), uri
+    return fs.FileSystem.from_uri(uri)
+
+
+def _write(filesystem: fs.FileSystem, path: str, data: bytes) -> None:
+    """Write beside, then move into place: a reader never sees half a file."""
+    tmp = path + ".tmp"
+    with filesystem.open_output_stream(tmp) as stream:
+        stream.write(data)
+    filesystem.move(tmp, path)
+
+
+def _read(filesystem: fs.FileSystem, path: str) -> bytes:
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except (FileNotFoundError, OSError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from exc
+
+
+def save_bundle(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """Write a bundle; returns the manifest's sha256 (what a Kafka record should carry)."""
+    filesystem, root = _filesystem(uri)
+    filesystem.create_dir(root, recursive=True)
+    blob = save_tensors(_unshared(tensors))
+    manifest = {"format": FORMAT, **meta, "files": {TENSORS: {"sha256": sha256_hex(blob), "bytes": len(blob)}}}
+    text = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    _write(filesystem, f"{root}/{TENSORS}", blob)
+    _write(filesystem, f"{root}/{MANIFEST}", text)
+    return sha256_hex(text)
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (a window model that is also the base): copy those."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().contiguous().cpu()
+        if tensor.numel() and tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[name] = tensor
+    return out
+
+
+def load_bundle(uri: str, manifest_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    filesystem, root = _filesystem(uri)
+    text = _read(filesystem, f"{root}/{MANIFEST}")
+    if manifest_sha256 is not None and sha256_hex(text) != manifest_sha256:
+        raise ArtifactError(f"{uri}: manifest sha256 {sha256_hex(text)} != expected {manifest_sha256}")
+    manifest = json.loads(text)
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{uri}: unsupported bundle format {manifest.get('format')!r}")
+    blob = _read(filesystem, f"{root}/{TENSORS}")
+    expected = manifest["files"][TENSORS]["sha256"]
+    if sha256_hex(blob) != expected:
+        raise ArtifactError(f"{uri}: {TENSORS} sha256 {sha256_hex(blob)} != manifest's {expected}")
+    return load_tensors(blob), manifest
+
+
+def bundle_exists(uri: str) -> bool:
+    filesystem, root = _filesystem(uri)
+    return filesystem.get_file_info(f"{root}/{MANIFEST}").type != fs.FileType.NotFound
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """What a scorer needs: the served model, the IU shadow, and the id -> row vocabularies."""
+
+    version: int
+    period: int
+    method: str
+    serving: Params
+    shadow: Params
+    users: np.ndarray
+    items: np.ndarray
+    categories: np.ndarray
+    item_categories: np.ndarray
+    meta: dict[str, Any]
+
+
+def save_model(uri: str, *, version: int, period: int, method: str, serving: Params, shadow: Params,
+               vocabs, config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    tensors = {f"serving/{k}": v for k, v in serving.items()}
+    tensors.update({f"shadow/{k}": v for k, v in shadow.items()})
+    tensors["vocab/users"] = torch.from_numpy(vocabs.users.ids.copy())
+    tensors["vocab/items"] = torch.from_numpy(vocabs.items.ids.copy())
+    tensors["vocab/categories"] = torch.from_numpy(vocabs.categories.ids.copy())
+    tensors["vocab/item_categories"] = torch.from_numpy(vocabs.item_categories.table.copy())
+    meta = {"kind": "model", "version": version, "period": period, "method": method, "config": config,
+            "metrics": metrics, "vocab_sizes": vocabs.sizes()}
+    return save_bundle(uri, tensors, meta)
+
+
+def load_model(uri: str, manifest_sha256: str | None = None) -> ModelArtifact:
+    tensors, meta = load_bundle(uri, manifest_sha256)
+    if meta.get("kind") != "model":
+        raise ArtifactError(f"{uri}: not a model bundle (kind={meta.get('kind')!r})")
+
+    def group(prefix: str) -> Params:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    return ModelArtifact(version=meta["version"], period=meta["period"], method=meta["method"],
+                         serving=group("serving/"), shadow=group("shadow/"),
+                         users=tensors["vocab/users"].numpy(), items=tensors["vocab/items"].numpy(),
+                         categories=tensors["vocab/categories"].numpy(),
+                         item_categories=tensors["vocab/item_categories"].numpy(), meta=meta)
