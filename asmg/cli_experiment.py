@@ -44,6 +44,11 @@ def experiment(
     meta_epochs: Annotated[int | None, typer.Option(envvar=_env("meta-epochs"))] = None,
     meta_batch_size: Annotated[int | None, typer.Option(envvar=_env("meta-batch-size"))] = None,
     output: Annotated[str | None, typer.Option(envvar=_env("output"), help="generator output: direct|residual")] = None,
+    periods: Annotated[int | None, typer.Option(envvar=_env("periods"), help="number of periods (paper: 31)")] = None,
+    split: Annotated[str | None, typer.Option(envvar=_env("split"),
+                                              help="'equal' (equal-count periods) or a duration such as 1D")] = None,
+    pretrain_periods: Annotated[int | None, typer.Option(envvar=_env("pretrain-periods"))] = None,
+    first_test_period: Annotated[int | None, typer.Option(envvar=_env("first-test-period"))] = None,
     last_period: Annotated[int | None, typer.Option(envvar=_env("last-period"),
                                                     help="stop after this period (validation runs)")] = None,
     device: Annotated[str, typer.Option(envvar=_env("device"), help="auto (CUDA when present), cpu, cuda")] = "auto",
@@ -70,7 +75,10 @@ def experiment(
     cfg = override(cfg, {"lr": lr, "batch_size": batch_size, "epochs": epochs, "pretrain_epochs": pretrain_epochs},
                    {"k": k, "hidden": hidden, "lr": meta_lr, "epochs": meta_epochs, "batch_size": meta_batch_size,
                     "output": output})
-    cfg = replace(cfg, device=device)
+    protocol = {"n_periods": periods, "split": split, "pretrain_periods": pretrain_periods,
+                "first_test_period": first_test_period}
+    cfg = replace(cfg, device=device,
+                  protocol=replace(cfg.protocol, **{k: v for k, v in protocol.items() if v is not None}))
     try:
         log = load_dataset(dataset, data_dir)
         data = prepare_periods(log, cfg.protocol, cache_dir=cache_dir)

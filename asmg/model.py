@@ -18,6 +18,7 @@ Params = dict[str, torch.Tensor]
 EMBEDDINGS = {"user_emb": "user", "item_emb": "item", "cat_emb": "category"}
 EMBED_INIT = 0.05
 INIT_PURPOSE = 7
+MF_MARKER = "mf.bias"  # the global bias only a matrix-factorisation model has (see asmg.mf)
 
 
 def mlp_shapes(dim: int = EMBEDDING_DIM) -> dict[str, tuple[int, ...]]:
@@ -51,6 +52,8 @@ def grow_params(params: Params, sizes: dict[str, int], gen: torch.Generator) -> 
     """Append fresh rows for new ids. Returns (grown params, the appended rows per table)."""
     grown, added = dict(params), {}
     for name, kind in EMBEDDINGS.items():
+        if name not in params:  # a model kind without this table (matrix factorisation: no categories)
+            continue
         extra = sizes[kind] - params[name].shape[0]
         if extra > 0:
             rows = init_rows(extra, gen, params[name].shape[1]).to(params[name].device)
@@ -60,7 +63,8 @@ def grow_params(params: Params, sizes: dict[str, int], gen: torch.Generator) -> 
 
 
 def table_sizes(params: Params) -> dict[str, int]:
-    return {kind: params[name].shape[0] for name, kind in EMBEDDINGS.items()}
+    """Rows per table; a table the model kind lacks counts as the fallback row only (every id clamps to 0)."""
+    return {kind: params[name].shape[0] if name in params else 1 for name, kind in EMBEDDINGS.items()}
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,10 @@ def _item_vectors(params: Params, items: torch.Tensor, cats: torch.Tensor, mask:
 
 
 def logits(params: Params, batch: Batch) -> torch.Tensor:
+    if MF_MARKER in params:  # model-kind dispatch: matrix factorisation (asmg.mf) has the same interface
+        from asmg.mf import mf_logits
+
+        return mf_logits(params, batch)
     user = params["user_emb"][batch.user]
     target = _item_vectors(params, batch.item, batch.item_cats, batch.item_cat_mask)
     history = _item_vectors(params, batch.history, batch.history_cats, batch.history_cat_mask)

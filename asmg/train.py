@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from asmg.batches import BatchMaker, PeriodTensors
 from asmg.config import TrainConfig, seeded
 from asmg.metrics import auc, logloss
-from asmg.model import Params, logits, loss, table_sizes
+from asmg.model import Batch, Params, logits, loss, table_sizes
 
 SHUFFLE_PURPOSE = 11
 EVAL_BATCH = 8192
+Objective = Callable[[Params, Batch], torch.Tensor]
 
 
 def train_base(params: Params, data: PeriodTensors, item_cats: np.ndarray, cfg: TrainConfig, seed: int,
-               epochs: int | None = None, device: torch.device | None = None) -> Params:
-    """Adam from ``params`` over ``data``; a fresh optimiser each call (every period starts alike)."""
+               epochs: int | None = None, device: torch.device | None = None,
+               objective: Objective | None = None) -> Params:
+    """Adam from ``params`` over ``data``; a fresh optimiser each call (every period starts alike).
+
+    ``objective(params, batch)`` replaces the plain BCE loss (IncCTR's distillation uses it).
+    """
+    objective = objective or loss
     device = device or next(iter(params.values())).device
     leaves = {name: t.detach().clone().to(device).requires_grad_(True) for name, t in params.items()}
     optimiser = torch.optim.Adam(leaves.values(), lr=cfg.lr)
@@ -26,7 +34,7 @@ def train_base(params: Params, data: PeriodTensors, item_cats: np.ndarray, cfg: 
         gen = seeded(seed, data.period, SHUFFLE_PURPOSE + 100 * epoch)
         for batch in maker.epoch(data, cfg.batch_size, gen):
             optimiser.zero_grad(set_to_none=True)
-            loss(leaves, batch).backward()
+            objective(leaves, batch).backward()
             optimiser.step()
     return {name: t.detach() for name, t in leaves.items()}
 

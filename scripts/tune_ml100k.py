@@ -37,6 +37,10 @@ CANDIDATES = {
     "authors+residual,k4": {"meta": {"output": "residual", "k": 4}},
     "authors+residual,meta-b256": {"meta": {"output": "residual", "batch_size": 256}},
     "lr3e-3+residual": {"train": {"lr": 3e-3}, "meta": {"output": "residual"}},
+    "authors+residual,meta-b256,meta-epochs3": {"meta": {"output": "residual", "batch_size": 256, "epochs": 3}},
+    "authors+residual,meta-b128": {"meta": {"output": "residual", "batch_size": 128}},
+    "authors+residual,meta-b256,hidden8": {"meta": {"output": "residual", "batch_size": 256, "hidden": 8}},
+    "authors+residual,meta-b256,meta-lr3e-3": {"meta": {"output": "residual", "batch_size": 256, "lr": 3e-3}},
 }
 
 

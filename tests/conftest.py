@@ -15,9 +15,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from streams.kafka_config import KafkaSettings
 from streams.topics import TopicNames
+
+# One intra-op thread: the library's tensors here are small, and one thread makes results repeat
+# bit for bit (two threads reorder float sums in embedding backward passes).
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

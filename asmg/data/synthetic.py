@@ -89,7 +89,7 @@ def synthetic_log(
     if not 0.0 <= drift <= 1.0:
         raise ValueError(f"drift must be in [0, 1], got {drift}")
     if min(n_users, n_items, n_categories, n_periods, dim) < 1 or events_per_period < 0:
-        raise ValueError("n_users, n_items, n_categories, n_periods and dim must be >= 1")
+        raise ValueError("n_users, n_items, n_categories, n_periods and dim must be >= 1, events_per_period >= 0")
     if not (0.0 <= new_user_fraction < 1.0 and 0.0 <= new_item_fraction < 1.0):
         raise ValueError("new_user_fraction and new_item_fraction must be in [0, 1)")
     rng = np.random.default_rng(seed)

@@ -141,18 +141,22 @@ class AsmgMethod(UpdateMethod):
     @torch.no_grad()
     def generate(self) -> Params:
         """Full pass over every row: the served model and, when the window slides, the next hidden state."""
-        k = self.cfg.meta.k
-        inputs = {n: [as_rows(n, m[n]) for m in self.models] for n in self.base}
-        outputs, first = self.generator.run(inputs, self.initial_state())
-        if self.variant != "full" and len(self.models) > k:
-            if self.variant not in ("zero", "linear"):
+        slide = self.variant != "full" and len(self.models) > self.cfg.meta.k
+        if self.variant == "linear":
+            self._slide(slide)
+            outputs, _ = self.generator.run({n: [as_rows(n, m[n]) for m in self.models] for n in self.base}, {})
+        else:
+            inputs = {n: [as_rows(n, m[n]) for m in self.models] for n in self.base}
+            outputs, first = self.generator.run(inputs, self.initial_state())
+            if slide and self.variant != "zero":
                 self.hidden = first
+            self._slide(slide)
+        return {n: from_rows(n, outputs[-1][n], self.base[n].shape).detach() for n in self.base}
+
+    def _slide(self, slide: bool) -> None:
+        if slide:
             self.models = self.models[1:]
             self.periods = self.periods[1:]
-        if self.variant == "linear":
-            # the serving combination uses the newest k models only
-            outputs, _ = self.generator.run({n: [as_rows(n, m[n]) for m in self.models] for n in self.base}, {})
-        return {n: from_rows(n, outputs[-1][n], self.base[n].shape).detach() for n in self.base}
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def state(self) -> tuple[State, dict[str, Any]]:
