@@ -24,7 +24,7 @@ def _ints(text: str) -> list[int]:
 
 
 def experiment(
-    dataset: Annotated[str, typer.Option(envvar=_env("dataset"), help="dataset name (see `asmg datasets`)")] = "ml-100k",
+    dataset: Annotated[str, typer.Option(envvar=_env("dataset"), help="dataset name")] = "ml-100k",
     data_dir: Annotated[Path, typer.Option(envvar=_env("data-dir"), help="folder with the dataset's files")] = Path(
         DEFAULT_DATA_DIR),
     methods: Annotated[str, typer.Option(envvar=_env("methods"), help="comma-separated method names")] = (

@@ -36,6 +36,7 @@ class MetaConfig:
     batch_size: int = 1024
     output: Literal["direct", "residual"] = "direct"
     row_gather: bool = True
+    normalize: bool = False  # scale each parameter by its RMS before the GRU, and back after
 
 
 @dataclass(frozen=True)

@@ -74,16 +74,22 @@ class GruGenerator(nn.Module):
     def zero_state(self, params: Params) -> dict[str, torch.Tensor]:
         return {n: params[n].new_zeros(*as_rows(n, params[n]).shape, self.hidden) for n in self.names}
 
-    def run(self, inputs: dict[str, list[torch.Tensor]], h0: dict[str, torch.Tensor]
-            ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        """inputs[name] = one [R, c] tensor per step. Returns every step's outputs and h after step one."""
+    def run(self, inputs: dict[str, list[torch.Tensor]], h0: dict[str, torch.Tensor],
+            scales: dict[str, float] | None = None) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """inputs[name] = one [R, c] tensor per step. Returns every step's outputs and h after step one.
+
+        With ``scales``, a parameter is divided by its scale on the way in and multiplied on the way out,
+        so one GRU sees embeddings (~0.05) and MLP weights (~0.3) in the same range.
+        """
         steps = len(next(iter(inputs.values())))
         outputs: list[dict[str, torch.Tensor]] = [{} for _ in range(steps)]
         first: dict[str, torch.Tensor] = {}
         for name, xs in inputs.items():
             cell, h = self.cells[_key(name)], h0[name]
+            scale = scales[name] if scales else 1.0
             for i, x in enumerate(xs):
-                outputs[i][name], h = cell.step(x, h)
+                y, h = cell.step(x / scale, h)
+                outputs[i][name] = y * scale
                 if i == 0:
                     first[name] = h
         return outputs, first
@@ -99,8 +105,8 @@ class LinearGenerator(nn.Module):
     def zero_state(self, params: Params) -> dict[str, torch.Tensor]:
         return {}
 
-    def run(self, inputs: dict[str, list[torch.Tensor]], h0: dict[str, torch.Tensor]
-            ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    def run(self, inputs: dict[str, list[torch.Tensor]], h0: dict[str, torch.Tensor],
+            scales: dict[str, float] | None = None) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         steps = len(next(iter(inputs.values())))
         alpha = self.alpha[-steps:]
         last = {name: sum(a * x for a, x in zip(alpha, xs, strict=True)) for name, xs in inputs.items()}

@@ -41,6 +41,9 @@ CANDIDATES = {
     "authors+residual,meta-b128": {"meta": {"output": "residual", "batch_size": 128}},
     "authors+residual,meta-b256,hidden8": {"meta": {"output": "residual", "batch_size": 256, "hidden": 8}},
     "authors+residual,meta-b256,meta-lr3e-3": {"meta": {"output": "residual", "batch_size": 256, "lr": 3e-3}},
+    "authors+residual,normalize": {"meta": {"output": "residual", "normalize": True}},
+    "authors+residual,normalize,meta-b256": {"meta": {"output": "residual", "normalize": True, "batch_size": 256}},
+    "authors+direct,normalize": {"meta": {"normalize": True}},
 }
 
 

@@ -110,9 +110,9 @@ def test_residual_generator_starts_as_the_last_input():
     assert torch.equal(outputs[-1]["user_emb"], xs[-1])
 
 
-def _asmg_with_window(row_gather: bool, output="direct"):
+def _asmg_with_window(row_gather: bool, output="direct", normalize=False):
     samples, vocabs, data = _encoded(n_events=900)
-    cfg = RunConfig(meta=MetaConfig(row_gather=row_gather, output=output))
+    cfg = RunConfig(meta=MetaConfig(row_gather=row_gather, output=output, normalize=normalize))
     method = AsmgMethod(cfg, torch.device("cpu"), "multi")
     params = init_params(vocabs.sizes(), seed=0)
     method.start(params)
@@ -127,11 +127,11 @@ def _asmg_with_window(row_gather: bool, output="direct"):
     return method, batches
 
 
-@pytest.mark.parametrize("output", ["direct", "residual"])
-def test_row_gather_equals_full_table_loss_and_gradients(output):
+@pytest.mark.parametrize(("output", "normalize"), [("direct", False), ("residual", False), ("residual", True)])
+def test_row_gather_equals_full_table_loss_and_gradients(output, normalize):
     results = []
     for row_gather in (True, False):
-        method, batches = _asmg_with_window(row_gather, output)
+        method, batches = _asmg_with_window(row_gather, output, normalize)
         torch.manual_seed(0)
         for p in method.generator.parameters():  # non-trivial output layer in both cases
             torch.nn.init.uniform_(p, -0.3, 0.3, generator=torch.Generator().manual_seed(p.numel()))

@@ -90,6 +90,13 @@ class AsmgMethod(UpdateMethod):
         total = steps * (steps + 1) / 2
         return [(i + 1) / total for i in range(steps)]
 
+    def scales(self) -> dict[str, float] | None:
+        """Per-parameter RMS of the newest model in the window (whole tensors, so every path agrees)."""
+        if not self.cfg.meta.normalize:
+            return None
+        newest = self.models[-1]
+        return {n: float(newest[n].pow(2).mean().sqrt().clamp(min=1e-8)) for n in self.base}
+
     def initial_state(self) -> dict[str, torch.Tensor]:
         if self.variant in ("zero", "full"):
             return self.generator.zero_state(self.base)
@@ -131,7 +138,7 @@ class AsmgMethod(UpdateMethod):
                             for m in self.models]
             if name in h0:
                 state[name] = h0[name][pick] if pick is not None else h0[name]
-        outputs, _ = self.generator.run(inputs, state)
+        outputs, _ = self.generator.run(inputs, state, self.scales())
         total = torch.zeros((), device=self.device)
         for i, batch in local.items():
             params = {n: from_rows(n, outputs[i][n], self.base[n].shape) for n in self.base}
@@ -147,7 +154,7 @@ class AsmgMethod(UpdateMethod):
             outputs, _ = self.generator.run({n: [as_rows(n, m[n]) for m in self.models] for n in self.base}, {})
         else:
             inputs = {n: [as_rows(n, m[n]) for m in self.models] for n in self.base}
-            outputs, first = self.generator.run(inputs, self.initial_state())
+            outputs, first = self.generator.run(inputs, self.initial_state(), self.scales())
             if slide and self.variant != "zero":
                 self.hidden = first
             self._slide(slide)
