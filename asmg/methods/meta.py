@@ -131,13 +131,12 @@ class AsmgMethod(UpdateMethod):
             rows, local = _compact_all(batches)
         else:
             rows, local = None, batches
-        inputs, state = {}, {}
+        inputs = {}
         for name in self.base:
             pick = rows.get(name) if rows is not None else None
             inputs[name] = [as_rows(name, m[name])[pick] if pick is not None else as_rows(name, m[name])
                             for m in self.models]
-            if name in h0:
-                state[name] = h0[name][pick] if pick is not None else h0[name]
+        state = {g: h[rows[g]] if rows is not None and g in rows else h for g, h in h0.items()}
         outputs, _ = self.generator.run(inputs, state, self.scales())
         total = torch.zeros((), device=self.device)
         for i, batch in local.items():
