@@ -6,12 +6,16 @@ import typer
 
 from asmg.cli_datasets import app as datasets_app
 from asmg.cli_experiment import register as register_experiment
+from asmg.cli_study import register as register_study
 from producers.cli import register as register_producers
 from streams.cli import register as register_streams
+from streams.demo import register as register_demo
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(datasets_app, name="datasets", help="Download and inspect datasets.")
+register_demo(app)
 register_experiment(app)
+register_study(app)
 register_streams(app)
 register_producers(app)
 

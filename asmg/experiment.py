@@ -135,23 +135,33 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         aucs = [r["mean_auc"] for r in runs if r["method"] == method]
         lls = [r["mean_logloss"] for r in runs if r["method"] == method]
         secs = [r["seconds"] for r in runs if r["method"] == method]
+        per_period = [_update_seconds(r) for r in runs if r["method"] == method]
         summary[method] = {"auc_mean": _mean(aucs), "auc_std": _std(aucs), "logloss_mean": _mean(lls),
-                           "logloss_std": _std(lls), "seconds_mean": _mean(secs)}
+                           "logloss_std": _std(lls), "seconds_mean": _mean(secs),
+                           "update_seconds_per_period": _mean(per_period)}
     iu = summary.get("iu", {}).get("auc_mean")
     for stats in summary.values():
         stats["auc_rel_impr_vs_iu"] = (stats["auc_mean"] / iu - 1.0) * 100 if iu else float("nan")
     return summary
 
 
+def _update_seconds(run: dict[str, Any]) -> float:
+    """Mean seconds one period's update took in a run (every updated period, validation and test)."""
+    entries = [*run.get("validation_periods", []), *run["periods"]]
+    return _mean([e["seconds"]["update"] for e in entries if "update" in e.get("seconds", {})])
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     seeds = sorted({r["seed"] for r in results["runs"]})
     lines = [f"# {results['dataset']}: mean over test periods {results['protocol']['first_test_period']}.."
              f"{results['protocol']['n_periods']} (seeds {', '.join(map(str, seeds))})", "",
-             "| method | AUC | LogLoss | AUC impr. vs IU | seconds/run |", "|---|---|---|---|---|"]
+             "| method | AUC | LogLoss | AUC impr. vs IU | seconds/run | update s/period |",
+             "|---|---|---|---|---|---|"]
     for method, s in results["summary"].items():
         impr = "-" if method == "iu" or math.isnan(s["auc_rel_impr_vs_iu"]) else f"{s['auc_rel_impr_vs_iu']:+.2f}%"
         lines.append(f"| {method} | {s['auc_mean']:.4f} ± {s['auc_std']:.4f} | {s['logloss_mean']:.4f} ± "
-                     f"{s['logloss_std']:.4f} | {impr} | {s['seconds_mean']:.1f} |")
+                     f"{s['logloss_std']:.4f} | {impr} | {s['seconds_mean']:.1f} | "
+                     f"{s.get('update_seconds_per_period', float('nan')):.2f} |")
     note = results["protocol"].get("hyperparameter_note")
     if note:
         lines += ["", f"Hyper-parameters: {note}"]

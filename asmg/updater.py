@@ -18,7 +18,7 @@ import torch
 from asmg.batches import PeriodTensors, encode_period
 from asmg.config import RunConfig, resolve_device, seeded
 from asmg.methods import UpdateMethod, make_method
-from asmg.model import Params, init_params
+from asmg.model import Params
 from asmg.train import evaluate, train_base
 from asmg.vocab import ItemCategories, Vocabularies, Vocabulary
 
@@ -78,7 +78,8 @@ class PeriodUpdater:
         return PeriodResult(period, len(data), metrics, shadow, seconds)
 
     def pretrain(self) -> Params:
-        params = {n: t.to(self.device) for n, t in init_params(self.vocabs.sizes(), self.cfg.seed).items()}
+        initial = self.method.initial_params(self.vocabs.sizes(), self.cfg.seed)
+        params = {n: t.to(self.device) for n, t in initial.items()}
         union = PeriodTensors.concat(self.pretrain_data)
         union = PeriodTensors(PRETRAIN_PERIOD, union.user, union.item, union.history, union.label)
         return train_base(params, union, self.vocabs.item_categories.table, self.cfg.train, self.cfg.seed,

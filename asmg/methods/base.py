@@ -10,7 +10,7 @@ import torch
 
 from asmg.batches import PeriodTensors
 from asmg.config import RunConfig
-from asmg.model import Params, grow_params
+from asmg.model import Params, grow_params, init_params
 
 State = dict[str, torch.Tensor]
 
@@ -24,6 +24,10 @@ class UpdateMethod(ABC):
         self.cfg = cfg
         self.device = device
         self.base: Params = {}
+
+    def initial_params(self, sizes: dict[str, int], seed: int) -> Params:
+        """The untrained base model pretraining starts from (Embedding & MLP unless the method says otherwise)."""
+        return init_params(sizes, seed)
 
     def start(self, pretrained: Params) -> None:
         self.base = {n: t.to(self.device) for n, t in pretrained.items()}

@@ -10,7 +10,7 @@ period with that period's samples). Per period t:
    the model now gets wrong is replayed most, up to e times as often); negatives uniformly;
 2. theta_t = train(theta_{t-1}, D_t u replay), one epoch;
 3. D_t enters the reservoir.
-Capacity = ceil(capacity_fraction * |pretraining data|). Methods do not see the pretraining data, so it
+Capacity = round(capacity_fraction * |pretraining data|). Methods do not see the pretraining data, so it
 is estimated at the first update as pretrain_periods * |D_first| (exact for equal-count periods); the
 reservoir fills from the first update period on.
 """
@@ -108,7 +108,7 @@ class Spmf(UpdateMethod):
         data = data.to(self.device)
         if self.reservoir is None:
             estimate = self.cfg.protocol.pretrain_periods * len(data)
-            self.reservoir = Reservoir(max(1, math.ceil(self.capacity_fraction * estimate)))
+            self.reservoir = Reservoir(max(1, round(self.capacity_fraction * estimate)))
         replay = self.replay_sample(data, item_cats)
         train_on = PeriodTensors.concat([replay, data]) if replay is not None else data
         self.base = train_base(self.base, train_on, item_cats, self.cfg.train, self.cfg.seed, device=self.device)
