@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from asmg.model import EMBEDDINGS, Params
+from asmg.model import EMBEDDINGS, Params, param_order
 
 GATES = 3  # update z, reset r, candidate g
 DENSE = "dense"  # the group of all MLP coordinates
@@ -72,8 +72,8 @@ class GruGenerator(nn.Module):
                  gen: torch.Generator) -> None:
         super().__init__()
         self.hidden = hidden
-        self.names = list(shapes)
-        self.dense = [n for n in shapes if n not in EMBEDDINGS]
+        self.names = sorted(shapes, key=param_order)
+        self.dense = [n for n in self.names if n not in EMBEDDINGS]
         self.dense_sizes = [math.prod(shapes[n]) for n in self.dense]
         cells = {_key(n): CoordinateGRU(coords_of(n, s), hidden, residual, gen)
                  for n, s in shapes.items() if n in EMBEDDINGS}

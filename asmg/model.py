@@ -21,6 +21,21 @@ INIT_PURPOSE = 7
 MF_MARKER = "mf.bias"  # the global bias only a matrix-factorisation model has (see asmg.mf)
 
 
+def param_order(name: str) -> tuple:
+    """One fixed order of parameter names (embeddings, then layers), whatever order a dict arrived in:
+    generators map coordinates by position, so a checkpoint must restore the same order."""
+    if name in EMBEDDINGS:
+        return (0, list(EMBEDDINGS).index(name), "")
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == "mlp" and parts[1].isdigit():
+        return (1, int(parts[1]), parts[2] != "weight")
+    return (2, 0, name)
+
+
+def canonical(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: params[n] for n in sorted(params, key=param_order)}
+
+
 def mlp_shapes(dim: int = EMBEDDING_DIM) -> dict[str, tuple[int, ...]]:
     """[user ; history (item+cats) ; target (item+cats)] = 5*dim -> 20 -> 10 -> 1."""
     sizes = (5 * dim, *HIDDEN_LAYERS, 1)

@@ -50,6 +50,8 @@ class PeriodUpdater:
 
     def step(self, period: int, samples: pd.DataFrame, train: bool = True,
              with_shadow: bool = False) -> PeriodResult:
+        if len(samples) == 0:
+            raise ValueError(f"period {period} has no samples: skip it rather than step on it")
         if period <= self.last_period:
             raise ValueError(f"period {period} arrives after period {self.last_period}; periods must increase")
         seconds: dict[str, float] = {}

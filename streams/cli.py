@@ -1,7 +1,10 @@
 """CLI commands of this package, registered on the top-level `asmg` app.
 
 ``asmg kafka start|stop|status|topics|perf``: a local single-node Kafka without Docker, or checks of
-the cluster named by KAFKA_BOOTSTRAP_SERVERS. Kafka client imports stay inside the commands.
+the cluster named by KAFKA_BOOTSTRAP_SERVERS. ``asmg worker windowing|trainer`` run the stream roles as
+faust workers (options: streams/settings.py), ``asmg worker end-of-stream`` sends period markers after a
+finite replay, ``asmg worker bounds`` writes a dataset's offline period bounds; other modules add their
+roles to ``worker_app`` (see the hook below). Kafka client imports stay inside the commands.
 """
 
 from __future__ import annotations
@@ -184,6 +187,149 @@ def perf(
     raise typer.Exit(code)
 
 
+# --- asmg worker ... : the faust-streaming roles ----------------------------------------------------------
+#
+# Every role option comes from streams/settings.py:StreamSettings: field ``some_name`` is the flag
+# ``--some-name`` and the variable ``ASMG_SOME_NAME`` (flag > variable > default).
+#
+# >>> HOOK for other roles: a module listed in WORKER_PLUGINS is imported when the CLI is built and adds
+# its command to ``worker_app`` itself (streams/scorer.py does ``worker_app.command("scorer")(...)``);
+# a listed module that does not exist is skipped. To reuse the role settings, decorate with
+# ``settings_command``: ``@worker_app.command("x") @settings_command def x(settings, kafka): ...``
+# (settings: StreamSettings, kafka: KafkaSettings). <<<
+
+worker_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                         help="Run a stream role as a faust worker (windowing+coordinator, trainer), or send "
+                              "period markers.")
+WORKER_PLUGINS = ("streams.scorer",)
+
+
+def settings_command(fn):
+    """Give ``fn(settings, kafka)`` one CLI option per StreamSettings field, plus --bootstrap-servers."""
+    import functools
+    import inspect
+
+    from streams.settings import env_name, flag_name, settings_fields
+
+    params = [inspect.Parameter("bootstrap_servers", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                annotation=BootstrapOpt)]
+    for name, base, optional, default, help_text in settings_fields():
+        flag = flag_name(name) + (f"/--no-{flag_name(name)[2:]}" if base is bool else "")
+        option = typer.Option(flag, envvar=env_name(name), help=help_text, show_default=default is not None)
+        annotation = Annotated[base | None if optional else base, option]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+
+    @functools.wraps(fn)
+    def wrapper(**values):
+        from streams.kafka_config import KafkaConfigError
+        from streams.settings import SettingsError, StreamSettings
+
+        bootstrap = values.pop("bootstrap_servers", None)
+        try:
+            settings = StreamSettings(**values)
+            kafka = _settings(bootstrap, None)
+        except (SettingsError, KafkaConfigError) as exc:
+            raise _fail(str(exc)) from None
+        return fn(settings, kafka)
+
+    wrapper.__signature__ = inspect.Signature(params)
+    del wrapper.__wrapped__  # typer must read the signature above, not fn's
+    return wrapper
+
+
+def _run_role(settings, kafka, role: str) -> None:
+    import logging
+
+    from streams.app import create_app, run_worker
+    from streams.settings import SettingsError
+    from streams.topics import TopicError
+
+    logging.getLogger("faust").setLevel(settings.log_level.upper())
+    try:
+        app = create_app(settings, role, kafka)
+    except (SettingsError, TopicError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    run_worker(app, settings.log_level)
+
+
+@worker_app.command("windowing")
+@settings_command
+def windowing_worker(settings, kafka) -> None:
+    """Windowing (events -> per-period Parquet samples, DLQ, watermarks) and the period coordinator."""
+    _run_role(settings, kafka, "windowing")
+
+
+@worker_app.command("trainer")
+@settings_command
+def trainer_worker(settings, kafka) -> None:
+    """Trainer (period records -> PeriodUpdater.step -> artifacts, checkpoints, model records)."""
+    _run_role(settings, kafka, "trainer")
+
+
+@worker_app.command("end-of-stream")
+def end_of_stream(
+    ts: Annotated[float | None, typer.Option("--ts", help="Close every period ending at or before this event "
+                                             "time (default: every fixed period).")] = None,
+    watermark: Annotated[bool, typer.Option("--watermark", help="Send a watermark heartbeat (needs --ts): no "
+                                            "event older than --ts will follow, more may.")] = False,
+    topic_prefix: Annotated[str, typer.Option("--topic-prefix", envvar="ASMG_TOPIC_PREFIX")] = "asmg.",
+    bootstrap_servers: BootstrapOpt = None,
+) -> None:
+    """Send a marker to every interactions partition (after a finite replay, or for idle partitions)."""
+    from streams.coordinator import send_end_of_stream, send_watermark
+    from streams.topics import TopicNames
+
+    names = TopicNames(topic_prefix)
+    kafka = _settings(bootstrap_servers, None)
+    if watermark:
+        if ts is None:
+            raise _fail("--watermark needs --ts")
+        n = send_watermark(kafka, names, ts)
+    else:
+        n = send_end_of_stream(kafka, names, ts)
+    typer.echo(f"marker sent to {n} partitions of {names.interactions}")
+
+
+@worker_app.command("bounds")
+def bounds(
+    dataset: Annotated[str, typer.Option("--dataset", envvar="ASMG_DATASET")] = "ml-100k",
+    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="ASMG_DATA_DIR")] = Path("data/ml-100k"),
+    periods: Annotated[int, typer.Option("--periods", envvar="ASMG_PERIODS")] = 31,
+    split: Annotated[str, typer.Option("--split", envvar="ASMG_SPLIT")] = "equal",
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write (ASMG_PERIOD_BOUNDS can point at it).")]
+    = Path("runs/stream/bounds.json"),
+) -> None:
+    """Write the period bounds the offline runner uses for a dataset (for --period-bounds)."""
+    import json
+
+    from asmg.config import ProtocolConfig
+    from asmg.data.log import DataError
+    from asmg.data.registry import load_dataset
+    from asmg.prepare import prepare_periods
+
+    try:
+        prepared = prepare_periods(load_dataset(dataset, data_dir), ProtocolConfig(n_periods=periods, split=split))
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"dataset": dataset, "periods": periods, "split": split,
+                               "bounds": prepared.bounds.to_list()}))
+    typer.echo(f"wrote {out}: {periods} periods, {prepared.bounds.to_list()[0]} .. {prepared.bounds.to_list()[-1]}")
+
+
+def _load_worker_plugins() -> None:
+    import importlib
+
+    for module in WORKER_PLUGINS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the top-level app."""
     app.add_typer(kafka_app, name="kafka", help="Local Kafka broker (no Docker) and topics.")
+    _load_worker_plugins()
+    app.add_typer(worker_app, name="worker", help="Stream roles as faust workers (windowing, trainer, ...).")

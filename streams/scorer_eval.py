@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from asmg.batches import PeriodTensors
-from asmg.data.samples import HISTORY_LEN
+from asmg.data.samples import HISTORY_LEN, NEGATIVE_DRAWS
 from asmg.events import Event
 from asmg.metrics import auc, logloss
 from asmg.vocab import Vocabulary
@@ -44,7 +44,7 @@ class _History:
     def before(self, ts: float) -> list[int]:
         """Positives strictly before ``ts`` (in time order), committing pending ones that now are."""
         if ts > self.pending_ts and self.pending:
-            self.done.extend(self.pending)
+            self.done.extend(sorted(self.pending))  # one second: (ts, item) order, as samples are built
             self.pending.clear()
         return list(self.done)
 
@@ -56,7 +56,7 @@ class _History:
             self.done.append(item)
 
     def everything(self) -> list[int]:
-        return [*self.done, *self.pending][-self.done.maxlen:] if self.done.maxlen else []
+        return [*self.done, *sorted(self.pending)][-self.done.maxlen:] if self.done.maxlen else []
 
 
 class UserHistories:
@@ -78,15 +78,22 @@ class UserHistories:
             history = self._users.get(user)
             return history.everything() if history is not None else []
 
-    def observe(self, events: Sequence[Event]) -> list[list[int]]:
-        """History before each event (in order), then the event's own update: one lock for a whole batch."""
+    def observe(self, events: Sequence[Event], seconds: Sequence[int] | None = None,
+                update: Sequence[bool] | None = None) -> list[list[int]]:
+        """History before each event (in order), then the event's own update: one lock for a whole batch.
+
+        ``seconds``: event times floored to whole seconds (the windowing role's clock; default from the
+        events). ``update``: False for events that must not enter histories (outside every period).
+        """
+        seconds = [math.floor(e.ts) for e in events] if seconds is None else seconds
+        update = [True] * len(events) if update is None else update
         out: list[list[int]] = []
         with self._lock:
-            for event in events:
+            for event, ts, keep in zip(events, seconds, update, strict=True):
                 history = self._touch(event.user_id)
-                out.append(history.before(event.ts))
-                if event.label == 1:
-                    history.add(event.item_id, event.ts)
+                out.append(history.before(ts))
+                if keep and event.label == 1:
+                    history.add(event.item_id, ts)
         return out
 
     def _touch(self, user: int) -> _History:
@@ -198,7 +205,7 @@ def sample_negatives(catalogue: np.ndarray, items: np.ndarray, histories: Sequen
     owners, negatives = [], []
     if len(catalogue) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    draws = rng.integers(len(catalogue), size=(len(items), k, 8))
+    draws = rng.integers(len(catalogue), size=(len(items), k, NEGATIVE_DRAWS))
     for row, (item, history) in enumerate(zip(items.tolist(), histories, strict=True)):
         taken = {item, *history}
         for j in range(k):
@@ -211,9 +218,14 @@ def sample_negatives(catalogue: np.ndarray, items: np.ndarray, histories: Sequen
 
 
 class Evaluator:
-    """Turns micro-batches of events into history updates and prequential scores: two forwards per batch."""
+    """Turns micro-batches of events into history updates and prequential scores: two forwards per batch.
 
-    def __init__(self, periods: PeriodSpec, histories: UserHistories, prequential: Prequential,
+    Without periods (none configured) it only keeps histories. Events outside every period neither count
+    nor enter histories (the windowing role refuses them); events of periods the served model was trained
+    on build histories but are not scored.
+    """
+
+    def __init__(self, periods: PeriodSpec | None, histories: UserHistories, prequential: Prequential,
                  negatives: int = 0, seed: int = 0) -> None:
         self.periods = periods
         self.histories = histories
@@ -226,13 +238,18 @@ class Evaluator:
         """Score what can be scored, then advance the histories; returns how many rows were scored."""
         if not events:
             return 0
-        period = self.periods.assign(np.asarray([e.ts for e in events], dtype=np.float64))
-        histories = self.histories.observe(events)
+        seconds = np.floor(np.asarray([e.ts for e in events], dtype=np.float64)).astype(np.int64)
+        if self.periods is None:
+            period = np.zeros(len(events), dtype=np.int64)
+            outside = np.zeros(len(events), dtype=bool)
+        else:
+            period = self.periods.assign(seconds)
+            outside = period == 0
+        histories = self.histories.observe(events, seconds.tolist(), (~outside).tolist())
         self.counts["events"] += len(events)
-        if model is None:
-            self.counts["skipped_no_model"] += len(events)
+        if self.periods is None or model is None:
+            self.counts["skipped_no_periods" if self.periods is None else "skipped_no_model"] += len(events)
             return 0
-        outside = ~self.periods.inside(period)
         trained_on = ~outside & (period <= model.period)
         keep = ~outside & ~trained_on
         self.counts["skipped_outside_periods"] += int(outside.sum())

@@ -15,14 +15,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from asmg.artifacts import ModelArtifact, load_model
-from asmg.data.periods import PeriodBounds
 from asmg.serving import Scorer
 
 log = logging.getLogger(__name__)
@@ -54,7 +51,7 @@ class ModelRecord:
     sha256: str
     metrics: dict[str, Any] = field(default_factory=dict)
     shadow_metrics: dict[str, Any] = field(default_factory=dict)
-    created: float | None = None
+    created: float | str | None = None
 
     def to_json(self) -> bytes:
         """The record's wire form (what the trainer writes); tests and tools publish with it."""
@@ -88,13 +85,12 @@ def _mapping(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def _created(raw: dict[str, Any]) -> float | None:
+def _created(raw: dict[str, Any]) -> float | str | None:
+    """Informational only: unix seconds or an ISO timestamp, as the trainer writes it."""
     value = raw.get("created")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RecordError(f"created must be unix seconds, got {value!r}")
-    return float(value)
+    if value is None or (isinstance(value, int | float | str) and not isinstance(value, bool)):
+        return value
+    raise RecordError(f"created must be unix seconds or an ISO timestamp, got {value!r}")
 
 
 def parse_model_record(value: bytes | str | None, key: bytes | None = None) -> ModelRecord:
@@ -223,74 +219,73 @@ class ModelHolder:
 
 
 class PeriodSpec(Protocol):
-    """Event time -> period id, and which ids are real periods (fixed bounds leave events outside: id 0)."""
+    """Event time (whole seconds) -> period number, 1-based, 0 outside every period.
+
+    Numbering is the windowing role's (streams/windowing.py ``PeriodScheme``): the trainer's record says
+    which period a model was trained through, so both must count periods the same way.
+    """
 
     def assign(self, ts: np.ndarray) -> np.ndarray: ...
-
-    def inside(self, period: np.ndarray) -> np.ndarray: ...
 
     def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
 class FixedPeriods:
-    """Boundaries given up front (a dataset split as the paper does it): periods 1..N as in the offline run."""
+    """Boundaries given up front (a dataset split as the paper does it): period p holds b[p-1] <= ts < b[p]."""
 
-    bounds: PeriodBounds
+    bounds: tuple[float, ...]
 
     def assign(self, ts: np.ndarray) -> np.ndarray:
-        return self.bounds.assign(np.asarray(ts)).astype(np.int64)
-
-    def inside(self, period: np.ndarray) -> np.ndarray:
-        return np.asarray(period) > 0
+        ts = np.asarray(ts, dtype=np.float64)
+        bounds = np.asarray(self.bounds, dtype=np.float64)
+        period = np.searchsorted(bounds, ts, side="right").astype(np.int64)
+        period[(ts < bounds[0]) | (ts >= bounds[-1])] = 0
+        return period
 
     def describe(self) -> str:
-        return f"{self.bounds.n_periods} fixed periods from {int(self.bounds.bounds[0])}"
+        return f"{len(self.bounds) - 1} fixed periods in [{self.bounds[0]}, {self.bounds[-1]})"
 
 
 @dataclass(frozen=True)
 class TumblingPeriods:
-    """Event-time windows of ``seconds`` aligned to the epoch; the id is the window's index since 1970."""
+    """Windows of ``length`` seconds; period 1 starts at ``origin``; at most ``count`` periods when given."""
 
-    seconds: int
+    length: float
+    origin: float
+    count: int | None = None
 
     def assign(self, ts: np.ndarray) -> np.ndarray:
-        return np.floor_divide(np.asarray(ts, dtype=np.float64), self.seconds).astype(np.int64)
-
-    def inside(self, period: np.ndarray) -> np.ndarray:
-        return np.ones(np.shape(period), dtype=bool)
+        ts = np.asarray(ts, dtype=np.float64)
+        period = np.floor_divide(ts - self.origin, self.length).astype(np.int64) + 1
+        period[ts < self.origin] = 0
+        if self.count is not None:
+            period[period > self.count] = 0
+        return period
 
     def describe(self) -> str:
-        return f"tumbling windows of {self.seconds}s"
+        count = f", {self.count} periods" if self.count is not None else ""
+        return f"tumbling periods of {self.length:g}s from {self.origin:g}{count}"
 
 
-def _bounds_from_json(path: Path) -> PeriodBounds:
-    raw = json.loads(path.read_text())
-    if isinstance(raw, dict):
-        raw = raw.get("bounds", raw.get("protocol", {}).get("bounds") if isinstance(raw.get("protocol"), dict)
-                      else None)
-    if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(b, int | float) for b in raw):
-        raise ValueError(f"{path}: expected a JSON list of at least two period boundaries (or {{'bounds': [...]}})")
-    bounds = np.asarray(raw, dtype=np.int64)
-    if np.any(np.diff(bounds) <= 0):
-        raise ValueError(f"{path}: period boundaries must increase strictly")
-    return PeriodBounds(bounds)
+def periods_from_options(bounds: str | None = None, length: str | None = None, origin: float | None = None,
+                         count: int | None = None) -> PeriodSpec | None:
+    """The windowing role's period options (ASMG_PERIOD_BOUNDS, or _LENGTH + _ORIGIN [+ _COUNT]); None: unset.
 
+    Bounds are a JSON list or a path/URI of a JSON file (a list or ``{"bounds": [...]}``), parsed by the same
+    code as the windowing role's. Raises ValueError naming the variable at fault.
+    """
+    from streams.settings import load_bounds, parse_duration
 
-def parse_periods(value: str) -> PeriodSpec:
-    """A JSON bounds file (list, ``{"bounds": [...]}`` or an experiment's results.json) or a duration ('1D')."""
-    text = value.strip()
-    if not text:
-        raise ValueError("periods must be a JSON bounds file or a duration such as '1D'")
-    path = Path(text)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise ValueError(f"period bounds file {path} does not exist")
-        return FixedPeriods(_bounds_from_json(path))
-    try:
-        seconds = int(text) if text.isdigit() else pd.Timedelta(text).total_seconds()
-    except ValueError as exc:
-        raise ValueError(f"periods {text!r} is neither a bounds file nor a duration such as '1D' ({exc})") from None
-    if seconds < 1 or seconds != int(seconds):
-        raise ValueError(f"period length {text!r} must be a positive whole number of seconds")
-    return TumblingPeriods(int(seconds))
+    if bounds and length:
+        raise ValueError("give either ASMG_PERIOD_BOUNDS or ASMG_PERIOD_LENGTH, not both")
+    if bounds:
+        return FixedPeriods(tuple(load_bounds(bounds)))
+    if length:
+        if origin is None:
+            raise ValueError("tumbling periods (ASMG_PERIOD_LENGTH) need ASMG_PERIOD_ORIGIN, the unix time where "
+                             "period 1 starts")
+        if count is not None and count < 1:
+            raise ValueError("ASMG_PERIOD_COUNT must be >= 1")
+        return TumblingPeriods(parse_duration(length), float(origin), count)
+    return None

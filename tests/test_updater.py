@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from asmg.artifacts import load_bundle, save_bundle
 from asmg.config import MetaConfig, ProtocolConfig, RunConfig, TrainConfig
 from asmg.data.periods import equal_count_bounds
 from asmg.methods import make_method, parse_methods
@@ -23,14 +24,16 @@ def _periods():
 
 
 @pytest.mark.parametrize("method", ["iu", "bu-2", "asmg-linear", "asmg-gru-multi", "asmg-gru-full"])
-def test_checkpoint_resumes_exactly(method):
+def test_checkpoint_resumes_exactly(method, tmp_path):
     periods = _periods()
     straight = PeriodUpdater(method, CFG)
     expected = [straight.step(p, periods[p]).metrics for p in range(1, 9)]
     first = PeriodUpdater(method, CFG)
     got = [first.step(p, periods[p]).metrics for p in range(1, 6)]
     tensors, info = first.state()
-    resumed = PeriodUpdater.from_state({k: v.clone() for k, v in tensors.items()}, info)
+    save_bundle(str(tmp_path / "ckpt"), tensors, {"info": info})  # safetensors hands keys back re-ordered
+    loaded, meta = load_bundle(str(tmp_path / "ckpt"))
+    resumed = PeriodUpdater.from_state(loaded, meta["info"])
     got += [resumed.step(p, periods[p]).metrics for p in range(6, 9)]
     assert got[:3] == [None, None, None]  # pretraining periods have no served model yet
     for a, b in zip(got[3:], expected[3:], strict=True):

@@ -10,7 +10,7 @@ import torch
 
 from asmg.batches import PeriodTensors
 from asmg.config import RunConfig
-from asmg.model import Params, grow_params, init_params
+from asmg.model import Params, canonical, grow_params, init_params
 
 State = dict[str, torch.Tensor]
 
@@ -30,7 +30,7 @@ class UpdateMethod(ABC):
         return init_params(sizes, seed)
 
     def start(self, pretrained: Params) -> None:
-        self.base = {n: t.to(self.device) for n, t in pretrained.items()}
+        self.base = canonical({n: t.to(self.device) for n, t in pretrained.items()})
 
     def grow(self, sizes: dict[str, int], gen: torch.Generator) -> Params:
         """Append rows for new ids to the base model; returns the appended rows for subclasses to reuse."""
@@ -62,7 +62,7 @@ def pack(prefix: str, params: dict[str, torch.Tensor]) -> State:
 
 def unpack(prefix: str, tensors: State, device: torch.device) -> dict[str, torch.Tensor]:
     head = prefix + "/"
-    return {k[len(head):]: t.to(device) for k, t in tensors.items() if k.startswith(head)}
+    return canonical({k[len(head):]: t.to(device) for k, t in tensors.items() if k.startswith(head)})
 
 
 def pack_periods(prefix: str, periods: list[PeriodTensors]) -> State:

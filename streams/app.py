@@ -1,0 +1,117 @@
+"""The faust-streaming app factory: one app per role, built from :class:`StreamSettings`.
+
+- ``windowing``: the windowing agent on the interactions topic (streams/windowing.py) and the
+  coordinator agent on the watermarks topic (streams/coordinator.py); run as many workers as you like,
+  they share the partitions (consumer group = app id) and exactly one of them coordinates.
+- ``trainer``: the trainer agent on the periods topic (streams/trainer.py); run one per model name.
+
+Apps use faust's memory store: a table lives in memory and is rebuilt from its changelog topic on
+start or rebalance, so a restart loses nothing. App ids default to ``<topic prefix><role>``, so two
+deployments (or two tests) with different prefixes never share consumer groups or changelogs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from streams.kafka_config import KafkaSettings
+from streams.settings import StreamSettings
+from streams.topics import TopicNames, ensure_topics
+
+log = logging.getLogger(__name__)
+
+ROLES = ("windowing", "trainer")
+FAIL_STOP_EXIT = 70
+
+
+def interactions_partitions(kafka: KafkaSettings, names: TopicNames, timeout: float = 30.0) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient(kafka.confluent_config()).list_topics(names.interactions, timeout=timeout)
+    info = metadata.topics.get(names.interactions)
+    if info is None or info.error is not None or not info.partitions:
+        raise RuntimeError(f"topic {names.interactions} is missing at {kafka.bootstrap_servers}")
+    return len(info.partitions)
+
+
+def create_app(settings: StreamSettings, role: str, kafka: KafkaSettings | None = None):
+    """A faust app for ``role``; creates the project's topics first when they are missing."""
+    import faust
+
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    kafka = kafka or KafkaSettings.from_env()
+    names = TopicNames(settings.topic_prefix)
+    ensure_topics(kafka, names, settings.partitions)
+    partitions = interactions_partitions(kafka, names)
+    app_id = settings.role_app_id(role)
+    datadir = Path(settings.worker_dir) / app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id,
+        **kafka.faust_app_kwargs(),
+        store="memory://",
+        topic_partitions=partitions,
+        web_enabled=False,
+        datadir=str(datadir),
+        autodiscover=False,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+        broker_max_poll_interval=3600.0,  # a trainer step may take long; heartbeats run beside it
+        producer_linger=0.01,  # batch changelog writes: fewer, larger produce requests
+        broker_session_timeout=settings.session_timeout,  # how long a crashed worker's partitions wait
+        broker_heartbeat_interval=max(0.5, settings.session_timeout / 6),
+        broker_rebalance_timeout=max(settings.session_timeout * 2, 20.0),
+    )
+    _tune_faust()
+    if role == "windowing":
+        from streams import coordinator, windowing
+
+        windowing.register(app, settings, names, partitions)
+        coordinator.register(app, settings, names, kafka, partitions)
+    else:
+        from streams import trainer
+
+        trainer.register(app, settings, names, kafka)
+    return app
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def _tune_faust() -> None:
+    """Table writes queue in faust's producer buffer; past ``max_messages`` the stream waits for it to
+    drain in steps of that size. 100 (faust's value) makes a busy windowing agent stall every few
+    records and log a warning each time; a larger buffer drains in bigger batches (commits still flush
+    it completely)."""
+    from faust.transport import producer
+
+    producer.ProducerBuffer.max_messages = 5000
+    logging.getLogger(producer.__name__).addFilter(_DropMessages("producer buffer full", "producer flush took"))
+
+
+def fail_stop(exc: BaseException, where: str) -> None:
+    """An unexpected error in an agent: exit at once rather than let faust restart the agent past the
+    record (that would skip it). A supervisor restarts the worker; processing redoes the record."""
+    log.critical("%s failed; stopping the worker so the record is redone after a restart", where,
+                 exc_info=exc)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(FAIL_STOP_EXIT)
+
+
+def run_worker(app, log_level: str = "warning") -> None:
+    """Run ``app`` as a faust worker in this process until SIGTERM/SIGINT (blocks)."""
+    from faust.worker import Worker
+
+    Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()

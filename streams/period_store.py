@@ -1,0 +1,180 @@
+"""The period store: each period's samples as Parquet, one file per interactions partition.
+
+Layout under the store URI (a local path, or any URI pyarrow's filesystems open: s3://, gs://, hdfs://)::
+
+    period-000005/part-00000.parquet
+    period-000005/part-00001.parquet
+
+A file's name depends only on (period, partition), and its content only on that partition's samples of
+that period (rows sorted by ts, user_id, item_id, label; no timestamps or pandas metadata in the file),
+so rewriting it after a restart yields the same bytes. Writes go to a temporary name first and are
+moved into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import fs
+
+from streams.records import combined_sha256
+
+SORT_KEYS = ["ts", "user_id", "item_id", "label"]
+SCHEMA = pa.schema([
+    ("user_id", pa.int64()), ("item_id", pa.int64()), ("ts", pa.int64()), ("label", pa.float32()),
+    ("history", pa.list_(pa.int64())), ("categories", pa.list_(pa.int64())), ("period", pa.int32()),
+])
+SCALARS = {"user_id": "int64", "item_id": "int64", "ts": "int64", "label": "float32", "period": "int32"}
+
+
+class PeriodStoreError(RuntimeError):
+    """A period's files are missing or do not match the checksums of its record."""
+
+
+def open_uri(uri: str) -> tuple[fs.FileSystem, str]:
+    if "://" not in uri:
+        return fs.LocalFileSystem(), os.path.abspath(uri)
+    return fs.FileSystem.from_uri(uri)
+
+
+def _list_column(lists: list[list[int]]) -> pa.Array:
+    lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter((x for v in lists for x in v), dtype=np.int64, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int64()))
+
+
+def samples_table(user: list[int], item: list[int], ts: list[int], label: list[float],
+                  history: list[list[int]], categories: list[list[int]], period: int) -> pa.Table:
+    """Columns -> an Arrow table in the store's schema and canonical row order."""
+    n = len(user)
+    table = pa.Table.from_arrays([
+        pa.array(np.asarray(user, dtype=np.int64)), pa.array(np.asarray(item, dtype=np.int64)),
+        pa.array(np.asarray(ts, dtype=np.int64)), pa.array(np.asarray(label, dtype=np.float32)),
+        _list_column(history), _list_column(categories), pa.array(np.full(n, period, dtype=np.int32)),
+    ], schema=SCHEMA)
+    return sort_canonical(table)
+
+
+def sort_canonical(table: pa.Table) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in SORT_KEYS])
+    return table.take(order)
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(None), sink, compression="zstd")
+    return sink.getvalue()
+
+
+@dataclass(frozen=True)
+class PeriodStore:
+    uri: str
+
+    def __post_init__(self) -> None:
+        uri = self.uri.rstrip("/")
+        # absolute for a local store: period records are read by processes with other working directories
+        object.__setattr__(self, "uri", uri if "://" in uri else os.path.abspath(uri))
+
+    @property
+    def _fs(self) -> tuple[fs.FileSystem, str]:
+        return open_uri(self.uri)
+
+    def period_uri(self, period: int) -> str:
+        return f"{self.uri}/period-{period:06d}"
+
+    @staticmethod
+    def part_name(partition: int) -> str:
+        return f"part-{partition:05d}.parquet"
+
+    def _part_path(self, period: int, partition: int) -> tuple[fs.FileSystem, str]:
+        filesystem, root = self._fs
+        return filesystem, f"{root}/period-{period:06d}/{self.part_name(partition)}"
+
+    def write_partition(self, period: int, partition: int, table: pa.Table) -> dict[str, Any]:
+        """Write (or rewrite identically) one partition's samples of a period; returns its part entry."""
+        data = table_bytes(table)
+        filesystem, path = self._part_path(period, partition)
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with filesystem.open_output_stream(tmp) as stream:
+            stream.write(data)
+        filesystem.move(tmp, path)
+        return {"partition": partition, "file": self.part_name(partition), "rows": table.num_rows,
+                "sha256": hashlib.sha256(data).hexdigest()}
+
+    def exists(self, period: int, partition: int) -> bool:
+        filesystem, path = self._part_path(period, partition)
+        return filesystem.get_file_info(path).type == fs.FileType.File
+
+    def read_bytes(self, period: int, partition: int) -> bytes:
+        filesystem, path = self._part_path(period, partition)
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                return stream.read()
+        except (FileNotFoundError, OSError) as exc:
+            raise PeriodStoreError(f"cannot read {path}: {exc}") from exc
+
+    def describe(self, period: int, partitions: int) -> list[dict[str, Any]] | None:
+        """Part entries of every partition's file of ``period``, or None while any file is missing."""
+        if not all(self.exists(period, p) for p in range(partitions)):
+            return None
+        parts = []
+        for p in range(partitions):
+            data = self.read_bytes(period, p)
+            rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+            parts.append({"partition": p, "file": self.part_name(p), "rows": rows,
+                          "sha256": hashlib.sha256(data).hexdigest()})
+        return parts
+
+    def read_period_table(self, period: int, partitions: int) -> pa.Table:
+        tables = [pq.read_table(io.BytesIO(self.read_bytes(period, p))) for p in range(partitions)]
+        return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def read_period_record(record: dict[str, Any]) -> pd.DataFrame:
+    """The samples a period record points at, verified against its checksums, in canonical order
+    (ts, user_id, item_id, label), so the order does not depend on how events were partitioned."""
+    uri = record["uri"].rstrip("/")
+    filesystem, root = open_uri(uri)
+    parts = record.get("parts")
+    if parts is None:
+        parts = [{"partition": p, "file": PeriodStore.part_name(p)} for p in range(record["partitions"])]
+    tables = []
+    for part in parts:
+        path = f"{root}/{part['file']}"
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                data = stream.read()
+        except (FileNotFoundError, OSError) as exc:
+            raise PeriodStoreError(f"period {record['period']}: cannot read {path}: {exc}") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if "sha256" in part and digest != part["sha256"]:
+            raise PeriodStoreError(f"period {record['period']}: {path} sha256 {digest} != record's {part['sha256']}")
+        part.setdefault("sha256", digest)
+        tables.append(pq.read_table(io.BytesIO(data)))
+    if "rows" in parts[0] and combined_sha256(parts) != record["sha256"]:
+        raise PeriodStoreError(f"period {record['period']}: parts do not match the record's sha256")
+    table = sort_canonical(pa.concat_tables(tables)) if tables else SCHEMA.empty_table()
+    if table.num_rows != record["samples"]:
+        raise PeriodStoreError(f"period {record['period']}: {table.num_rows} samples, record says "
+                               f"{record['samples']}")
+    return table_to_frame(table)
+
+
+def table_to_frame(table: pa.Table) -> pd.DataFrame:
+    """As the offline cache reads its Parquet: list columns Arrow-backed, scalars as numpy dtypes."""
+    frame = table.to_pandas(types_mapper=pd.ArrowDtype)
+    return frame.astype(SCALARS).reset_index(drop=True)

@@ -1,0 +1,237 @@
+"""JSON records the stream roles exchange on Kafka, plus the small Kafka helpers they share.
+
+Schemas (v1; readers ignore unknown fields, refuse other versions):
+
+- period closed (topic ``<prefix>periods``, key = period id as text)::
+
+    {"v": 1, "period": 5, "start": 878000000, "end": 879000000, "samples": 3120,
+     "uri": "runs/stream/periods/period-000005", "sha256": "<hex>", "partitions": 4,
+     "parts": [{"partition": 0, "file": "part-00000.parquet", "rows": 800, "sha256": "<hex>"}, ...]}
+
+  ``sha256`` covers the parts (:func:`combined_sha256`); every part's own sha256 covers its file's bytes.
+- model version (topic ``<prefix>models``, key = model name)::
+
+    {"v": 1, "model": "asmg", "version": 3, "period": 6, "method": "asmg-gru-multi",
+     "uri": "runs/stream/models/asmg/v000003-p0006", "sha256": "<manifest sha256>",
+     "metrics": {"auc": .., "logloss": .., "samples": ..}, "shadow_metrics": {...} | null,
+     "created": "2024-01-01T00:00:00+00:00", "seconds": 12.3}
+
+  ``metrics``: the served model (made after period t-1) tested on period t, exactly what the offline
+  runner reports for t; the artifact at ``uri`` is the model made after period t (it serves t+1).
+- watermark (topic ``<prefix>watermarks``, key = partition)::
+
+    {"v": 1, "topic": "asmg.interactions", "partition": 2, "watermark": 878000000, "max_ts": 878000000,
+     "closed_through": 4, "late": 0, "refused": 1, "applied": 9000}
+
+  ``closed_through``: every period <= it has its samples file written for this partition.
+- dead letter (topic ``<prefix>dlq``, key = ``topic:partition:offset``, so a consumer can drop the
+  duplicates a crash may cause)::
+
+    {"v": 1, "reason": "late", "detail": "...", "raw": "<the record's value as text>",
+     "topic": "asmg.interactions", "partition": 2, "offset": 1234}
+
+- control (topic ``<prefix>interactions``, sent to EVERY partition, see :func:`control_record`)::
+
+    {"v": 1, "control": "watermark", "ts": 878000000}     # no event with ts < 878000000 will follow
+    {"v": 1, "control": "end_of_stream", "ts": null}      # fixed bounds: close every period
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from streams.kafka_config import KafkaSettings
+
+VERSION = 1
+CONTROL_KEY = b"__asmg_control__"
+CONTROL_KINDS = ("watermark", "end_of_stream")
+
+
+class RecordError(ValueError):
+    """A record that does not follow its schema."""
+
+
+def dumps(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+
+
+def loads(raw: bytes | str, kind: str) -> dict[str, Any]:
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{kind} record is not JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{kind} record must be a JSON object")
+    if record.get("v") != VERSION:
+        raise RecordError(f"{kind} record has version {record.get('v')!r}; expected {VERSION}")
+    return record
+
+
+def _need(record: dict[str, Any], kind: str, names: Iterable[str]) -> None:
+    missing = [n for n in names if n not in record]
+    if missing:
+        raise RecordError(f"{kind} record lacks {missing}")
+
+
+# --- period closed -----------------------------------------------------------------------------------------
+
+PERIOD_FIELDS = ("period", "start", "end", "samples", "uri", "sha256", "partitions")
+
+
+def combined_sha256(parts: Sequence[dict[str, Any]]) -> str:
+    text = "\n".join(f"{p['partition']}:{p['file']}:{p['rows']}:{p['sha256']}"
+                     for p in sorted(parts, key=lambda p: p["partition"]))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def period_record(period: int, start: float, end: float, uri: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"v": VERSION, "period": int(period), "start": start, "end": end,
+            "samples": int(sum(p["rows"] for p in parts)), "uri": uri, "sha256": combined_sha256(parts),
+            "partitions": len(parts), "parts": parts}
+
+
+def parse_period(raw: bytes | str) -> dict[str, Any]:
+    record = loads(raw, "period")
+    _need(record, "period", PERIOD_FIELDS)
+    return record
+
+
+# --- model version -----------------------------------------------------------------------------------------
+
+MODEL_FIELDS = ("model", "version", "period", "method", "uri", "sha256", "metrics", "shadow_metrics", "created",
+                "seconds")
+
+
+def model_record(**values: Any) -> dict[str, Any]:
+    missing = [n for n in MODEL_FIELDS if n not in values]
+    if missing:
+        raise RecordError(f"model record lacks {missing}")
+    return {"v": VERSION, **{n: values[n] for n in MODEL_FIELDS}}
+
+
+def parse_model(raw: bytes | str) -> dict[str, Any]:
+    record = loads(raw, "model")
+    _need(record, "model", MODEL_FIELDS)
+    return record
+
+
+# --- watermarks, DLQ, control ------------------------------------------------------------------------------
+
+
+def watermark_record(topic: str, partition: int, watermark: float | None, max_ts: float | None,
+                     closed_through: int, late: int, refused: int, applied: int) -> dict[str, Any]:
+    return {"v": VERSION, "topic": topic, "partition": partition, "watermark": watermark, "max_ts": max_ts,
+            "closed_through": closed_through, "late": late, "refused": refused, "applied": applied}
+
+
+def parse_watermark(raw: bytes | str) -> dict[str, Any]:
+    record = loads(raw, "watermark")
+    _need(record, "watermark", ("topic", "partition", "watermark", "closed_through"))
+    return record
+
+
+def dlq_record(reason: str, raw: bytes, topic: str, partition: int, offset: int, detail: str = "") -> dict[str, Any]:
+    return {"v": VERSION, "reason": reason, "detail": detail, "raw": raw.decode("utf-8", errors="backslashreplace"),
+            "topic": topic, "partition": partition, "offset": offset}
+
+
+def dlq_key(topic: str, partition: int, offset: int) -> bytes:
+    return f"{topic}:{partition}:{offset}".encode()
+
+
+def control_record(kind: str, ts: float | None) -> dict[str, Any]:
+    if kind not in CONTROL_KINDS:
+        raise RecordError(f"control kind {kind!r}; expected one of {CONTROL_KINDS}")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
+        raise RecordError(f"control ts must be a finite number of unix seconds or null, got {ts!r}")
+    return {"v": VERSION, "control": kind, "ts": ts}
+
+
+# --- Kafka helpers (confluent-kafka, blocking: call from a thread inside async code) ----------------------
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+def read_topic(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list[TopicRecord]:
+    """Every record now in ``topic`` (all partitions, from the beginning to the current end); no group."""
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+    consumer = Consumer(settings.confluent_config(**{
+        "group_id": f"asmg-reader-{time.monotonic_ns()}", "enable_auto_commit": False,
+        "enable_partition_eof": True, "auto_offset_reset": "earliest"}))
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            return []
+        todo: dict[int, int] = {}
+        assign = []
+        for partition in info.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+            if high > low:
+                todo[partition] = high
+                assign.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+        if not todo:
+            return []
+        consumer.assign(assign)
+        out: list[TopicRecord] = []
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} not read to the end in "
+                                   f"{timeout:.0f}s")
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    if message.offset() >= todo.get(message.partition(), 0):
+                        todo.pop(message.partition(), None)
+                    continue
+                raise KafkaException(message.error())
+            out.append(TopicRecord(message.key(), message.value(), message.partition(), message.offset()))
+            if message.offset() + 1 >= todo.get(message.partition(), 0):
+                todo.pop(message.partition(), None)
+        return out
+    finally:
+        consumer.close()
+
+
+class RecordProducer:
+    """A blocking idempotent producer (acks=all) for the few records whose delivery must be confirmed
+    before the caller goes on (period and model records, control markers)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(settings.confluent_config(enable_idempotence=True, acks="all", linger_ms=0))
+
+    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+             timeout: float = 30.0) -> None:
+        errors: list[str] = []
+
+        def done(error, message) -> None:
+            if error is not None:
+                errors.append(error.str())
+
+        kwargs = {} if partition is None else {"partition": partition}
+        self._producer.produce(topic, value=value, key=key, on_delivery=done, **kwargs)
+        remaining = self._producer.flush(timeout)
+        if remaining or errors:
+            raise RuntimeError(f"record to {topic} not acknowledged: {errors or f'{remaining} pending'}")
+
+    def close(self) -> None:
+        self._producer.flush(10)

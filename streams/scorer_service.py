@@ -1,0 +1,512 @@
+"""The scorer role's service: serve the newest verified model over HTTP and evaluate it online against its IU shadow.
+
+Two background threads feed it (confluent-kafka consumers, each with its own throw-away group so every
+scorer sees everything): one reads the compacted models topic from the start, verifies and loads each new
+version off the request path and swaps it in with one reference assignment; the other reads labelled
+interactions in micro-batches, scores them with the served model and its shadow before they join the
+users' histories (prequential evaluation), and keeps those histories for requests that bring none.
+
+HTTP (aiohttp): ``POST /score``, ``GET /model``, ``GET /quality``, ``GET /healthz``, ``GET /metrics``.
+The command (``asmg worker scorer``) is in streams/scorer.py, which imports this module only when it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from asmg.data.samples import HISTORY_LEN
+from asmg.events import MAX_ID, Event, EventError, parse_event, stable_id
+from streams.kafka_config import KafkaSettings
+from streams.scorer_eval import Evaluator, Prequential, UserHistories
+from streams.scorer_state import ModelHolder, PeriodSpec, RecordError, parse_model_record
+from streams.topics import TopicNames
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, KafkaError
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 10_000
+MAX_HISTORY = 1_000
+MAX_BODY = 1024 * 1024
+QUALITY_GAUGE_PERIODS = 5
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    """Everything the role can be told (the CLI maps flags and ASMG_* variables onto these)."""
+
+    periods: PeriodSpec | None
+    model_name: str | None = None
+    device: str = "cpu"
+    history_len: int = HISTORY_LEN
+    max_users: int = 1_000_000
+    batch_size: int = 1000
+    batch_seconds: float = 0.2
+    negatives: int = 0
+    interactions_from: str = "earliest"
+    wait_models: float = 30.0
+    max_periods: int = 200
+    seed: int = 0
+
+
+# --- Kafka feeds --------------------------------------------------------------------------------------------
+
+
+def _consumer(settings: KafkaSettings, role: str, offset_reset: str, **extra: Any) -> Consumer:
+    """A consumer in a group of its own: this scorer sees every partition and commits nothing."""
+    from confluent_kafka import Consumer
+
+    return Consumer(settings.confluent_config(
+        group_id=f"asmg-scorer-{role}-{uuid.uuid4().hex[:12]}", auto_offset_reset=offset_reset,
+        enable_auto_commit=False, logger=logging.getLogger(f"{__name__}.kafka"), **extra))
+
+
+class _Feed(threading.Thread):
+    """A consumer loop that survives anything but ``stop``: errors are logged and counted."""
+
+    def __init__(self, name: str, stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.stop = stop
+        self.errors = 0
+
+    def run(self) -> None:
+        consumer = None
+        try:
+            consumer = self.open()
+            while not self.stop.is_set():
+                try:
+                    self.step(consumer)
+                except Exception:
+                    self.errors += 1
+                    log.exception("%s: unexpected error; continuing", self.name)
+                    self.stop.wait(1.0)
+        except Exception:
+            self.errors += 1
+            log.exception("%s: cannot start", self.name)
+        finally:
+            if consumer is not None:
+                consumer.close()
+
+    def open(self) -> Consumer:
+        raise NotImplementedError
+
+    def step(self, consumer: Consumer) -> None:
+        raise NotImplementedError
+
+    def kafka_error(self, error: KafkaError) -> None:
+        from confluent_kafka import KafkaError
+
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            log.debug("%s: %s (waiting for the topic)", self.name, error.str())
+        else:
+            self.errors += 1
+            log.warning("%s: %s", self.name, error.str())
+
+
+class ModelFeed(_Feed):
+    """Reads the models topic from the start; ``caught_up`` is set once it reached the end the first time."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, holder: ModelHolder, stop: threading.Event) -> None:
+        super().__init__("scorer-models", stop)
+        self.settings, self.topic, self.holder = settings, topic, holder
+        self.caught_up = threading.Event()
+        self.assigned: set[int] = set()
+        self.at_end: set[int] = set()
+
+    def open(self) -> Consumer:
+        consumer = _consumer(self.settings, "models", "earliest", enable_partition_eof=True)
+        consumer.subscribe([self.topic], on_assign=lambda _c, parts: self.assigned.update(p.partition for p in parts))
+        return consumer
+
+    def step(self, consumer: Consumer) -> None:
+        from confluent_kafka import KafkaError
+
+        records = []
+        for message in consumer.consume(num_messages=100, timeout=0.5):
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self.at_end.add(message.partition())
+                else:
+                    self.kafka_error(error)
+                continue
+            try:
+                records.append(parse_model_record(message.value(), message.key()))
+            except RecordError as exc:
+                self.holder.count("records_invalid")
+                log.warning("models topic offset %d: refused record: %s", message.offset(), exc.reason)
+        if records:
+            self.holder.offer(records)
+        if not self.caught_up.is_set() and self.assigned and self.assigned <= self.at_end:
+            self.caught_up.set()
+
+
+class InteractionFeed(_Feed):
+    """Labelled events in micro-batches (up to ``batch_size`` or ``batch_seconds``) into the evaluator."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, holder: ModelHolder, evaluator: Evaluator,
+                 options: ScorerOptions, models_ready: threading.Event, stop: threading.Event) -> None:
+        super().__init__("scorer-interactions", stop)
+        self.settings, self.topic, self.holder, self.evaluator = settings, topic, holder, evaluator
+        self.options, self.models_ready = options, models_ready
+        self.invalid = 0
+        self.control = 0
+
+    def open(self) -> Consumer:
+        # Events before the newest model are "trained on" and only build histories, so wait for it first.
+        deadline = time.monotonic() + self.options.wait_models
+        while not self.models_ready.is_set() and time.monotonic() < deadline and not self.stop.is_set():
+            self.models_ready.wait(0.2)
+        consumer = _consumer(self.settings, "interactions", self.options.interactions_from)
+        consumer.subscribe([self.topic])
+        return consumer
+
+    def step(self, consumer: Consumer) -> None:
+        messages = consumer.consume(num_messages=self.options.batch_size, timeout=self.options.batch_seconds)
+        events: list[Event] = []
+        for message in messages:
+            if message.error() is not None:
+                self.kafka_error(message.error())
+                continue
+            try:
+                event = _event(message.value())
+            except EventError as exc:
+                self.invalid += 1
+                log.debug("interactions offset %d: %s", message.offset(), exc.reason)
+                continue
+            if event is None:
+                self.control += 1
+            else:
+                events.append(event)
+        self.evaluator.process(events, self.holder.current)
+
+
+def _event(raw: bytes | None) -> Event | None:
+    """An interaction event, or None for the windowing role's control records (watermark, end of stream)."""
+    if raw is None:
+        raise EventError("record has no value")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return parse_event(raw)  # raises EventError with the precise reason
+    if isinstance(obj, dict) and "control" in obj:
+        return None
+    return parse_event(obj)
+
+
+# --- HTTP ---------------------------------------------------------------------------------------------------
+
+
+class RequestError(ValueError):
+    """A /score body that cannot be scored; the message is the 400 reason."""
+
+
+def _request_id(value: Any, name: str) -> int:
+    """Ids as events carry them: non-negative integers, or non-empty strings hashed like the stream's."""
+    if isinstance(value, bool):
+        raise RequestError(f"{name} must be an integer or a string, got a boolean")
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_ID:
+            raise RequestError(f"{name} must be between 0 and 2^63-1, got {value}")
+        return value
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_ID:
+        return int(value)
+    if isinstance(value, str) and value.strip():
+        return stable_id(value)
+    raise RequestError(f"{name} must be a non-negative integer or a non-empty string, got {value!r}")
+
+
+def _id_list(body: dict[str, Any], name: str, limit: int, required: bool) -> list[int] | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise RequestError(f"missing field {name}")
+        return None
+    if not isinstance(value, list):
+        raise RequestError(f"{name} must be a list of ids, got {type(value).__name__}")
+    if required and not value:
+        raise RequestError(f"{name} must not be empty")
+    if len(value) > limit:
+        raise RequestError(f"{name} has {len(value)} entries; at most {limit} allowed")
+    return [_request_id(v, f"{name}[]") for v in value]
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    user_id: int
+    items: list[int]
+    history: list[int] | None
+
+
+def parse_score_request(raw: bytes) -> ScoreRequest:
+    """Validate a /score body; raise :class:`RequestError` with the reason."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"body must be a JSON object, got {type(body).__name__}")
+    if body.get("user_id") is None:
+        raise RequestError("missing field user_id")
+    items = _id_list(body, "items", MAX_ITEMS, required=True)
+    assert items is not None
+    return ScoreRequest(_request_id(body["user_id"], "user_id"), items,
+                        _id_list(body, "history", MAX_HISTORY, required=False))
+
+
+SERVICE: web.AppKey[ScorerService] = web.AppKey("scorer")
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+async def post_score(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        body = parse_score_request(await request.read())
+    except RequestError as exc:
+        return _error(400, str(exc))
+    model = service.holder.current  # one read: this request uses this model throughout
+    if model is None:
+        return _error(503, "no model yet")
+    history = body.history if body.history is not None else service.histories.recent(body.user_id)
+    loop = asyncio.get_running_loop()
+    scores = await loop.run_in_executor(service.pool, model.scorer.score_user, body.user_id, body.items,
+                                        history[-service.options.history_len:])
+    return web.json_response({"scores": np.asarray(scores, dtype=np.float64).tolist(),
+                              "model_version": model.version, "period": model.period})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    model = request.app[SERVICE].holder.current
+    if model is None:
+        return _error(503, "no model yet")
+    return web.json_response(model.describe())
+
+
+async def get_quality(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    report = await asyncio.get_running_loop().run_in_executor(service.pool, service.prequential.report)
+    return web.json_response({"periods": {str(p): row for p, row in report.items()},
+                              "events": dict(service.evaluator.counts), "invalid_events": service.interactions.invalid,
+                              "control_records": service.interactions.control,
+                              "negatives_per_positive": service.options.negatives,
+                              "periods_spec": service.describe_periods()})
+
+
+async def get_healthz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    model = service.holder.current
+    alive = {"models": service.models.is_alive(), "interactions": service.interactions.is_alive()}
+    ok = all(alive.values())
+    return web.json_response({"status": "ok" if ok else "feed stopped", "model_version": model and model.version,
+                              "feeds": alive, "models_caught_up": service.models.caught_up.is_set(),
+                              "users": len(service.histories), **service.holder.stats()},
+                             status=200 if ok else 503)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]  # collecting computes AUCs: off the event loop
+    body = await asyncio.get_running_loop().run_in_executor(service.pool, generate_latest, service.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _Collector:
+    """Prometheus view of the service's own counters, read at scrape time (no double bookkeeping)."""
+
+    def __init__(self, service: ScorerService) -> None:
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        service, model = self.service, self.service.holder.current
+        stats = service.holder.stats()
+        yield _gauge("asmg_scorer_model_version", "Version of the served model (0: none yet).",
+                     model.version if model else 0)
+        yield _gauge("asmg_scorer_model_period", "Last period the served model was trained on.",
+                     model.period if model else 0)
+        loads = CounterMetricFamily("asmg_scorer_model_records", "Model records by outcome.", labels=["outcome"])
+        for outcome in ("models_loaded", "load_failures", "records_stale", "records_invalid"):
+            loads.add_metric([outcome], stats[outcome])
+        yield loads
+        events = CounterMetricFamily("asmg_scorer_events", "Interaction events by outcome.", labels=["outcome"])
+        for outcome, n in {**service.evaluator.counts, "invalid": service.interactions.invalid}.items():
+            events.add_metric([outcome], n)
+        yield events
+        yield _gauge("asmg_scorer_users", "Users whose recent history is held.", len(service.histories))
+        yield from self._quality()
+
+    def _quality(self) -> Iterator[Any]:
+        report = self.service.prequential.report()
+        auc = GaugeMetricFamily("asmg_scorer_prequential_auc", "Online AUC per period.", labels=["period", "model"])
+        loss = GaugeMetricFamily("asmg_scorer_prequential_logloss", "Online logloss per period.",
+                                 labels=["period", "model"])
+        for period, row in list(report.items())[-QUALITY_GAUGE_PERIODS:]:
+            for name, prefix in (("served", ""), ("shadow", "shadow_")):
+                if row[f"{prefix}auc"] is not None:
+                    auc.add_metric([str(period), name], row[f"{prefix}auc"])
+                if row[f"{prefix}logloss"] is not None:
+                    loss.add_metric([str(period), name], row[f"{prefix}logloss"])
+        yield auc
+        yield loss
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+# --- the service --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScorerService:
+    """The role's state, its two feeds and its web app; ``run`` serves until ``stop``."""
+
+    settings: KafkaSettings
+    names: TopicNames
+    options: ScorerOptions
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        opts = self.options
+        self.holder = ModelHolder(opts.device, opts.model_name)
+        self.histories = UserHistories(opts.max_users, opts.history_len)
+        self.prequential = Prequential(opts.max_periods)
+        self.evaluator = Evaluator(opts.periods, self.histories, self.prequential, opts.negatives, opts.seed)
+        self.models = ModelFeed(self.settings, self.names.models, self.holder, self.stopped)
+        self.interactions = InteractionFeed(self.settings, self.names.interactions, self.holder, self.evaluator,
+                                            opts, self.models.caught_up, self.stopped)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scorer-http")
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))  # type: ignore[arg-type]
+        self.latency = Histogram("asmg_scorer_request_seconds", "HTTP request latency.", ["path", "status"],
+                                 registry=self.registry)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    def describe_periods(self) -> str:
+        periods = self.options.periods
+        return periods.describe() if periods is not None else "none configured: online evaluation is off"
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._timed])
+        app[SERVICE] = self
+        app.router.add_post("/score", post_score)
+        app.router.add_get("/model", get_model)
+        app.router.add_get("/quality", get_quality)
+        app.router.add_get("/healthz", get_healthz)
+        app.router.add_get("/metrics", get_metrics)
+        return app
+
+    @web.middleware
+    async def _timed(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            path = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+            self.latency.labels(path, str(status)).observe(time.perf_counter() - start)
+
+    async def run(self, host: str, port: int, on_ready: Callable[[int], None] | None = None) -> None:
+        """Start the feeds and the HTTP server; return after :meth:`stop` (any thread) or cancellation."""
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        if self.stopped.is_set():
+            return
+        self.models.start()
+        self.interactions.start()
+        runner = web.AppRunner(self.make_app(), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+            log.info("scorer listening on http://%s:%d (models %s, interactions %s, periods: %s)", host, bound,
+                     self.names.models, self.names.interactions, self.describe_periods())
+            if on_ready is not None:
+                on_ready(bound)
+            await self._wake.wait()
+        finally:
+            await runner.cleanup()
+            self.stop()
+            await asyncio.get_running_loop().run_in_executor(None, self._join)
+
+    def stop(self) -> None:
+        """Ask everything to stop; safe from any thread and more than once."""
+        self.stopped.set()
+        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _join(self, timeout: float = 10.0) -> None:
+        for feed in (self.models, self.interactions):
+            if feed.is_alive():
+                feed.join(timeout)
+        self.pool.shutdown(wait=False)
+
+
+@contextmanager
+def running(service: ScorerService, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0
+            ) -> Iterator[str]:
+    """Run ``service`` on a background thread (tests, notebooks); yields its base URL, stops it on exit."""
+    ready = threading.Event()
+    bound: list[int] = []
+    failure: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            asyncio.run(service.run(host, port, lambda p: (bound.append(p), ready.set())))
+        except BaseException as exc:  # surfaced to the caller below
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=main, name="scorer-http-loop", daemon=True)
+    thread.start()
+    if not ready.wait(timeout) or failure:
+        service.stop()
+        raise RuntimeError(f"scorer did not start: {failure[0] if failure else 'timeout'}")
+    try:
+        yield f"http://{host}:{bound[0]}"
+    finally:
+        service.stop()
+        thread.join(timeout)
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+
+def serve_forever(service: ScorerService, host: str, port: int) -> None:
+    """Run until SIGINT/SIGTERM (a container stop), shutting the consumers down cleanly."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, service.stop)
+        await service.run(host, port)
+
+    asyncio.run(main())

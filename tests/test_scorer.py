@@ -1,0 +1,471 @@
+"""The scorer role: record parsing, atomic model swaps, histories, prequential metrics, and the HTTP contract.
+
+Unit tests run without Kafka; the ``kafka`` tests publish real records to a real broker (tests/conftest.py)
+and talk to a scorer running in this process on a free port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from asmg.artifacts import load_model, save_model
+from asmg.data.periods import PeriodBounds
+from asmg.data.samples import history_matrix
+from asmg.events import Event, EventError, stable_id
+from asmg.metrics import auc, logloss
+from asmg.model import init_params, serving_copy
+from asmg.serving import Scorer
+from asmg.vocab import Vocabularies
+from streams.kafka_config import KafkaSettings
+from streams.scorer import scorer_command
+from streams.scorer_eval import Evaluator, Prequential, UserHistories, padded_rows, quality_row
+from streams.scorer_service import ScorerOptions, ScorerService, _event, parse_score_request, running
+from streams.scorer_state import (
+    FixedPeriods,
+    ModelHolder,
+    ModelRecord,
+    RecordError,
+    TumblingPeriods,
+    parse_model_record,
+    periods_from_options,
+)
+from streams.topics import TopicNames, ensure_topics
+
+USERS = np.arange(1, 11)
+ITEMS = np.arange(100, 121)
+MODEL = "asmg"
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def tiny_vocabs() -> Vocabularies:
+    vocabs = Vocabularies()
+    vocabs.users.add(USERS)
+    vocabs.items.add(ITEMS)
+    vocabs.categories.add(np.array([7, 8, 9]))
+    rows = vocabs.items.lookup(ITEMS)
+    cats = vocabs.categories.lookup(np.array([7, 8, 9]))[np.arange(len(ITEMS)) % 3]
+    vocabs.item_categories.assign(rows, cats, np.ones(len(ITEMS), dtype=np.int64))
+    vocabs.item_categories.grow(len(vocabs.items))
+    return vocabs
+
+
+def make_model(root: Path, version: int, period: int = 1, seed: int | None = None) -> ModelRecord:
+    """Save a tiny model bundle (random weights, served and shadow different) and return its record."""
+    vocabs = tiny_vocabs()
+    seed = version if seed is None else seed
+    serving = {k: v * 20 if k.endswith("_emb") else v for k, v in init_params(vocabs.sizes(), seed).items()}
+    shadow = init_params(vocabs.sizes(), seed + 1000)
+    uri = str(root / f"v{version}")
+    metrics = {"auc": 0.7, "logloss": 0.6, "samples": 100}
+    sha = save_model(uri, version=version, period=period, method="asmg-gru", serving=serving_copy(serving),
+                     shadow=serving_copy(shadow), vocabs=vocabs, config={"seed": seed}, metrics=metrics)
+    return ModelRecord(MODEL, version, period, "asmg-gru", uri, sha, metrics, {"auc": 0.65}, time.time())
+
+
+def call(url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        payload, status = exc.read(), exc.code
+    try:
+        return status, json.loads(payload)
+    except ValueError:
+        return status, payload.decode()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def publish(settings: KafkaSettings, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer(settings.confluent_config(acks="all", enable_idempotence=True))
+    for key, value in items:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def publish_records(settings: KafkaSettings, names: TopicNames, *records: ModelRecord) -> None:
+    publish(settings, names.models, [(r.model.encode(), r.to_json()) for r in records])
+
+
+def served_version(url: str) -> int | None:
+    status, body = call(f"{url}/model")
+    return body["version"] if status == 200 else None
+
+
+def service_for(settings: KafkaSettings, names: TopicNames, periods: Any = None, **options: Any) -> ScorerService:
+    ensure_topics(settings, names, partitions=2)
+    spec = periods or FixedPeriods((0, 1000, 2000, 3000))
+    return ScorerService(settings, names, ScorerOptions(periods=spec, **{"wait_models": 20, **options}))
+
+
+# --- records ------------------------------------------------------------------------------------------------
+
+
+def test_record_round_trip_and_key_check(tmp_path: Path) -> None:
+    record = ModelRecord(MODEL, 3, 12, "asmg-gru", str(tmp_path), "a" * 64, {"auc": 0.7}, {}, 1.5)
+    assert parse_model_record(record.to_json(), b"asmg") == record
+    with pytest.raises(RecordError, match="does not match"):
+        parse_model_record(record.to_json(), b"other")
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (None, "tombstone"),
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"v": 2}', "record version"),
+    (b'{"model": "", "version": 1}', "model must be"),
+    (b'{"model": "m", "version": true, "period": 1, "method": "iu", "uri": "/x", "sha256": "' + b"a" * 64 + b'"}',
+     "version must be an integer"),
+    (b'{"model": "m", "version": 0, "period": 1, "method": "iu", "uri": "/x", "sha256": "' + b"a" * 64 + b'"}',
+     "version must be >= 1"),
+    (b'{"model": "m", "version": 1, "period": 1, "method": "iu", "uri": "/x", "sha256": "abc"}', "64 lowercase"),
+    (b'{"model": "m", "version": 1, "period": -1, "method": "iu", "uri": "/x", "sha256": "' + b"a" * 64 + b'"}',
+     "period must be >= 0"),
+    (b'{"model": "m", "version": 1, "period": 1, "method": "iu", "uri": "/x", "sha256": "' + b"a" * 64
+     + b'", "metrics": [1]}', "metrics must be an object"),
+])
+def test_bad_records_are_refused_with_a_reason(value: bytes | None, reason: str) -> None:
+    with pytest.raises(RecordError, match=reason):
+        parse_model_record(value)
+
+
+# --- model holder -------------------------------------------------------------------------------------------
+
+
+def test_holder_swaps_forward_only_and_keeps_serving_on_bad_checksums(tmp_path: Path) -> None:
+    v1, v2, v3 = (make_model(tmp_path, v) for v in (1, 2, 3))
+    holder = ModelHolder()
+    assert holder.offer([v1]).version == 1
+    bad = replace(v3, sha256="0" * 64)
+    assert holder.offer([v2, bad]).version == 2  # newest first; the bad one is counted and skipped
+    assert holder.counts["load_failures"] == 1 and "sha256" in holder.last_error
+    assert holder.offer([v1]) is None and holder.current.version == 2
+    assert holder.counts["records_stale"] == 1
+    mismatched = replace(v3, period=9)
+    assert holder.offer([mismatched]) is None and holder.current.version == 2
+    assert holder.offer([v3]).version == 3
+    assert ModelHolder(model_name="other").offer([v3]) is None
+
+
+# --- periods ------------------------------------------------------------------------------------------------
+
+
+def test_periods_follow_the_windowing_role(tmp_path: Path) -> None:
+    from streams.windowing import PeriodScheme
+
+    path = tmp_path / "bounds.json"
+    path.write_text(json.dumps({"bounds": [0, 10, 20.5]}))
+    ts = np.array([-5, -1, 0, 9, 10, 19, 20, 21, 35, 3600, 7300, 10_000])
+    cases = [(periods_from_options(str(path)), PeriodScheme(bounds=[0, 10, 20.5])),
+             (periods_from_options("[0, 10, 20.5]"), PeriodScheme(bounds=[0, 10, 20.5])),
+             (periods_from_options(length="1h", origin=-1), PeriodScheme(length=3600, origin=-1)),
+             (periods_from_options(length="3600s", origin=0, count=2), PeriodScheme(length=3600, origin=0, count=2))]
+    for ours, theirs in cases:
+        assert ours.assign(ts).tolist() == [theirs.period_of(float(t)) for t in ts], ours
+    assert periods_from_options() is None
+    for kwargs in ({"bounds": "[1, 2]", "length": "1d"}, {"length": "1d"}, {"length": "soon", "origin": 0},
+                   {"bounds": str(tmp_path / "missing.json")}, {"bounds": "[3, 2]"}):
+        with pytest.raises(ValueError):
+            periods_from_options(**kwargs)
+
+
+def test_control_records_are_not_events() -> None:
+    assert _event(b'{"v": 1, "control": "watermark", "ts": 5}') is None
+    assert _event(b'{"user_id": 1, "item_id": 2, "ts": 3}') == Event(1, 2, 3)
+    for bad in (None, b"{nope", b'{"user_id": 1}'):
+        with pytest.raises(EventError):
+            _event(bad)
+
+
+def test_command_refuses_bad_period_options() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    app.command()(scorer_command)
+    result = CliRunner().invoke(app, ["--period-length", "1d"], env={"ASMG_PERIOD_BOUNDS": ""})
+    assert result.exit_code == 2 and "ASMG_PERIOD_ORIGIN" in result.output
+
+
+# --- histories ----------------------------------------------------------------------------------------------
+
+
+def test_histories_match_the_training_samples() -> None:
+    """Positives only, the 30 most recent, strictly before the event's time (same-second events unseen)."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    user = rng.integers(1, 15, n)
+    item = rng.integers(100, 400, n)
+    ts = rng.integers(0, 600, n)  # many same-second ties
+    label = (rng.random(n) < 0.6).astype(np.float32)
+    order = np.lexsort((item, user, ts))  # canonical order, as the offline builder and the windowing role
+    user, item, ts, label = user[order], item[order], ts[order], label[order]
+    expected, lengths = history_matrix(user, ts, label, item, 30)
+    histories = UserHistories(length=30)
+    events = [Event(int(u), int(i), int(t), int(lab)) for u, i, t, lab in zip(user, item, ts, label, strict=True)]
+    got = histories.observe(events[:1700]) + histories.observe(events[1700:])
+    for row in range(n):
+        assert got[row] == expected[row, 30 - lengths[row]:].tolist(), row
+    last = int(user[-1])
+    positives = [int(i) for u, i, lab in zip(user, item, label, strict=True) if u == last and lab]
+    assert histories.recent(last) == positives[-30:]
+
+
+def test_histories_are_bounded() -> None:
+    histories = UserHistories(max_users=2, length=3)
+    histories.observe([Event(u, 100 + u, 1) for u in (1, 2, 3)])
+    assert len(histories) == 2 and histories.evicted == 1 and histories.recent(1) == []
+    assert histories.recent(3) == [103]
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+
+
+def test_quality_row_and_lift() -> None:
+    labels = np.array([1, 0, 1, 0, 1], dtype=np.float64)
+    served = np.array([0.9, 0.2, 0.8, 0.3, 0.4])
+    shadow = np.array([0.6, 0.5, 0.4, 0.7, 0.5])
+    row = quality_row(labels, served, shadow)
+    assert row["auc"] == pytest.approx(auc(labels, served)) and row["shadow_auc"] == pytest.approx(auc(labels, shadow))
+    assert row["lift"] == pytest.approx(row["auc"] - row["shadow_auc"])
+    assert row["logloss"] == pytest.approx(logloss(labels, served))
+    assert quality_row(np.ones(3), served[:3], shadow[:3])["auc"] is None  # one class: undefined, JSON null
+
+
+def test_padded_rows_never_look_up_padding() -> None:
+    vocabs = tiny_vocabs()
+    vocabs.items.add(np.array([0]))  # raw item id 0 is a real item here
+    rows = padded_rows(vocabs.items, [[], [100, 0]], 4).numpy()
+    assert rows[0].tolist() == [0, 0, 0, 0]
+    assert rows[1].tolist() == [0, 0, *vocabs.items.lookup(np.array([100, 0])).tolist()]
+
+
+def test_sampled_negatives_for_implicit_streams(tmp_path: Path) -> None:
+    holder = ModelHolder()
+    model = holder.offer([make_model(tmp_path, 1, period=5)])
+    evaluator = Evaluator(TumblingPeriods(1000, 0), UserHistories(), Prequential(), negatives=2, seed=1)
+    events = [Event(int(u), int(100 + (u + k) % 5), 5000 + k) for k in range(20) for u in USERS]
+    assert evaluator.process(events, model) == 3 * len(events)
+    row = evaluator.prequential.report()[6]
+    assert row["n"] == 3 * len(events) and row["positives"] == len(events)
+    assert evaluator.counts["negatives"] == 2 * len(events)
+
+
+def test_parse_score_request() -> None:
+    request = parse_score_request(b'{"user_id": "alice", "items": [1, "sku-2"], "history": [3]}')
+    assert request.user_id == stable_id("alice") and request.items == [1, stable_id("sku-2")]
+    assert request.history == [3]
+    assert parse_score_request(b'{"user_id": 1, "items": [2], "history": null}').history is None
+
+
+# --- against the broker -------------------------------------------------------------------------------------
+
+
+def test_serves_newest_swaps_atomically_and_refuses_bad_checksums(kafka_settings: KafkaSettings,
+                                                                    topic_names: TopicNames,
+                                                                    tmp_path: Path) -> None:
+    v1, v2, v3, v4 = (make_model(tmp_path, v) for v in (1, 2, 3, 4))
+    service = service_for(kafka_settings, topic_names)
+    publish_records(kafka_settings, topic_names, v1, v2)
+    publish(kafka_settings, topic_names.models, [(b"asmg", b"{garbage"), (b"asmg", None)])
+    with running(service) as url:
+        wait_for(lambda: served_version(url) == 2, what="v2 served")
+        wait_for(lambda: call(f"{url}/healthz")[1]["models_caught_up"], what="the models topic read to its end")
+        status, health = call(f"{url}/healthz")
+        assert status == 200 and health["records_invalid"] == 2 and health["models_caught_up"]
+
+        results: list[list[tuple[int, int | None]]] = [[] for _ in range(4)]
+        stop = threading.Event()
+
+        def hammer(worker: int) -> None:
+            while not stop.is_set():
+                status, body = call(f"{url}/score", {"user_id": 3, "items": [100, 101, 102]})
+                results[worker].append((status, body.get("model_version") if isinstance(body, dict) else None))
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(hammer, w) for w in range(4)]
+            time.sleep(0.3)
+            publish_records(kafka_settings, topic_names, v3)
+            wait_for(lambda: served_version(url) == 3, what="v3 served")
+            time.sleep(0.3)
+            stop.set()
+            for future in futures:
+                future.result()
+        flat = [r for worker in results for r in worker]
+        assert flat and all(status == 200 for status, _ in flat)
+        assert {version for _, version in flat} <= {2, 3} and (200, 3) in flat
+        for worker in results:  # each client only ever sees versions move forward
+            versions = [v for _, v in worker]
+            assert versions == sorted(versions)
+
+        publish_records(kafka_settings, topic_names, replace(v4, sha256="f" * 64))
+        wait_for(lambda: call(f"{url}/healthz")[1]["load_failures"] == 1, what="the bad record refused")
+        assert served_version(url) == 3
+        assert "sha256" in call(f"{url}/healthz")[1]["last_error"]
+
+        publish_records(kafka_settings, topic_names, v2)  # an old version again: never go backwards
+        wait_for(lambda: call(f"{url}/healthz")[1]["records_stale"] >= 1, what="the stale record skipped")
+        assert served_version(url) == 3
+
+        publish_records(kafka_settings, topic_names, v4)  # the good v4 after the bad one
+        wait_for(lambda: served_version(url) == 4, what="v4 served")
+        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+        assert "asmg_scorer_model_version 4.0" in metrics
+        assert 'asmg_scorer_model_records_total{outcome="load_failures"} 1.0' in metrics
+
+
+def test_http_contract(kafka_settings: KafkaSettings, topic_names: TopicNames, tmp_path: Path) -> None:
+    v1 = make_model(tmp_path, 1)
+    service = service_for(kafka_settings, topic_names, wait_models=0.5)
+    with running(service) as url:
+        assert call(f"{url}/score", {"user_id": 1, "items": [100]}) == (503, {"error": "no model yet"})
+        assert call(f"{url}/model")[0] == 503
+        assert call(f"{url}/healthz")[0] == 200
+        publish_records(kafka_settings, topic_names, v1)
+        wait_for(lambda: served_version(url) == 1, what="v1 served")
+
+        status, model = call(f"{url}/model")
+        assert status == 200
+        assert (model["version"], model["period"], model["method"]) == (1, 1, "asmg-gru")
+        assert model["metrics"] == v1.metrics
+
+        direct = Scorer(load_model(v1.uri, v1.sha256))
+        status, body = call(f"{url}/score", {"user_id": 99_999, "items": [100, 55_555, "sku-x"]})
+        assert status == 200 and (body["model_version"], body["period"]) == (1, 1)
+        expected = direct.score_user(99_999, [100, 55_555, stable_id("sku-x")], [])
+        assert body["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
+        assert body["scores"][1] == pytest.approx(body["scores"][2])  # both unknown: the fallback item row
+
+        status, body = call(f"{url}/score", {"user_id": 2, "items": [101, 102], "history": [103, 104, 999]})
+        assert status == 200
+        assert body["scores"] == pytest.approx(direct.score_user(2, [101, 102], [103, 104, 999]).tolist(), abs=1e-6)
+
+        for raw, reason in [
+            (b"not json", "not JSON"),
+            (b"[1]", "JSON object"),
+            (b'{"items": [1]}', "user_id"),
+            (b'{"user_id": 1}', "items"),
+            (b'{"user_id": 1, "items": []}', "must not be empty"),
+            (b'{"user_id": 1, "items": 5}', "list of ids"),
+            (b'{"user_id": true, "items": [1]}', "boolean"),
+            (b'{"user_id": -1, "items": [1]}', "between 0"),
+            (b'{"user_id": 1, "items": [1.5]}', "items[]"),
+            (b'{"user_id": 1, "items": [1], "history": "x"}', "history"),
+            (json.dumps({"user_id": 1, "items": list(range(10_001))}).encode(), "at most"),
+        ]:
+            status, body = call(f"{url}/score", raw=raw)
+            assert status == 400, raw
+            assert reason in body["error"], (raw, body)
+
+
+def test_prequential_metrics_equal_a_direct_computation(kafka_settings: KafkaSettings, topic_names: TopicNames,
+                                                        tmp_path: Path) -> None:
+    v1 = make_model(tmp_path, 1, period=1)
+    bounds = tmp_path / "bounds.json"
+    bounds.write_text(json.dumps([0, 1000, 2000, 3000]))
+    service = service_for(kafka_settings, topic_names, periods=periods_from_options(str(bounds)), batch_size=64)
+    rng = np.random.default_rng(7)
+    n = 900
+    user = rng.integers(1, 13, n)  # 11 and 12 are unknown to the model
+    item = rng.integers(98, 124, n)  # some unknown items too
+    ts = rng.integers(600, 3300, n)  # period 1 (trained on), 2, 3, and after the last period
+    label = (rng.random(n) < 0.5).astype(np.int64)
+    order = np.lexsort((item, user, ts))
+    user, item, ts, label = user[order], item[order], ts[order], label[order]
+    values = [json.dumps({"user_id": int(u), "item_id": int(i), "ts": int(t), "label": int(lab)}).encode()
+              for u, i, t, lab in zip(user, item, ts, label, strict=True)]
+    publish_records(kafka_settings, topic_names, v1)
+    with running(service) as url:
+        wait_for(lambda: served_version(url) == 1, what="v1 served")
+        publish(kafka_settings, topic_names.interactions,
+                [(str(u).encode(), v) for u, v in zip(user, values, strict=True)] + [(b"1", b"{bad event")])
+        wait_for(lambda: call(f"{url}/quality")[1]["events"].get("events") == n, what="all events evaluated")
+        status, quality = call(f"{url}/quality")
+    assert status == 200 and quality["invalid_events"] == 1
+
+    hist, lengths = history_matrix(user, ts, label.astype(np.float32), item, 30)
+    direct = Scorer(load_model(v1.uri, v1.sha256))
+    period = PeriodBounds(np.array([0, 1000, 2000, 3000])).assign(ts)
+    assert quality["events"]["skipped_trained_on"] == int((period == 1).sum())
+    assert quality["events"]["skipped_outside_periods"] == int((period == 0).sum())
+    assert set(quality["periods"]) == {"2", "3"}
+    for p in (2, 3):
+        rows = np.flatnonzero(period == p)
+        data = direct.encode(user[rows], item[rows], [hist[r, 30 - lengths[r]:] for r in rows])
+        served, shadow = direct.score(data), direct.score(data, shadow=True)
+        one_by_one = [direct.score_user(int(user[r]), [int(item[r])], hist[r, 30 - lengths[r]:])[0] for r in rows]
+        assert served == pytest.approx(one_by_one, abs=1e-6)  # batching only moves float32 rounding
+        got = quality["periods"][str(p)]
+        assert got["n"] == len(rows) and got["model_versions"] == [1]
+        assert got["auc"] == pytest.approx(auc(label[rows], served), abs=1e-9)
+        assert got["logloss"] == pytest.approx(logloss(label[rows], served), abs=1e-6)
+        assert got["shadow_auc"] == pytest.approx(auc(label[rows], shadow), abs=1e-9)
+        assert got["shadow_logloss"] == pytest.approx(logloss(label[rows], shadow), abs=1e-6)
+        assert got["lift"] == pytest.approx(got["auc"] - got["shadow_auc"])
+
+
+def test_command_serves_and_stops_on_sigterm(kafka_settings: KafkaSettings, topic_names: TopicNames,
+                                              tmp_path: Path) -> None:
+    """`asmg worker scorer` as a process, configured by environment variables only, as in docker-compose."""
+    from streams.broker import free_port
+
+    ensure_topics(kafka_settings, topic_names, partitions=2)
+    v1 = make_model(tmp_path, 1)
+    publish_records(kafka_settings, topic_names, v1)
+    port = free_port()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+           "ASMG_TOPIC_PREFIX": topic_names.prefix, "ASMG_SCORER_PORT": str(port), "ASMG_SCORER_HOST": "127.0.0.1",
+           "ASMG_PERIOD_BOUNDS": "[0, 1000, 2000]", "ASMG_MODEL_NAME": MODEL, "ASMG_LOG_LEVEL": "warning"}
+    code = "from asmg.cli import main; main()"
+    process = subprocess.Popen([sys.executable, "-c", code, "worker", "scorer"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def serving() -> bool:
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            try:
+                return served_version(url) == 1
+            except OSError:
+                return False
+
+        wait_for(serving, what="the scorer process serving v1")
+        assert call(f"{url}/quality")[1]["periods_spec"].startswith("2 fixed periods")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

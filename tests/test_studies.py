@@ -1,0 +1,85 @@
+"""`--methods all`, the ablation and the sensitivity study on a tiny protocol (8 periods, tests on 6..8)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from asmg.cli_study import register
+from asmg.data.periods import PeriodBounds
+from asmg.experiment import ExperimentSpec, run_experiment
+from asmg.methods import parse_methods
+from asmg.methods.registry import ALL_METHODS
+from asmg.prepare import PreparedPeriods
+from asmg.studies import run_ablation, run_sensitivity
+from tests.test_updater import CFG, _periods
+
+PNG = b"\x89PNG\r\n\x1a\n"
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    periods = _periods()
+    return PreparedPeriods("tiny", PeriodBounds(np.arange(9)), periods)
+
+
+def test_methods_all_runs_every_method_of_the_papers_table(tiny, tmp_path):
+    spec = ExperimentSpec("tiny", parse_methods("all"), [0], CFG)
+    results = run_experiment(tiny, spec, out=tmp_path, show_progress=False)
+    assert list(results["summary"]) == list(ALL_METHODS)
+    for run in results["runs"]:
+        assert [p["period"] for p in run["periods"]] == [6, 7, 8]
+        assert 0.0 < run["mean_auc"] < 1.0 and run["mean_logloss"] > 0, run["method"]
+    for stats in results["summary"].values():
+        assert stats["update_seconds_per_period"] > 0
+    table = (tmp_path / "results.md").read_text().splitlines()
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table if line.startswith("| ") and "±" in line]
+    assert rows == list(ALL_METHODS)
+    assert "update s/period" in table[2]
+    assert (tmp_path / "auc_by_period.png").read_bytes()[:8] == PNG
+
+
+def test_ablation_writes_json_table_and_plot(tiny, tmp_path):
+    study = run_ablation(tiny, "tiny", CFG, [0], out=tmp_path, variants=("zero", "single", "multi"),
+                         show_progress=False)
+    assert [v["variant"] for v in study["variants"]] == ["zero", "single", "multi"]
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["baselines"]["iu"]["auc_mean"] == pytest.approx(study["baselines"]["iu"]["auc_mean"])
+    table = (tmp_path / "ablation.md").read_text()
+    assert all(f"| {name} |" in table for name in ("iu", "zero", "single", "multi"))
+    assert (tmp_path / "ablation.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "results.json").exists()
+
+
+def test_sensitivity_sweeps_k_and_hidden_sharing_the_default_setting(tiny, tmp_path):
+    study = run_sensitivity(tiny, "tiny", CFG, [0], out=tmp_path, ks=(1, 3), hiddens=(4, 8), show_progress=False)
+    assert [(r["k"], r["hidden"]) for r in study["k"]] == [(1, 4), (3, 4)]
+    assert [(r["k"], r["hidden"]) for r in study["hidden"]] == [(3, 4), (3, 8)]
+    assert study["k"][1]["auc_mean"] == study["hidden"][0]["auc_mean"]  # (k=3, H=4) ran once
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["baselines", "k1-h4", "k3-h4", "k3-h8"]
+    assert "iu" in study["baselines"]
+    table = (tmp_path / "sensitivity.md").read_text()
+    assert "## k (at hidden = 4)" in table and "## hidden size (at k = 3)" in table
+    for name in ("sensitivity_k.png", "sensitivity_hidden.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+@pytest.mark.skipif(not (ML100K / "u.data").exists(), reason="needs the shared ml-100k copy")
+def test_study_cli(tmp_path):
+    app = typer.Typer()
+    register(app)
+    small = ["--data-dir", str(ML100K), "--seeds", "0", "--workers", "1", "--cache-dir", str(tmp_path / "cache"),
+             "--periods", "8", "--pretrain-periods", "3", "--first-test-period", "6", "--pretrain-epochs", "1",
+             "--preset", "authors"]
+    result = CliRunner().invoke(app, ["study", "sensitivity", "--out", str(tmp_path / "s"), "--ks", "2",
+                                      "--hiddens", "4", "--k", "2", *small])
+    assert result.exit_code == 0, result.output
+    study = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
+    assert study["defaults"] == {"k": 2, "hidden": 4} and study["protocol"]["n_periods"] == 8
+    assert 0.6 < study["k"][0]["auc_mean"] < 0.8
+    bad = CliRunner().invoke(app, ["study", "ablation", "--variants", "multi,fast", *small])
+    assert bad.exit_code != 0 and "--variants" in bad.output

@@ -1,0 +1,517 @@
+"""The windowing role: samples exactly as the offline builder makes them, DLQ, restarts.
+
+The first half drives :class:`streams.windowing.WindowingCore` directly on a dict (fast, no broker):
+sample parity with ``prepare_periods``, implicit negatives, and crash/redo idempotence at every kind of
+cut. The second half runs ``asmg worker windowing`` subprocesses against the session broker: late and
+malformed events land in the DLQ with their reasons, and a worker killed (SIGKILL) mid-stream and
+restarted writes the same Parquet files as one that ran straight through.
+
+The helpers at the bottom (worker subprocesses, producing, waiting for records) are shared with
+tests/test_trainer.py and tests/test_streaming_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from asmg.config import ProtocolConfig
+from asmg.data.log import make_log
+from asmg.events import events_from_log
+from asmg.prepare import prepare_periods
+from streams.period_store import PeriodStore
+from streams.records import control_record, dumps
+from streams.settings import SettingsError, StreamSettings, load_bounds, parse_duration
+from streams.windowing import PeriodScheme, Sink, WindowingCore
+from tests.helpers import tiny_log
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL = ProtocolConfig(n_periods=8, pretrain_periods=3, first_test_period=6)
+TOPIC = "interactions"
+
+
+# --- driving the core without Kafka ---------------------------------------------------------------------
+
+
+def implicit_log(n_events: int = 2500, n_users: int = 30, n_items: int = 80, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    events = pd.DataFrame({"user_id": rng.integers(1, n_users + 1, n_events),
+                           "item_id": rng.integers(1, n_items + 1, n_events),
+                           "ts": np.sort(rng.integers(1_000, 20_000, n_events)),
+                           "label": np.ones(n_events, np.float32)})
+    cats = pd.DataFrame({"item_id": np.arange(1, n_items + 1), "category_id": np.arange(1, n_items + 1) % 6})
+    return make_log("tiny-implicit", events, cats, implicit=True)
+
+
+def partitioned_records(log, partitions: int) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) in log order, partitioned by user id, offsets per partition."""
+    out, next_offset = [], [0] * partitions
+    for event in events_from_log(log, event_ids=False):
+        p = event["user_id"] % partitions
+        out.append((p, next_offset[p], json.dumps(event).encode()))
+        next_offset[p] += 1
+    for p in range(partitions):  # the end-of-stream marker, on every partition
+        out.append((p, next_offset[p], dumps(control_record("end_of_stream", None))))
+        next_offset[p] += 1
+    return out
+
+
+def run_core(core: WindowingCore, state: MutableMapping[str, Any], sink: Sink,
+             records: Iterable[tuple[int, int, bytes]]) -> None:
+    async def go() -> None:
+        for partition, offset, value in records:
+            await core.process(state, TOPIC, partition, offset, value, sink)
+
+    asyncio.run(go())
+
+
+def read_store(root: Path, periods: int, partitions: int) -> dict[int, pd.DataFrame]:
+    store = PeriodStore(str(root))
+    out = {}
+    for period in range(1, periods + 1):
+        table = store.read_period_table(period, partitions)
+        frame = table.to_pandas()
+        out[period] = frame.sort_values(["ts", "user_id", "item_id", "label"], kind="stable").reset_index(drop=True)
+    return out
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+
+
+def assert_same_samples(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    expected = expected.sort_values(["ts", "user_id", "item_id", "label"], kind="stable").reset_index(drop=True)
+    assert len(got) == len(expected)
+    for column in ("user_id", "item_id", "ts"):
+        np.testing.assert_array_equal(got[column].to_numpy(np.int64), expected[column].to_numpy(np.int64))
+    np.testing.assert_array_equal(got["label"].to_numpy(np.float32), expected["label"].to_numpy(np.float32))
+    for column in ("history", "categories"):
+        assert [list(x) for x in got[column]] == [list(x) for x in expected[column]], column
+
+
+def test_core_builds_the_offline_samples(tmp_path: Path) -> None:
+    log = tiny_log(n_events=3000)  # explicit labels, many same-second events
+    prepared = prepare_periods(log, PROTOCOL)
+    core = WindowingCore(PeriodScheme(bounds=prepared.bounds.to_list()), history_len=30)
+    sink = Sink(PeriodStore(str(tmp_path)))
+    state: dict[str, Any] = {}
+    run_core(core, state, sink, partitioned_records(log, 3))
+    got = read_store(tmp_path, PROTOCOL.n_periods, 3)
+    for period, expected in prepared.periods.items():
+        assert_same_samples(got[period], expected)
+    # remainder events after the last bound are refused as outside every period, nothing else
+    assert {d["reason"] for d in sink.dead} <= {"outside periods"}
+    assert len(sink.dead) == len(log.events) - sum(len(f) for f in prepared.periods.values())
+    assert not [k for k in state if k.startswith("e:")]  # pending samples deleted once written
+
+
+def test_core_implicit_negatives(tmp_path: Path) -> None:
+    log = implicit_log()
+    prepared = prepare_periods(log, PROTOCOL)
+    core = WindowingCore(PeriodScheme(bounds=prepared.bounds.to_list()), implicit=True, seed=3)
+    sink = Sink(PeriodStore(str(tmp_path)))
+    run_core(core, {}, sink, partitioned_records(log, 2))
+    got = read_store(tmp_path, PROTOCOL.n_periods, 2)
+    events = log.events
+    for period, expected in prepared.periods.items():
+        frame = got[period]
+        positives, negatives = frame[frame.label == 1], frame[frame.label == 0]
+        # the positives (and their histories) are the offline ones; one negative per positive
+        assert_same_samples(positives.reset_index(drop=True),
+                            expected[expected.label == 1].reset_index(drop=True))
+        # one negative per positive, except where the partition's catalogue so far held nothing the user
+        # had not had (the stream's first events): no negative can be drawn there
+        missing = len(positives) - len(negatives)
+        assert 0 <= missing <= (3 if period == 1 else 0)
+        for row in negatives.itertuples():
+            had = events[(events.user_id == row.user_id) & (events.ts <= row.ts)].item_id
+            assert row.item_id not in set(had.tolist()), "negative is an item the user had"
+        cats = log.item_categories.groupby("item_id").category_id.agg(sorted)
+        assert all(list(c) == cats[i] for i, c in zip(negatives.item_id, negatives.categories, strict=True))
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingState(dict):
+    """A dict that raises after ``budget`` writes (a crash in the middle of processing a record)."""
+
+    def __init__(self, data: dict, budget: int) -> None:
+        super().__init__(data)
+        self.budget = budget
+
+    def __setitem__(self, key, value) -> None:
+        self._spend()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self._spend()
+        super().__delitem__(key)
+
+    def _spend(self) -> None:
+        if self.budget <= 0:
+            raise Crash
+        self.budget -= 1
+
+
+class CountingState(dict):
+    writes = 0
+
+    def __setitem__(self, key, value) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self.writes += 1
+        super().__delitem__(key)
+
+
+def test_core_crash_and_redo_writes_the_same_files(tmp_path: Path) -> None:
+    """Cut the processing after every n-th table write (in the middle of applying an event, of closing a
+    period, of deleting written samples), restart with a fresh core on what the table kept, and let
+    Kafka redeliver from an older commit: the files equal those of an uninterrupted run."""
+    log = implicit_log(n_events=1200)
+    bounds = prepare_periods(log, PROTOCOL).bounds.to_list()
+    records = partitioned_records(log, 2)
+    straight = tmp_path / "straight"
+    counting = CountingState()
+    run_core(WindowingCore(PeriodScheme(bounds=bounds), implicit=True), counting, Sink(PeriodStore(str(straight))),
+             records)
+    expected = file_bytes(straight)
+    assert len(expected) == PROTOCOL.n_periods * 2
+    rng = np.random.default_rng(0)
+    for budget in sorted(set(rng.integers(1, counting.writes, 24).tolist()) | {1, counting.writes - 1}):
+        crashed = tmp_path / f"crashed-{budget}"
+        state = CrashingState({}, budget)
+        with pytest.raises(Crash):
+            run_core(WindowingCore(PeriodScheme(bounds=bounds), implicit=True), state,
+                     Sink(PeriodStore(str(crashed))), records)
+        survived = dict(state)
+        applied = sum(1 for p, o, _ in records if o <= (survived.get(f"p:{p}") or {"o": -1})["o"])
+        redeliver_from = max(0, applied - 150)
+        run_core(WindowingCore(PeriodScheme(bounds=bounds), implicit=True), survived,
+                 Sink(PeriodStore(str(crashed))), records[redeliver_from:])
+        assert file_bytes(crashed) == expected, f"cut after {budget} writes"
+        assert not [k for k in survived if k.startswith("e:")]
+
+
+def test_core_refuses_late_malformed_and_outside_events(tmp_path: Path) -> None:
+    core = WindowingCore(PeriodScheme(bounds=[100, 200, 300]))
+    sink = Sink(PeriodStore(str(tmp_path)))
+    ev = lambda u, i, t, **kw: json.dumps({"user_id": u, "item_id": i, "ts": t, **kw}).encode()  # noqa: E731
+    values = [ev(1, 1, 150), b"{not json", ev(1, 2, 160, label=7), ev(2, 3, 250), ev(1, 4, 190),
+              ev(1, 5, 50), ev(1, 6, 300), b"\xff\xfe", ev(3, 7, 260), b'{"v":1,"control":"bogus"}']
+    run_core(core, {}, sink, [(0, o, v) for o, v in enumerate(values)])
+    reasons = {d["offset"]: d["reason"] for d in sink.dead}
+    assert reasons[1].startswith("invalid JSON")
+    assert reasons[2] == "label must be 0 or 1, got 7"
+    assert reasons[4] == "late"  # period 1 closed when ts 250 arrived (lateness 0)
+    assert reasons[5] == reasons[6] == "outside periods"
+    assert reasons[7].startswith("event is not UTF-8")
+    assert reasons[9].startswith("invalid control record")
+    assert reasons[8] == "late"  # ts 300 was outside every period, but moved the watermark past period 2
+    assert set(reasons) == {1, 2, 4, 5, 6, 7, 8, 9}
+    assert sink.dead[0]["raw"] == "{not json" and sink.dead[0]["topic"] == TOPIC
+    progress = core.progress({}, 0)
+    assert (progress.closed, progress.late, progress.refused, progress.applied) == (2, 2, 6, 2)
+    files = read_store(tmp_path, 2, 1)
+    assert files[1].item_id.tolist() == [1] and files[2].item_id.tolist() == [3]
+
+
+def test_lateness_keeps_a_period_open(tmp_path: Path) -> None:
+    core = WindowingCore(PeriodScheme(bounds=[100, 200, 300]), lateness=30)
+    sink = Sink(PeriodStore(str(tmp_path)))
+    ev = lambda u, i, t: json.dumps({"user_id": u, "item_id": i, "ts": t}).encode()  # noqa: E731
+    # ts 220 leaves the watermark at 190: the event at 195 still counts; 240 closes period 1
+    values = [ev(1, 1, 150), ev(1, 2, 220), ev(1, 3, 195), ev(1, 4, 240), ev(1, 5, 199),
+              dumps(control_record("end_of_stream", None))]
+    run_core(core, {}, sink, [(0, o, v) for o, v in enumerate(values)])
+    assert [(d["offset"], d["reason"]) for d in sink.dead] == [(4, "late")]
+    files = read_store(tmp_path, 2, 1)
+    assert files[1].item_id.tolist() == [1, 3]
+    # the out-of-order positive at 195 is in the history of the events at 220 and 240, as offline
+    assert [list(h) for h in files[2].history] == [[1, 3], [1, 3, 2]]
+
+
+def test_period_schemes_and_settings(tmp_path: Path) -> None:
+    tumbling = PeriodScheme(length=parse_duration("1d"), origin=86_400 * 10, count=5)
+    assert tumbling.period_of(86_400 * 10) == 1 and tumbling.period_of(86_400 * 11 - 1) == 1
+    assert tumbling.period_of(86_400 * 9) == 0 and tumbling.period_of(86_400 * 16) == 0
+    assert tumbling.closable_through(86_400 * 12) == 2 and tumbling.closable_through(None) == 0
+    assert parse_duration("7d") == 7 * 86_400 and parse_duration("3600") == 3600
+    with pytest.raises(SettingsError):
+        parse_duration("soon")
+    with pytest.raises(SettingsError, match="ORIGIN"):
+        PeriodScheme(length=60)
+    fixed = PeriodScheme(bounds=[10, 20, 30])
+    assert [fixed.period_of(t) for t in (9, 10, 19, 20, 29, 30)] == [0, 1, 1, 2, 2, 0]
+    assert [fixed.closable_through(w) for w in (5, 19, 20, 29, 30, 99)] == [0, 0, 1, 1, 2, 2]
+    path = tmp_path / "bounds.json"
+    path.write_text(json.dumps({"bounds": [1, 2, 3]}))
+    assert load_bounds(str(path)) == [1, 2, 3] and load_bounds("[4, 5]") == [4, 5]
+    with pytest.raises(SettingsError, match="increase"):
+        load_bounds("[3, 2]")
+    env = {"ASMG_IMPLICIT": "true", "ASMG_ALLOWED_LATENESS": "2.5", "ASMG_PERIOD_BOUNDS": "[1,2]",
+           "ASMG_PRETRAIN_PERIODS": "3"}
+    settings = StreamSettings.from_env(env, seed=4)
+    assert settings.implicit and settings.allowed_lateness == 2.5 and settings.pretrain_periods == 3
+    assert settings.seed == 4 and StreamSettings.from_env(settings.to_env()) == settings
+    with pytest.raises(SettingsError, match="ASMG_ALLOWED_LATENESS"):
+        StreamSettings.from_env({"ASMG_ALLOWED_LATENESS": "x"})
+
+
+# --- helpers shared by the broker tests -------------------------------------------------------------------
+
+
+def worker_env(settings: StreamSettings, kafka_settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASMG_", "KAFKA_"))}
+    env.update(settings.to_env())
+    # this machine sets PYTHONDONTWRITEBYTECODE: every worker would compile torch & co from source
+    # (seconds per start); cache bytecode outside the tree instead
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "asmg-test-pycache")
+    env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_settings.bootstrap_servers
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Worker:
+    """``asmg worker <role>`` in a subprocess; output to a log file; always stopped by the test."""
+
+    def __init__(self, role: str, settings: StreamSettings, kafka_settings, log_dir: Path, **env: str) -> None:
+        self.role = role
+        self.log = log_dir / f"{role}-{uuid.uuid4().hex[:6]}.log"
+        self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "asmg.cli", "worker", role],
+                                     env=worker_env(settings, kafka_settings, **env), cwd=REPO,
+                                     stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._out.close()
+        return self.proc.returncode
+
+    def assigned(self) -> str:
+        """The topic partitions of this worker's last assignment, as faust logs them (log level info)."""
+        text = self.log.read_text(errors="replace")
+        start = text.rfind("Setting newly assigned partitions")
+        return text[start:text.find("Executing _on_partitions_assigned", start)] if start >= 0 else ""
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+def produce(kafka_settings, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+            partition_of: Callable[[bytes | None], int] | None = None) -> int:
+    from confluent_kafka import Producer
+
+    producer = Producer(kafka_settings.confluent_config(enable_idempotence=True, acks="all", linger_ms=5))
+    n = 0
+    for key, value in records:
+        kwargs = {} if partition_of is None else {"partition": partition_of(key)}
+        producer.produce(topic, key=key, value=value, **kwargs)
+        producer.poll(0)
+        n += 1
+    assert producer.flush(30) == 0
+    return n
+
+
+def read_json(kafka_settings, topic: str) -> list[dict[str, Any]]:
+    from streams.records import read_topic
+
+    return [json.loads(r.value) for r in read_topic(kafka_settings, topic)]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, workers: Iterable[Worker] = (), what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        for worker in workers:
+            if not worker.alive() and worker.proc.returncode not in (None,):
+                pytest.fail(f"{worker.role} worker exited {worker.proc.returncode} while waiting for {what}:\n"
+                            f"{worker.tail()}")
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {w.role}\n{w.tail()}" for w in workers)
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+        time.sleep(0.5)
+
+
+def wait_records(kafka_settings, topic: str, count: int, timeout: float, workers: Iterable[Worker] = (),
+                 what: str = "") -> list[dict[str, Any]]:
+    """Wait until ``topic`` holds at least ``count`` records; return them all (JSON-decoded)."""
+    def enough() -> list[dict[str, Any]] | None:
+        records = read_json(kafka_settings, topic)
+        return records if len(records) >= count else None
+
+    return wait_for(enough, timeout, workers, what or f"{count} records on {topic}")
+
+
+def stream_settings(topic_names, tmp_path: Path, **changes: Any) -> StreamSettings:
+    base = dict(topic_prefix=topic_names.prefix, partitions=3, worker_dir=str(tmp_path / "faust"),
+                period_store=str(tmp_path / "periods"), artifact_store=str(tmp_path / "models"),
+                checkpoint_store=str(tmp_path / "checkpoints"), watermark_interval=0.5, torch_threads=1,
+                session_timeout=6.0)
+    base.update(changes)
+    return StreamSettings(**base)
+
+
+def event_records(log) -> list[tuple[bytes, bytes]]:
+    return [(str(e["user_id"]).encode(), json.dumps(e).encode()) for e in events_from_log(log, event_ids=False)]
+
+
+# --- against the broker -----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_worker_sends_late_and_malformed_events_to_the_dlq(kafka_settings, topic_names, tmp_path: Path) -> None:
+    from streams.coordinator import send_end_of_stream
+    from streams.topics import ensure_topics
+
+    bounds = [1000, 2000, 3000, 4000]
+    settings = stream_settings(topic_names, tmp_path, period_bounds=json.dumps(bounds), partitions=2)
+    ensure_topics(kafka_settings, topic_names, 2)
+    ev = lambda u, i, t: (str(u).encode(), json.dumps({"user_id": u, "item_id": i, "ts": t}).encode())  # noqa: E731
+    # user 1 and user 2 land on the partitions the producer's hash picks; the late one follows a jump
+    good = [ev(1, 10, 1100), ev(2, 11, 1200), ev(1, 12, 1500), ev(2, 13, 2100), ev(1, 14, 2500), ev(2, 15, 3500),
+            ev(1, 16, 3600)]
+    bad = [(b"1", b"{oops"), (b"2", json.dumps({"user_id": 2, "ts": 2200}).encode()), ev(2, 17, 1900),
+           ev(1, 18, 99)]
+    produce(kafka_settings, topic_names.interactions, good[:4] + bad + good[4:])
+    send_end_of_stream(kafka_settings, topic_names)
+    worker = Worker("windowing", settings, kafka_settings, tmp_path)
+    try:
+        periods = wait_records(kafka_settings, topic_names.periods, 3, 90, [worker])
+        dead = wait_records(kafka_settings, topic_names.dlq, 4, 30, [worker])
+        time.sleep(1)  # nothing more may come
+        assert len(read_json(kafka_settings, topic_names.periods)) == 3
+    finally:
+        worker.stop()
+    reasons = sorted(d["reason"] for d in dead)
+    assert reasons == sorted(["invalid JSON: Expecting property name enclosed in double quotes at line 1 "
+                              "column 2", "missing field item_id", "late", "outside periods"])
+    late = next(d for d in dead if d["reason"] == "late")
+    assert json.loads(late["raw"])["item_id"] == 17 and "partition" in late and "offset" in late
+    assert [p["period"] for p in periods] == [1, 2, 3]
+    assert [p["samples"] for p in periods] == [3, 2, 2]  # every valid event is used
+    assert all(p["partitions"] == 2 and len(p["sha256"]) == 64 for p in periods)
+    store = PeriodStore(settings.period_store)
+    items = sorted(store.read_period_table(2, 2).column("item_id").to_pylist())
+    assert items == [13, 14]
+
+
+@pytest.mark.timeout(180)
+def test_killed_windowing_worker_writes_the_same_samples(kafka_settings, topic_names, tmp_path: Path) -> None:
+    """SIGKILL mid-stream, restart: the period files equal those of an uninterrupted worker (implicit log,
+    so sampled negatives are compared too), and the records carry the same checksums."""
+    from streams.coordinator import send_end_of_stream
+    from streams.topics import TopicNames, ensure_topics
+
+    log = implicit_log(n_events=3000, n_users=60, n_items=150)
+    bounds = prepare_periods(log, PROTOCOL).bounds.to_list()
+    records = event_records(log)
+    runs = {}
+    for name in ("straight", "killed"):
+        names = TopicNames(f"{topic_names.prefix}{name}.")
+        ensure_topics(kafka_settings, names, 3)
+        produce(kafka_settings, names.interactions, records)
+        send_end_of_stream(kafka_settings, names)
+        runs[name] = (names, stream_settings(names, tmp_path / name, period_bounds=json.dumps(bounds),
+                                             implicit=True, seed=5))
+    straight = Worker("windowing", runs["straight"][1], kafka_settings, tmp_path)
+    killed = Worker("windowing", runs["killed"][1], kafka_settings, tmp_path)
+    workers = [straight, killed]
+    try:
+        killed_store = Path(runs["killed"][1].period_store)
+        # kill as soon as the first files appear: the worker is in the middle of the stream
+        wait_for(lambda: list(killed_store.rglob("*.parquet")), 90, [killed], "the first period files")
+        killed.kill()
+        written_before = len(list(killed_store.rglob("*.parquet")))
+        restarted = Worker("windowing", runs["killed"][1], kafka_settings, tmp_path)
+        workers.append(restarted)
+        done = {}
+        for name, worker in (("straight", straight), ("killed", restarted)):
+            names = runs[name][0]
+            done[name] = wait_records(kafka_settings, names.periods, PROTOCOL.n_periods, 120, [worker])
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert written_before < PROTOCOL.n_periods * 3, "the kill came after the whole stream was processed"
+    a, b = (file_bytes(Path(runs[n][1].period_store)) for n in ("straight", "killed"))
+    assert a.keys() == b.keys() and len(a) == PROTOCOL.n_periods * 3
+    assert a == b
+    assert [r["sha256"] for r in done["straight"]] == [r["sha256"] for r in done["killed"]]
+    assert [r["period"] for r in done["killed"]] == list(range(1, PROTOCOL.n_periods + 1))
+    total = sum(pq.read_metadata(Path(runs["killed"][1].period_store) / f).num_rows for f in b)
+    positives = sum(len(f[f.label == 1]) for f in prepare_periods(log, PROTOCOL).periods.values())
+    assert 2 * positives - 3 * 3 <= total <= 2 * positives  # a negative each, but for a partition's first events
+
+
+@pytest.mark.timeout(180)
+def test_windowing_workers_share_partitions(kafka_settings, topic_names, tmp_path: Path) -> None:
+    """One worker takes the first half of the stream, a second joins the group (partitions move, the
+    newcomer restores their state from the changelog), then the rest arrives: the periods hold exactly
+    the offline samples, published once each."""
+    from streams.coordinator import send_end_of_stream
+    from streams.topics import ensure_topics
+
+    log = tiny_log(n_events=3000)
+    prepared = prepare_periods(log, PROTOCOL)
+    settings = stream_settings(topic_names, tmp_path, period_bounds=json.dumps(prepared.bounds.to_list()),
+                               log_level="info")
+    ensure_topics(kafka_settings, topic_names, settings.partitions)
+    records = event_records(log)
+    half = len(records) // 2
+    produce(kafka_settings, topic_names.interactions, records[:half])
+    workers = [Worker("windowing", settings, kafka_settings, tmp_path)]
+    try:
+        wait_records(kafka_settings, topic_names.periods, 2, 90, workers, "the first worker's first periods")
+        workers.append(Worker("windowing", settings, kafka_settings, tmp_path))
+        time.sleep(4)  # let the second one join: the group rebalances
+        produce(kafka_settings, topic_names.interactions, records[half:])
+        send_end_of_stream(kafka_settings, topic_names)
+        periods = wait_records(kafka_settings, topic_names.periods, PROTOCOL.n_periods, 120, workers)
+        time.sleep(1.5)
+        periods = read_json(kafka_settings, topic_names.periods)
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert [p["period"] for p in periods] == list(range(1, PROTOCOL.n_periods + 1))
+    from streams.period_store import read_period_record
+
+    for record in periods:
+        assert_same_samples(read_period_record(record), prepared.periods[record["period"]])
+    # the newcomer did take over interactions partitions (and so restored their state)
+    assert "interactions" in workers[1].assigned(), workers[1].tail()
