@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -18,13 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from asmg.batches import encode_period
+from asmg.batches import BatchMaker, encode_period
 from asmg.config import RunConfig, resolve_device
 from asmg.data.log import make_log
 from asmg.data.samples import build_samples
 from asmg.methods.incremental import IncrementalUpdate
 from asmg.methods.meta import AsmgMethod
-from asmg.model import init_params
+from asmg.model import init_params, table_sizes
 from asmg.vocab import Vocabularies
 
 USERS, ITEMS, CATEGORIES = 50_000, 43_000, 634
@@ -32,14 +33,19 @@ DAY = 86_400
 
 
 def synthetic_clicks(n_events: int, n_days: int, seed: int) -> pd.DataFrame:
-    """Zipf-like users and items; every click is a positive (implicit data)."""
+    """Every user and item active, with a skewed (power-law, exponent 0.8) popularity as in click logs;
+    every click is a positive (implicit data)."""
     rng = np.random.default_rng(seed)
-    user = np.minimum(rng.zipf(1.3, n_events), USERS)
-    item = np.minimum(rng.zipf(1.2, n_events), ITEMS)
-    user = (user * 7919) % USERS + 1  # spread the head over the id space
-    item = (item * 104729) % ITEMS + 1
+    user = _power_law(rng, USERS, n_events)
+    item = _power_law(rng, ITEMS, n_events)
     ts = np.sort(rng.integers(0, n_days * DAY, n_events))
     return pd.DataFrame({"user_id": user, "item_id": item, "ts": ts, "label": np.ones(n_events, np.float32)})
+
+
+def _power_law(rng: np.random.Generator, n: int, size: int, exponent: float = 0.8) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1) ** exponent
+    ranks = rng.choice(n, size=size, p=weights / weights.sum())
+    return rng.permutation(n)[ranks] + 1  # popularity unrelated to the id
 
 
 def categories() -> pd.DataFrame:
@@ -72,7 +78,27 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_period(samples_per_period: int, skip_full_table: bool) -> dict[str, float]:
+def meta_step_seconds(method: AsmgMethod, cats: np.ndarray, steps: int | None) -> float:
+    """Mean seconds of one generator training step (loss, backward, Adam) over ``steps`` steps."""
+    steps = steps or 20
+    maker = BatchMaker(cats, table_sizes(method.base), method.device)
+    weights = method.step_weights(len(method.models))
+    optimiser = torch.optim.Adam(method.generator.parameters(), lr=method.cfg.meta.lr)
+    gen = torch.Generator().manual_seed(0)
+
+    def run() -> None:
+        for _ in range(steps):
+            periods = [method.periods[i % len(method.periods)] for i in range(len(method.models))]
+            batches = {i: maker.batch(p, torch.randint(len(p), (method.cfg.meta.batch_size,), generator=gen))
+                       for i, p in enumerate(periods)}
+            optimiser.zero_grad()
+            method.meta_loss(batches, weights, method.initial_state()).backward()
+            optimiser.step()
+
+    return timed(run) / steps
+
+
+def bench_period(samples_per_period: int, skip_full_table: bool, steps: int | None) -> dict[str, float]:
     cfg = RunConfig()  # authors' settings: batch 1024, k = 3, hidden 4, 1 epoch
     device = resolve_device(cfg.device)
     frames = period_frames(samples_per_period, cfg.meta.k + 2)
@@ -93,10 +119,19 @@ def bench_period(samples_per_period: int, skip_full_table: bool) -> dict[str, fl
     state, meta = asmg.state()
     out["asmg_multi_period_seconds"] = timed(lambda: asmg.update(data[-1], cats))
     out["asmg_multi_meta_steps"] = asmg.meta_steps
+    steps_per_period = math.ceil(len(data[-1]) / cfg.meta.batch_size)
+    out["row_gather_meta_step_seconds"] = meta_step_seconds(asmg, cats, steps)
     if not skip_full_table:
         full = AsmgMethod(replace(cfg, meta=replace(cfg.meta, row_gather=False)), device, "multi")
         full.load_state(state, meta)
-        out["asmg_multi_full_table_period_seconds"] = timed(lambda: full.update(data[-1], cats))
+        if steps is None:  # measured: a whole period with the authors' full-table generation
+            out["asmg_multi_full_table_period_seconds"] = timed(lambda: full.update(data[-1], cats))
+        out["full_table_meta_step_seconds"] = meta_step_seconds(full, cats, steps)
+        out["meta_step_speedup"] = out["full_table_meta_step_seconds"] / out["row_gather_meta_step_seconds"]
+        if steps is not None:  # extrapolated from `steps` timed meta steps of each path
+            out["asmg_multi_full_table_period_seconds"] = out["asmg_multi_period_seconds"] + steps_per_period * (
+                out["full_table_meta_step_seconds"] - out["row_gather_meta_step_seconds"])
+            out["full_table_period_is_extrapolated"] = True
         out["row_gather_speedup"] = out["asmg_multi_full_table_period_seconds"] / out["asmg_multi_period_seconds"]
     return out
 
@@ -106,11 +141,13 @@ def main() -> None:
     parser.add_argument("--samples-per-period", type=int, default=200_000)
     parser.add_argument("--build-events", type=int, default=3_000_000)
     parser.add_argument("--skip-full-table", action="store_true")
+    parser.add_argument("--full-table-steps", type=int, default=None,
+                        help="time this many full-table meta steps and extrapolate the period (default: run it)")
     args = parser.parse_args()
     result = {"device": str(resolve_device()), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "machine": platform.machine()}
     result.update(bench_build(args.build_events))
-    result.update(bench_period(args.samples_per_period, args.skip_full_table))
+    result.update(bench_period(args.samples_per_period, args.skip_full_table, args.full_table_steps))
     print(json.dumps(result, indent=2))
 
 

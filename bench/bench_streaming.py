@@ -1,0 +1,513 @@
+"""End-to-end streaming benchmark: replay, Kafka's own perf test, windowing, model freshness, scorer latency.
+
+One run against one broker (a fresh local one in a temporary folder on free ports, or the cluster named by
+KAFKA_BOOTSTRAP_SERVERS) measures, in this order:
+
+1. ``replay_events_per_second``: producers/replay.py (as fast as possible) of ``--replay-events`` events
+   (ml-100k, or the synthetic drifting log when absent) into a fresh 4-partition topic, with
+   ``record_bytes_mean`` of the JSON values written;
+2. ``perf_test_records_per_second``: org.apache.kafka.tools.ProducerPerformance on the same jars and broker,
+   ``--record-size`` = our mean value size, same record count, acks=all, idempotence on;
+3. ``windowing_events_per_second``: replay of the first ``--events`` events -> Kafka -> ``--windowing-workers``
+   windowing worker(s), from the first event produced to the period record of the last period, with the
+   offline runner's bounds (asmg.data.periods.period_bounds over those events, ``--periods`` periods);
+4. ``model_live_seconds``: per post-pretrain period, from the period record's Kafka timestamp until the
+   scorer's GET /model serves that version (or a newer one), polled at 10 Hz;
+5. ``scorer_latency_ms_p50/p99``, ``scorer_requests_per_second``: POST /score with ``--candidates`` items for
+   random known users from ``--clients`` loopback threads (keep-alive http.client), ``--requests`` at most.
+
+Progress goes to stderr, ONE JSON object to stdout. Everything started (workers, broker) is stopped on any
+exit. Usage: python bench/bench_streaming.py [--replay-events 100000] [--events 30000] [--periods 8]
+[--pretrain-periods 3] [--windowing-workers 1] [--pipeline-rate EV_PER_S] [--perf-records N] [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+console = Console(stderr=True, highlight=False)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="ml-100k", help="dataset to replay, or 'synthetic'")
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ASMG_DATA_DIR",
+                                                                        "/work/shared/datasets/ml-100k")))
+    p.add_argument("--replay-events", type=int, default=100_000, help="events of the replay/perf-test phase")
+    p.add_argument("--events", type=int, default=30_000, help="events of the windowing/model phase")
+    p.add_argument("--periods", type=int, default=8, help="periods over --events (offline runner's split)")
+    p.add_argument("--pretrain-periods", type=int, default=3)
+    p.add_argument("--method", default="asmg-gru-multi", help="update method of the trainer")
+    p.add_argument("--windowing-workers", type=int, default=1)
+    p.add_argument("--pipeline-rate", type=float, default=None,
+                   help="events/s of the pipeline replay (default: as fast as possible; all periods then close "
+                        "within seconds and model_live_seconds includes the trainer's backlog)")
+    p.add_argument("--perf-records", type=int, default=None, help="ProducerPerformance records "
+                                                                  "(default: --replay-events)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the interactions topics")
+    p.add_argument("--torch-threads", type=int, default=1, help="ASMG_TORCH_THREADS of trainer and scorer")
+    p.add_argument("--requests", type=int, default=2000, help="POST /score requests, at most")
+    p.add_argument("--score-seconds", type=float, default=60.0, help="time cap of the scorer phase")
+    p.add_argument("--clients", type=int, default=4, help="client threads of the scorer phase")
+    p.add_argument("--candidates", type=int, default=100, help="items per /score request")
+    p.add_argument("--perf-props", default="linger.ms=20 batch.size=1000000 compression.type=lz4",
+                   help="extra ProducerPerformance producer props (besides acks=all enable.idempotence=true); "
+                        "the default mirrors producers/producer.py THROUGHPUT")
+    p.add_argument("--skip-perf-test", action="store_true")
+    p.add_argument("--skip-pipeline", action="store_true", help="only replay + perf test")
+    p.add_argument("--timeout", type=float, default=900.0, help="give up the pipeline phase after this many s")
+    p.add_argument("--workdir", type=Path, default=None, help="keep state and logs here (default: a temp dir, "
+                                                             "removed on success)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not 1 <= args.pretrain_periods < args.periods:
+        p.error("--pretrain-periods must be >= 1 and < --periods")
+    return args
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+def load_log(dataset: str, data_dir: Path):
+    from asmg.data.log import DataError
+    from asmg.data.registry import load_dataset
+    from asmg.data.synthetic import synthetic_log
+
+    if dataset != "synthetic":
+        try:
+            return load_dataset(dataset, data_dir)
+        except DataError as exc:
+            console.print(f"[yellow]no {dataset} data ({exc}); using the synthetic drifting log[/]")
+    return synthetic_log(n_users=800, n_items=600, n_categories=12, n_periods=31, events_per_period=3300,
+                         seed=0, implicit=False, name="synthetic")
+
+
+def head(log, n: int):
+    """The first ``n`` events (event-time order) as a log of their own."""
+    from asmg.data.log import InteractionLog
+
+    events = log.events.sort_values("ts", kind="stable").iloc[:n].reset_index(drop=True)
+    return InteractionLog(log.name, events, log.item_categories, log.implicit)
+
+
+def value_bytes(log) -> tuple[float, float]:
+    """Mean bytes of the JSON values and keys replay_log writes for ``log``."""
+    from asmg.events import encode_log
+
+    total_v = total_k = n = 0
+    for chunk in encode_log(log):
+        total_v += sum(map(len, chunk.values))
+        total_k += sum(map(len, chunk.keys))
+        n += len(chunk.values)
+    return total_v / max(n, 1), total_k / max(n, 1)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+# --- processes ----------------------------------------------------------------------------------------------
+
+
+def start_worker(role: str, env: dict[str, str], logs: Path, tag: str = "") -> subprocess.Popen:
+    log = open(logs / f"{role}{tag}.log", "ab")  # noqa: SIM115 - the child holds it; closed with the process
+    try:
+        return subprocess.Popen([sys.executable, "-m", "asmg.cli", "worker", role], env=env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def stop_processes(processes: dict[str, subprocess.Popen], timeout: float = 20.0) -> None:
+    for proc in processes.values():
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in processes.values():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def check_workers(processes: dict[str, subprocess.Popen], logs: Path) -> None:
+    for name, proc in processes.items():
+        if proc.poll() is not None:
+            tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"worker {name} exited with code {proc.returncode}; {logs / name}.log ends:\n"
+                               + "\n".join(tail))
+
+
+def quiet_logger():
+    """A logger for librdkafka clients whose transient complaints would only clutter the progress."""
+    import logging
+
+    quiet = logging.getLogger("bench.kafka")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    return quiet
+
+
+def group_members(admin, group: str) -> int:
+    """Members of a consumer group in state Stable (0 otherwise or when it cannot be described)."""
+    from confluent_kafka import ConsumerGroupState
+
+    try:
+        description = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
+    except Exception:  # noqa: BLE001 - not there yet
+        return 0
+    return len(description.members) if description.state == ConsumerGroupState.STABLE else 0
+
+
+def http_json(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict[str, Any] | None]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+# --- phases -------------------------------------------------------------------------------------------------
+
+
+def bench_replay(log, kafka, topic: str, warmup_topic: str) -> dict[str, Any]:
+    from producers.producer import make_producer
+    from producers.replay import Pacing, replay_log
+
+    mean_value, mean_key = value_bytes(log)
+    # warm-up (not timed): a fresh broker loads its coordinators lazily, and the first idempotent producer
+    # would wait for its producer id inside the measurement
+    warm = make_producer(kafka, logger=quiet_logger())
+    warm.produce(warmup_topic, value=b"{}")
+    if warm.flush(60):
+        raise RuntimeError("the warm-up record was not acknowledged within 60 s")
+    del warm
+    producer = make_producer(kafka)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task(f"replay {log.name} -> {topic}", total=len(log.events))
+        result = replay_log(log, producer, topic, Pacing(), on_progress=lambda n: progress.advance(task, n))
+    del producer
+    console.print(f"replay: {result.summary()}; values {mean_value:.1f} B, keys {mean_key:.1f} B")
+    return {"replay_events": result.events, "replay_seconds": round(result.seconds, 3),
+            "replay_events_per_second": round(result.rate, 1), "record_bytes_mean": round(mean_value, 1),
+            "key_bytes_mean": round(mean_key, 2)}
+
+
+def bench_perf_test(config, kafka, topic: str, records: int, record_size: int, extra_props: str) -> dict[str, Any]:
+    from streams.broker import java_executable, resolve_jars
+
+    java = java_executable(17 if config.kafka_home is None else 11)
+    jars = resolve_jars(config)
+    props = [f"bootstrap.servers={kafka.bootstrap_servers}", "acks=all", "enable.idempotence=true",
+             *extra_props.split()]
+    cmd = [java, "-Xmx256m", "-XX:+UseSerialGC", "-cp", f"{jars}/*", "org.apache.kafka.tools.ProducerPerformance",
+           "--topic", topic, "--num-records", str(records), "--record-size", str(record_size),
+           "--throughput", "-1", "--producer-props", *props]
+    console.print(f"perf test: ProducerPerformance {records:,} records of {record_size} B ({' '.join(props[1:])})")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    rates = re.findall(r"records sent, ([\d.]+) records/sec", done.stdout)
+    if done.returncode != 0 or not rates:
+        raise RuntimeError(f"ProducerPerformance exited {done.returncode}:\n{(done.stdout + done.stderr)[-2000:]}")
+    final = [line for line in done.stdout.splitlines() if "records/sec" in line][-1]
+    latency = re.search(r"([\d.]+) ms avg latency, ([\d.]+) ms max latency", final)
+    console.print(f"perf test: {final.strip()}")
+    return {"perf_test_records_per_second": round(float(rates[-1]), 1),
+            "perf_test_record_size": record_size, "perf_test_producer_props": props[1:],
+            "perf_test_avg_latency_ms": float(latency.group(1)) if latency else None}
+
+
+def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStack) -> dict[str, Any]:
+    from confluent_kafka import Consumer
+
+    from asmg.config import ProtocolConfig
+    from asmg.data.periods import period_bounds
+    from producers.producer import make_producer
+    from producers.replay import Pacing, replay_log
+    from streams.broker import free_port
+    from streams.coordinator import send_end_of_stream
+    from streams.records import parse_model, parse_period
+    from streams.topics import TopicNames, ensure_topics
+
+    names = TopicNames(prefix)
+    ensure_topics(kafka, names, partitions=args.partitions)
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    bounds = period_bounds(log.events["ts"].to_numpy(), ProtocolConfig().split, args.periods)
+    (run_dir / "bounds.json").write_text(json.dumps({"bounds": bounds.to_list()}))
+    n_periods = len(bounds.to_list()) - 1
+    port = free_port()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ASMG_TOPIC_PREFIX": prefix,
+           "ASMG_PERIOD_BOUNDS": str(run_dir / "bounds.json"), "ASMG_PERIOD_STORE": str(run_dir / "periods"),
+           "ASMG_ARTIFACT_STORE": str(run_dir / "models"), "ASMG_CHECKPOINT_STORE": str(run_dir / "checkpoints"),
+           "ASMG_METHOD": args.method, "ASMG_DATASET": log.name, "ASMG_IMPLICIT": "1" if log.implicit else "0",
+           "ASMG_SCORER_PORT": str(port), "ASMG_SCORER_HOST": "127.0.0.1", "ASMG_PARTITIONS": str(args.partitions),
+           "ASMG_PERIODS": str(n_periods), "ASMG_PRETRAIN_PERIODS": str(args.pretrain_periods),
+           "ASMG_FIRST_TEST_PERIOD": str(args.pretrain_periods + 1), "ASMG_DEVICE": "cpu",
+           "ASMG_TORCH_THREADS": str(args.torch_threads), "ASMG_SEED": str(args.seed)}
+    processes: dict[str, subprocess.Popen] = {}
+    stack.callback(stop_processes, processes)
+    for i in range(args.windowing_workers):
+        name = f"windowing-{i}"
+        processes[name] = start_worker("windowing", {**env, "ASMG_WORKER_DIR": str(run_dir / f"faust-{name}")},
+                                       logs, f"-{i}")
+    for role in ("trainer", "scorer"):
+        processes[role] = start_worker(role, {**env, "ASMG_WORKER_DIR": str(run_dir / f"faust-{role}")}, logs)
+    console.print(f"workers: {args.windowing_workers} windowing, trainer, scorer on :{port} "
+                  f"(topics {prefix}*, logs {logs}); {n_periods} periods, {args.pretrain_periods} pretrain")
+
+    # wait until every role listens, so the windowing clock measures processing, not process start-up
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(kafka.confluent_config(logger=quiet_logger()))
+    started = time.monotonic()
+    deadline = started + args.timeout
+    with console.status("waiting for the workers to join their groups and the scorer to answer") as status:
+        while True:
+            check_workers(processes, logs)
+            windowing = group_members(admin, f"{prefix}windowing")
+            trainer = group_members(admin, f"{prefix}trainer")
+            code, _ = http_json(port, "/healthz")
+            status.update(f"waiting for workers: windowing {windowing}/{args.windowing_workers}, trainer "
+                          f"{trainer}/1, scorer {'up' if code else 'down'}")
+            if windowing >= args.windowing_workers and trainer >= 1 and code:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers not ready within {args.timeout:.0f}s; see {logs}")
+            time.sleep(1.0)
+    startup_seconds = time.monotonic() - started
+    console.print(f"workers ready after {startup_seconds:.1f} s")
+
+    consumer = Consumer(kafka.confluent_config(group_id=f"{prefix}bench", auto_offset_reset="earliest",
+                                               enable_auto_commit=False))
+    stack.callback(consumer.close)
+    consumer.subscribe([names.periods, names.models])
+
+    t0 = time.time()
+    producer = make_producer(kafka)
+    replay = replay_log(log, producer, names.interactions, Pacing(rate=args.pipeline_rate))
+    del producer
+    send_end_of_stream(kafka, names)
+    console.print(f"pipeline replay: {replay.summary()}; end-of-stream sent")
+
+    expected_models = n_periods - args.pretrain_periods
+    period_ts: dict[int, float] = {}
+    models: dict[int, dict[str, Any]] = {}
+    live: dict[int, float] = {}
+    served_version = -1
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        closed_task = progress.add_task("periods closed", total=n_periods)
+        live_task = progress.add_task("models live", total=expected_models)
+        next_poll = time.monotonic()
+        while len(live) < expected_models:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(period_ts)}/{n_periods} periods closed, {len(live)}/{expected_models} "
+                                   f"models live within {args.timeout:.0f}s; see {logs}")
+            check_workers(processes, logs)
+            while (message := consumer.poll(0.02)) is not None:
+                if message.error() is not None:
+                    continue
+                if message.topic() == names.periods:
+                    period = int(parse_period(message.value())["period"])
+                    if period not in period_ts:
+                        period_ts[period] = message.timestamp()[1] / 1000.0
+                        progress.advance(closed_task)
+                else:
+                    record = parse_model(message.value())
+                    models[int(record["period"])] = record
+            if time.monotonic() >= next_poll:  # GET /model at 10 Hz
+                next_poll += 0.1
+                code, body = http_json(port, "/model", timeout=1.0)
+                now = time.time()
+                if code == 200 and body is not None:
+                    served_version = max(served_version, int(body["version"]))
+                    models.setdefault(int(body["period"]), {"version": body["version"], "period": body["period"]})
+                for period, record in models.items():
+                    if period not in live and int(record["version"]) <= served_version and period in period_ts:
+                        live[period] = now - period_ts[period]
+                        progress.advance(live_task)
+                        progress.console.print(f"period {period}: model v{record['version']} live "
+                                               f"{live[period]:.2f} s after the period closed")
+            else:
+                time.sleep(min(0.05, max(0.0, next_poll - time.monotonic())))
+    if len(period_ts) < n_periods:
+        raise RuntimeError(f"only {len(period_ts)} of {n_periods} period records seen")
+    windowing_seconds = max(period_ts.values()) - t0
+    live_list = [{"period": p, "version": int(models[p]["version"]), "seconds": round(live[p], 3)}
+                 for p in sorted(live)]
+    live_values = [live[p] for p in sorted(live)]
+    console.print(f"windowing: {len(log.events):,} events, last period closed {windowing_seconds:.2f} s after "
+                  f"the first event was produced")
+    result = {"events": len(log.events), "periods": n_periods, "pretrain_periods": args.pretrain_periods,
+              "method": args.method, "windowing_workers": args.windowing_workers,
+              "worker_startup_seconds": round(startup_seconds, 1),
+              "pipeline_replay_events_per_second": round(replay.rate, 1),
+              "pipeline_rate": args.pipeline_rate,
+              "windowing_seconds": round(windowing_seconds, 3),
+              "period_closed_seconds": {str(p): round(period_ts[p] - t0, 3) for p in sorted(period_ts)},
+              "windowing_events_per_second": round(len(log.events) / windowing_seconds, 1),
+              "model_live_seconds": live_list,
+              "model_live_seconds_p50": round(pct(live_values, 50), 3),
+              "model_live_seconds_max": round(max(live_values), 3)}
+    result.update(bench_scorer(args, log, port))
+    return result
+
+
+def bench_scorer(args, log, port: int) -> dict[str, Any]:
+    users = log.events["user_id"].unique().tolist()
+    items = np.asarray(log.events["item_id"].unique())
+    k = min(args.candidates, len(items))
+    rng = random.Random(args.seed)
+    bodies = [json.dumps({"user_id": int(rng.choice(users)),
+                          "items": [int(i) for i in rng.sample(list(items), k)]}).encode()
+              for _ in range(min(args.requests, 500))]
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(args.requests))
+    stop_at = time.monotonic() + args.score_seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        mine: list[float] = []
+        try:
+            while time.monotonic() < stop_at:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    break
+                began = time.perf_counter()
+                try:
+                    conn.request("POST", "/score", body=bodies[i % len(bodies)],
+                                 headers={"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    payload = response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    with lock:
+                        errors.append(repr(exc))
+                    continue
+                elapsed = time.perf_counter() - began
+                if response.status == 200:
+                    mine.append(elapsed)
+                else:
+                    with lock:
+                        errors.append(f"{response.status}: {payload[:200]!r}")
+        finally:
+            conn.close()
+            with lock:
+                latencies.extend(mine)
+
+    console.print(f"scorer: up to {args.requests:,} POST /score ({k} candidates) from {args.clients} threads")
+    began = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - began
+    ms = [x * 1000 for x in latencies]
+    console.print(f"scorer: {len(ms):,} ok, {len(errors)} errors in {seconds:.2f} s"
+                  + (f"; first error {errors[0]}" if errors else ""))
+    return {"scorer_requests": len(ms), "scorer_errors": len(errors), "scorer_clients": args.clients,
+            "scorer_candidates": k,
+            "scorer_latency_ms_p50": round(pct(ms, 50), 2) if ms else None,
+            "scorer_latency_ms_p99": round(pct(ms, 99), 2) if ms else None,
+            "scorer_requests_per_second": round(len(ms) / seconds, 1) if seconds > 0 else None}
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from streams.broker import BrokerConfig, LocalBroker, free_port
+    from streams.kafka_config import KafkaSettings
+    from streams.topics import TopicNames, ensure_topics
+
+    began = time.monotonic()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="asmg-bench-streaming-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ok = False
+    out: dict[str, Any] = {"benchmark": "streaming", "host": platform.node(), "cpus": os.cpu_count()}
+    try:
+        with ExitStack() as stack:
+            kafka = KafkaSettings.from_env()
+            config = BrokerConfig.from_env(home=work / "kafka", port=free_port(), controller_port=free_port())
+            if kafka.external:
+                console.print(f"using the cluster at {kafka.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)")
+            else:
+                broker = LocalBroker(config)
+                broker.start(say=console.print, die_with_parent=True)
+                stack.callback(broker.stop, say=console.print)
+                kafka = config.settings()
+            out["kafka"] = "external" if kafka.external else f"local {config.kafka_version} (fresh, {work / 'kafka'})"
+
+            full = load_log(args.dataset, args.data_dir)
+            out["dataset"] = full.name
+            prefix = f"bench-{int(time.time())}."
+            replay_log_ = head(full, args.replay_events)
+            replay_names, perf_names = TopicNames(prefix + "replay."), TopicNames(prefix + "perf.")
+            for names in (replay_names, perf_names):
+                ensure_topics(kafka, names, partitions=args.partitions)
+            out.update(bench_replay(replay_log_, kafka, replay_names.interactions, replay_names.dlq))
+            if not args.skip_perf_test:
+                out.update(bench_perf_test(config, kafka, perf_names.interactions,
+                                           args.perf_records or out["replay_events"],
+                                           max(1, round(out["record_bytes_mean"])), args.perf_props))
+                out["replay_vs_perf_test_ratio"] = round(out["replay_events_per_second"]
+                                                         / out["perf_test_records_per_second"], 3)
+            if not args.skip_pipeline:
+                pipeline = bench_pipeline(args, head(full, args.events), kafka, prefix + "run.", work / "run", stack)
+                out.update(pipeline)
+        ok = True
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: everything started was stopped[/]")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - reported, with where the logs are
+        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"state and logs kept in {work}")
+        return 1
+    finally:
+        if ok and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    out["total_seconds"] = round(time.monotonic() - began, 1)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
