@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 DATA_DIR ?= $(or $(ASMG_DATA_DIR),$(shell [ -d ../shared/datasets/ml-100k ] && echo ../shared/datasets/ml-100k || echo data/ml-100k))
 
-.PHONY: setup demo test lint experiment bench clean
+.PHONY: setup demo test lint experiment bench monitoring clean
 
 setup:
 	@scripts/bootstrap
@@ -19,6 +19,13 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+# The monitoring set-up against a real Prometheus (Debian: apt-get install -y prometheus): alert rules
+# (promtool check + unit tests), the dashboard's queries, and every referenced metric scraped end to end.
+monitoring: setup
+	promtool check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && promtool test rules rules_test.yml
+	.venv/bin/python -m pytest -q tests/test_alert_rules.py tests/test_dashboard.py tests/test_metrics_prometheus.py
 
 bench: setup
 	.venv/bin/python bench/bench_tmall_scale.py

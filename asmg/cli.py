@@ -6,6 +6,7 @@ import typer
 
 from asmg.cli_datasets import app as datasets_app
 from asmg.cli_experiment import register as register_experiment
+from asmg.cli_report import register as register_report
 from asmg.cli_study import register as register_study
 from producers.cli import register as register_producers
 from streams.cli import register as register_streams
@@ -16,6 +17,7 @@ app.add_typer(datasets_app, name="datasets", help="Download and inspect datasets
 register_demo(app)
 register_experiment(app)
 register_study(app)
+register_report(app)
 register_streams(app)
 register_producers(app)
 

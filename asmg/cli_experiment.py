@@ -55,8 +55,20 @@ def experiment(
     workers: Annotated[int, typer.Option(envvar=_env("workers"), help="runs in parallel processes")] = min(
         2, os.cpu_count() or 1),
     cache_dir: Annotated[Path, typer.Option(envvar=_env("cache-dir"), help="sample cache")] = Path(".cache/samples"),
+    log_format: Annotated[str, typer.Option(envvar=_env("log-format"),
+                                            help="text, or json: one JSON object per line (on stderr)")] = "text",
+    log_level: Annotated[str | None, typer.Option(envvar=_env("log-level"),
+                                                  help="[default: info with --log-format json, else warning]")]
+    = None,
 ) -> None:
     """Pretrain on periods 1-10, update on 11-30, test on D_{t+1} for t = 24..30; mean ± std over seeds."""
+    from asmg import logs
+
+    try:
+        level = log_level or ("info" if logs.check_format(log_format) == "json" else "warning")
+        logs.configure(level, log_format, role="experiment")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     from asmg.data.log import DataError
     from asmg.data.registry import load_dataset
     from asmg.experiment import ExperimentSpec, markdown_table, run_experiment

@@ -6,6 +6,7 @@ Writes ``results.json``, ``results.md`` (the paper's table layout) and ``auc_by_
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing as mp
 import time
@@ -20,8 +21,11 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from asmg.config import RunConfig, resolve_device
+from asmg.logs import apply_setup, current_setup, log_context
 from asmg.prepare import PreparedPeriods
 from asmg.updater import PeriodUpdater
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,23 @@ def run_method(method: str, seed: int, data: PreparedPeriods, spec: ExperimentSp
     started = time.perf_counter()
     evaluated = []
     for period in sorted(p for p in data.periods if p <= last):
-        result = updater.step(period, data.periods[period], train=period < last)
-        if result.metrics is not None:
-            evaluated.append({"period": period, **{k: result.metrics[k] for k in ("auc", "logloss", "samples")},
-                              "seconds": result.seconds})
+        with log_context(method=method, seed=seed, period=period):  # fields of JSON log lines (asmg/logs.py)
+            result = updater.step(period, data.periods[period], train=period < last)
+            if result.metrics is not None:
+                evaluated.append({"period": period, **{k: result.metrics[k] for k in ("auc", "logloss", "samples")},
+                                  "seconds": result.seconds})
+                log.info("period %d: AUC %.4f, logloss %.4f", period, result.metrics["auc"],
+                         result.metrics["logloss"], extra={"auc": result.metrics["auc"],
+                                                           "logloss": result.metrics["logloss"],
+                                                           "samples": result.metrics["samples"],
+                                                           "seconds": result.seconds})
         if on_period:
             on_period(period, result)
     first_test = cfg.protocol.first_test_period
     tests = [e for e in evaluated if e["period"] >= first_test]
+    log.info("%s seed %d: test AUC %.4f", method, seed, _mean([e["auc"] for e in tests]),
+             extra={"method": method, "seed": seed, "mean_auc": _mean([e["auc"] for e in tests]),
+                    "mean_logloss": _mean([e["logloss"] for e in tests]), "seconds": time.perf_counter() - started})
     return {
         "method": method, "seed": seed,
         "periods": tests,
@@ -94,7 +107,8 @@ def run_experiment(data: PreparedPeriods, spec: ExperimentSpec, out: Path | None
                 finished(job, run_method(job[0], job[1], data, spec, lambda p, r, j=job: advanced(j)))
         else:
             context = mp.get_context("spawn")
-            with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+            with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context, initializer=apply_setup,
+                                                                   initargs=current_setup()) as pool:
                 queue = manager.Queue()
                 futures = {pool.submit(_run_job, job, data, spec, queue): job for job in jobs}
                 pending = set(futures)

@@ -76,6 +76,7 @@ class PeriodUpdater:
             self.method.grow(self.vocabs.sizes(), seeded(self.cfg.seed, period, GROW_PURPOSE))
             self.method.update(data, item_cats)
             seconds["update"] = time.perf_counter() - clock
+            seconds.update(getattr(self.method, "seconds", {}))  # finer phases where a method times them
         self.last_period = period
         return PeriodResult(period, len(data), metrics, shadow, seconds)
 

@@ -1,4 +1,5 @@
-"""Live ingestion over HTTP: ``POST /events`` (one JSON event, a JSON array, or NDJSON), ``GET /healthz``.
+"""Live ingestion over HTTP: ``POST /events`` (one JSON event, a JSON array, or NDJSON), ``GET /healthz``,
+``GET /metrics`` (Prometheus: events accepted, refused by reason, request latency; streams/metrics.py).
 
 Why answer only after Kafka's acknowledgement: a 202 is a promise that the events are durable
 (acks=all). Every refused line is answered with its reason and also written to the DLQ topic, so bad
@@ -17,10 +18,12 @@ from typing import Any
 
 from aiohttp import web
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from asmg.events import EventError, parse_event
 from producers.producer import make_producer
 from streams.kafka_config import KafkaSettings
+from streams.metrics import IngestMetrics
 from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,7 @@ MAX_BODY = 32 * 1024 * 1024
 ACK_TIMEOUT = 30.0
 MAX_RAW_IN_DLQ = 10_000
 NAMES = web.AppKey("names", TopicNames)
+METRICS = web.AppKey("metrics", IngestMetrics)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class AckingProducer:
         await asyncio.to_thread(self.producer.flush, 10)
         self._stop.set()
         self._thread.join(timeout=5)
+        # aiohttp's middleware cache may keep the app (and so this object) alive: let the client go now
+        self.producer = None  # type: ignore[assignment]
 
 
 SINK = web.AppKey("sink", AckingProducer)
@@ -113,7 +119,7 @@ def _dlq_record(line: Line, reason: str) -> bytes:
 
 
 async def post_events(request: web.Request) -> web.Response:
-    sink, names = request.app[SINK], request.app[NAMES]
+    sink, names, metrics = request.app[SINK], request.app[NAMES], request.app[METRICS]
     body = await request.read()
     if not body.strip():
         return web.json_response({"accepted": 0, "refused": [], "error": "empty body"}, status=400)
@@ -139,6 +145,7 @@ async def post_events(request: web.Request) -> web.Response:
                 pending.append(await sink.send(names.interactions, event.to_json(), str(event.user_id).encode()))
                 continue
         refused.append({"line": line.number, "reason": reason})
+        metrics.refuse(reason)
         dlq.append(await sink.send(names.dlq, _dlq_record(line, reason)))
     try:
         results = await asyncio.wait_for(asyncio.gather(*pending, *dlq, return_exceptions=True), ACK_TIMEOUT + 5)
@@ -150,6 +157,8 @@ async def post_events(request: web.Request) -> web.Response:
     if dlq_failures:
         log.error("%d refused events could not be written to %s: %s", len(dlq_failures), names.dlq,
                   dlq_failures[0])
+    metrics.accepted.inc(len(pending) - len(failures))
+    metrics.unacknowledged.inc(len(failures))
     if failures:
         return web.json_response({"accepted": len(pending) - len(failures), "refused": refused,
                                   "error": f"Kafka did not acknowledge {len(failures)} events: {failures[0]}"},
@@ -166,10 +175,34 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "brokers": len(metadata.brokers)})
 
 
-def make_app(settings: KafkaSettings, names: TopicNames | None = None) -> web.Application:
+async def get_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def _timed(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else "other"
+        request.app[METRICS].requests.labels(path, str(status)).observe(time.perf_counter() - start)
+
+
+def make_app(settings: KafkaSettings, names: TopicNames | None = None,
+             metrics: IngestMetrics | None = None) -> web.Application:
     """The aiohttp application; the producer lives as long as the app."""
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_timed])
     app[NAMES] = names or TopicNames.from_env()
+    app[METRICS] = metrics or IngestMetrics()
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         app[SINK] = AckingProducer(make_producer(settings, low_latency=True,
@@ -180,6 +213,7 @@ def make_app(settings: KafkaSettings, names: TopicNames | None = None) -> web.Ap
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/events", post_events)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", get_metrics)
     return app
 
 

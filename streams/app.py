@@ -68,6 +68,7 @@ def create_app(settings: StreamSettings, role: str, kafka: KafkaSettings | None 
         broker_rebalance_timeout=max(settings.session_timeout * 2, 20.0),
     )
     _tune_faust()
+    app.asmg_metrics = _role_metrics(app, settings, role, kafka)  # None unless --metrics-port is set
     if role == "windowing":
         from streams import coordinator, windowing
 
@@ -77,7 +78,22 @@ def create_app(settings: StreamSettings, role: str, kafka: KafkaSettings | None 
         from streams import trainer
 
         trainer.register(app, settings, names, kafka)
+    if app.asmg_metrics is not None:
+        app.asmg_metrics.serve(settings.metrics_port)
     return app
+
+
+def _role_metrics(app, settings: StreamSettings, role: str, kafka: KafkaSettings):
+    """Prometheus metrics of this worker (streams/metrics.py): faust's own sensors, the consumer lag of the
+    role's group, and whatever the agents register on ``app.asmg_metrics``; served by ``create_app``."""
+    if settings.metrics_port is None:
+        return None
+    from streams.metrics import RoleMetrics, faust_sensors
+
+    metrics = RoleMetrics(role)
+    faust_sensors(app, metrics.registry)
+    metrics.watch_lag(kafka, [settings.role_app_id(role)])
+    return metrics
 
 
 class _DropMessages(logging.Filter):
@@ -110,8 +126,12 @@ def fail_stop(exc: BaseException, where: str) -> None:
     os._exit(FAIL_STOP_EXIT)
 
 
-def run_worker(app, log_level: str = "warning") -> None:
-    """Run ``app`` as a faust worker in this process until SIGTERM/SIGINT (blocks)."""
+def run_worker(app, log_level: str = "warning", log_format: str = "text") -> None:
+    """Run ``app`` as a faust worker in this process until SIGTERM/SIGINT (blocks); ``log_format`` json:
+    one JSON object per line (asmg/logs.py)."""
     from faust.worker import Worker
 
-    Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    from asmg.logs import dict_config
+
+    Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False,
+           logging_config=dict_config(log_level, log_format)).execute_from_commandline()

@@ -240,16 +240,18 @@ def settings_command(fn):
 def _run_role(settings, kafka, role: str) -> None:
     import logging
 
+    from asmg.logs import bind
     from streams.app import create_app, run_worker
     from streams.settings import SettingsError
     from streams.topics import TopicError
 
     logging.getLogger("faust").setLevel(settings.log_level.upper())
+    bind(role=role)  # a field of every JSON log line (--log-format json)
     try:
         app = create_app(settings, role, kafka)
-    except (SettingsError, TopicError, RuntimeError) as exc:
+    except (SettingsError, TopicError, RuntimeError, OSError) as exc:  # OSError: the metrics port is taken
         raise _fail(str(exc)) from None
-    run_worker(app, settings.log_level)
+    run_worker(app, settings.log_level, settings.log_format)
 
 
 @worker_app.command("windowing")

@@ -72,6 +72,7 @@ class Coordinator:
         self.generation = 0
         self._lock = asyncio.Lock()
         self._producer: RecordProducer | None = None
+        self.metrics = None  # streams/metrics.py CoordinatorMetrics, when the worker serves metrics
 
     def reset(self) -> None:
         """Ownership of the watermarks partition moved: forget what we knew, stop publishing."""
@@ -126,7 +127,9 @@ class Coordinator:
                     break
                 self.published = period
                 done.append(period)
-                log.info("period %d closed: %d samples", period, record["samples"])
+                log.info("period %d closed: %d samples", period, record["samples"], extra={"period": period})
+                if self.metrics is not None:
+                    self.metrics.period_closed(record)
             return done
 
     def _send(self, record: dict[str, Any]) -> None:
@@ -146,6 +149,10 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
     table = app.Table("coordinator", partitions=1)  # json keys and values
     topic = app.topic(names.watermarks, key_serializer="raw", value_serializer="raw")
     owned = TP(names.watermarks, 0)
+    if getattr(app, "asmg_metrics", None) is not None:
+        from streams.metrics import CoordinatorMetrics
+
+        coordinator.metrics = app.asmg_metrics.coordinator = CoordinatorMetrics(app.asmg_metrics.registry, coordinator)
 
     @app.agent(topic, name=f"{settings.role_app_id('windowing')}-coordinator", concurrency=1)
     async def coordinate(stream):
@@ -158,6 +165,8 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
             if record["topic"] != names.interactions or not 0 <= int(record["partition"]) < partitions:
                 continue
             coordinator.merge(table, record)
+            if coordinator.metrics is not None:
+                coordinator.metrics.watermark(record)
             try:
                 await coordinator.try_publish(table)
             except Exception as exc:  # fail-stop: the restarted coordinator reads the periods topic again

@@ -50,8 +50,11 @@ def _load_log(dataset: str, data_dir: Path, console):
                          seed=0, implicit=False, name=SYNTHETIC), True
 
 
-def _worker(role: str, env: dict[str, str], logs: Path) -> subprocess.Popen:
+def _worker(role: str, env: dict[str, str], logs: Path, metrics_port: int | None = None) -> subprocess.Popen:
     log = open(logs / f"{role}.log", "ab")  # noqa: SIM115 - closed when the process is reaped
+    env = {k: v for k, v in env.items() if k != "ASMG_METRICS_PORT"}
+    if metrics_port is not None:
+        env["ASMG_METRICS_PORT"] = str(metrics_port)
     return subprocess.Popen([sys.executable, "-m", "asmg.cli", "worker", role], env=env, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -119,6 +122,10 @@ def demo(
                                                                         "takes them)")] = None,
     timeout: Annotated[float, typer.Option(envvar="ASMG_DEMO_TIMEOUT", help="give up after this many seconds")] = (
         1800.0),
+    metrics_port: Annotated[int | None, typer.Option(
+        envvar="ASMG_METRICS_PORT", help="Prometheus metrics of the windowing worker on this port, the trainer's on "
+                                         "the next (the scorer's are on its own port at /metrics) [default: off]")]
+    = None,
 ) -> None:
     """Run the streaming system end to end on a local Kafka and show ASMG models going live."""
     from rich.console import Console
@@ -129,7 +136,7 @@ def demo(
     with ExitStack() as stack:
         try:
             run = _run_demo(console, stack, data_dir, dataset, method, workdir, scorer_port, rate, timeout,
-                            Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            metrics_port, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), console=console))
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted: stopping everything the demo started.[/]")
@@ -147,7 +154,7 @@ def demo(
 
 
 def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: str, workdir: Path,
-              scorer_port: int, rate: float | None, timeout: float, progress):
+              scorer_port: int, rate: float | None, timeout: float, metrics_port: int | None, progress):
     from asmg.config import ProtocolConfig
     from asmg.data.periods import period_bounds
     from asmg.presets import default_preset, preset
@@ -187,9 +194,14 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
            "ASMG_PARTITIONS": "4"}
     processes: dict[str, subprocess.Popen] = {}
     stack.callback(_stop, processes)
+    ports = {"windowing": metrics_port, "trainer": None if metrics_port is None else metrics_port + 1}
     for role in ("windowing", "trainer", "scorer"):
-        processes[role] = _worker(role, env, logs)
+        processes[role] = _worker(role, env, logs, ports.get(role))
     console.print(f"Workers started (logs in {logs}); topics {names.prefix}*; scorer on :{scorer_port}")
+    if metrics_port is not None:
+        console.print(f"Prometheus metrics: windowing :{metrics_port}/metrics, trainer :{metrics_port + 1}/metrics, "
+                      f"scorer :{scorer_port}/metrics")
+    records_file = run_dir / "models.jsonl"  # every model record seen, for `asmg report`
     # the first model goes live when period pretrain+1 has been tested and trained on (see streams/trainer.py)
     expected = protocol.n_periods - protocol.pretrain_periods
     run = DemoRun(expected_models=expected)
@@ -222,6 +234,8 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
             elif message is not None and message.error() is None:
                 record = parse_model(message.value())
                 run.models[record["period"]] = record
+                with records_file.open("a") as out:
+                    out.write(json.dumps(record) + "\n")
             served = _scorer_model(scorer_port)
             version = (served or {}).get("version", -1)
             for period, record in run.models.items():
@@ -236,6 +250,7 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
                         progress.console.print(f"period {period:>2}: model v{record['version']} live (pretrained)")
     if synthetic:
         console.print("(synthetic stream: numbers are not comparable with MovieLens)")
+    console.print(f"Model records in {records_file}; plots: `asmg report {run_dir}`")
     return _summary_table(run, protocol.first_test_period)
 
 

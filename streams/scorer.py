@@ -63,12 +63,18 @@ def scorer_command(
         "--wait-models", envvar="ASMG_WAIT_MODELS", min=0.0,
         help="Seconds to wait for the models topic before reading interactions.")] = 30.0,
     log_level: Annotated[str, typer.Option("--log-level", envvar="ASMG_LOG_LEVEL")] = "info",
+    log_format: Annotated[str, typer.Option("--log-format", envvar="ASMG_LOG_FORMAT",
+                                            help="text, or json: one JSON object per line.")] = "text",
 ) -> None:
     """Serve scores from the newest model and evaluate it online (prequential AUC/logloss vs the IU shadow)."""
+    from asmg import logs
     from streams.kafka_config import KafkaConfigError, KafkaSettings
     from streams.scorer_state import periods_from_options
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.configure(log_level, log_format, role="scorer")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format/--log-level") from None
     if interactions_from not in ("earliest", "latest"):
         raise typer.BadParameter("must be earliest or latest", param_hint="--interactions-from")
     try:
@@ -89,7 +95,9 @@ def scorer_command(
                             max_users=max_users, batch_size=eval_batch, batch_seconds=eval_batch_ms / 1000,
                             negatives=1 if implicit else 0, interactions_from=interactions_from,
                             wait_models=wait_models, seed=seed)
-    serve_forever(ScorerService(settings, TopicNames(topic_prefix), options), host, port)
+    service = ScorerService(settings, TopicNames(topic_prefix), options)
+    logs.bind(model_version=lambda: service.holder.current.version if service.holder.current else None)
+    serve_forever(service, host, port)
 
 
 def _register() -> None:

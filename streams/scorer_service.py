@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from asmg.data.samples import HISTORY_LEN
 from asmg.events import MAX_ID, Event, EventError, parse_event, stable_id
 from streams.kafka_config import KafkaSettings
+from streams.metrics import scorer_registry
 from streams.scorer_eval import Evaluator, Prequential, UserHistories
 from streams.scorer_state import ModelHolder, PeriodSpec, RecordError, parse_model_record
 from streams.topics import TopicNames
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 MAX_ITEMS = 10_000
 MAX_HISTORY = 1_000
 MAX_BODY = 1024 * 1024
-QUALITY_GAUGE_PERIODS = 5
 
 
 @dataclass(frozen=True)
@@ -330,52 +329,6 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-class _Collector:
-    """Prometheus view of the service's own counters, read at scrape time (no double bookkeeping)."""
-
-    def __init__(self, service: ScorerService) -> None:
-        self.service = service
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        service, model = self.service, self.service.holder.current
-        stats = service.holder.stats()
-        yield _gauge("asmg_scorer_model_version", "Version of the served model (0: none yet).",
-                     model.version if model else 0)
-        yield _gauge("asmg_scorer_model_period", "Last period the served model was trained on.",
-                     model.period if model else 0)
-        loads = CounterMetricFamily("asmg_scorer_model_records", "Model records by outcome.", labels=["outcome"])
-        for outcome in ("models_loaded", "load_failures", "records_stale", "records_invalid"):
-            loads.add_metric([outcome], stats[outcome])
-        yield loads
-        events = CounterMetricFamily("asmg_scorer_events", "Interaction events by outcome.", labels=["outcome"])
-        for outcome, n in {**service.evaluator.counts, "invalid": service.interactions.invalid}.items():
-            events.add_metric([outcome], n)
-        yield events
-        yield _gauge("asmg_scorer_users", "Users whose recent history is held.", len(service.histories))
-        yield from self._quality()
-
-    def _quality(self) -> Iterator[Any]:
-        report = self.service.prequential.report()
-        auc = GaugeMetricFamily("asmg_scorer_prequential_auc", "Online AUC per period.", labels=["period", "model"])
-        loss = GaugeMetricFamily("asmg_scorer_prequential_logloss", "Online logloss per period.",
-                                 labels=["period", "model"])
-        for period, row in list(report.items())[-QUALITY_GAUGE_PERIODS:]:
-            for name, prefix in (("served", ""), ("shadow", "shadow_")):
-                if row[f"{prefix}auc"] is not None:
-                    auc.add_metric([str(period), name], row[f"{prefix}auc"])
-                if row[f"{prefix}logloss"] is not None:
-                    loss.add_metric([str(period), name], row[f"{prefix}logloss"])
-        yield auc
-        yield loss
-
-
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, value=value)
-
-
 # --- the service --------------------------------------------------------------------------------------------
 
 
@@ -398,10 +351,7 @@ class ScorerService:
         self.interactions = InteractionFeed(self.settings, self.names.interactions, self.holder, self.evaluator,
                                             opts, self.models.caught_up, self.stopped)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scorer-http")
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))  # type: ignore[arg-type]
-        self.latency = Histogram("asmg_scorer_request_seconds", "HTTP request latency.", ["path", "status"],
-                                 registry=self.registry)
+        self.registry, self.latency = scorer_registry(self)  # streams/metrics.py: every metric is defined there
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
 

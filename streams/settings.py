@@ -41,6 +41,9 @@ class StreamSettings:
     app_id: str | None = _opt(None, "faust app id (consumer group, changelog topics) (default: <prefix><role>).")
     worker_dir: str = _opt("runs/stream/faust", "Local folder of the faust workers' data.")
     log_level: str = _opt("warning", "Log level of the workers (debug, info, warning, error).")
+    log_format: str = _opt("text", "Log format: text, or json (one JSON object per line, asmg/logs.py).")
+    metrics_port: int | None = _opt(None, "Serve Prometheus metrics on this port at /metrics (0: any free port) "
+                                          "(default: off).")
     session_timeout: float = _opt(10.0, "Seconds after which the consumer group drops a worker that stopped "
                                         "heartbeating (how long a crashed worker's partitions wait).")
     # -- periods and samples (windowing, coordinator) --------------------------------------------------
@@ -96,6 +99,10 @@ class StreamSettings:
             raise SettingsError(f"--session-timeout/{env_name('session_timeout')} must be in [1, 300] seconds")
         if self.keep_checkpoints < 1:
             raise SettingsError(f"--keep-checkpoints/{env_name('keep_checkpoints')} must be >= 1")
+        if self.log_format.strip().lower() not in ("text", "json"):
+            raise SettingsError(f"--log-format/{env_name('log_format')} must be 'text' or 'json'")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"--metrics-port/{env_name('metrics_port')} must be a port number (0: any free one)")
         if self.output not in (None, "direct", "residual"):
             raise SettingsError(f"--output/{env_name('output')} must be 'direct' or 'residual'")
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from asmg.artifacts import ArtifactError, bundle_exists, load_bundle, save_bundle, save_model
 from asmg.config import RunConfig
+from asmg.logs import bind, log_context
 from asmg.updater import PeriodUpdater
 from streams.kafka_config import KafkaSettings
 from streams.period_store import open_uri, read_period_record
@@ -102,6 +103,7 @@ class Trainer:
         self.version = 0  # versions handed out so far
         self.published = 0  # newest period with a model record
         self._producer: RecordProducer | None = None
+        self.metrics = None  # streams/metrics.py TrainerMetrics, when the worker serves metrics
         if settings.torch_threads > 0:
             import torch
 
@@ -145,6 +147,8 @@ class Trainer:
             if latest is None or model["period"] > latest["period"]:
                 latest = model
         self.published = latest["period"] if latest else 0
+        if self.metrics is not None and latest is not None:
+            self.metrics.published(latest, new=False)
         published_version = latest["version"] if latest else 0
         self.updater, meta = None, {}
         for period in reversed(self.checkpoints()):
@@ -188,20 +192,25 @@ class Trainer:
         updater = self.updater
         if period <= updater.last_period:
             log.info("period %d: already trained (checkpoint at %d), skipped", period, updater.last_period)
+            self._observe(period, "skipped", {})
             return None
         if int(record["samples"]) == 0:  # as offline: a period without samples is no step at all
             log.warning("period %d has no samples: nothing to test or learn, skipped", period)
+            self._observe(period, "empty", {})
             return None
         if period != updater.last_period + 1:
             log.warning("period %d follows period %d: periods in between were never closed", period,
                         updater.last_period)
         started = time.perf_counter()
         samples = read_period_record(record)
+        phases = {"read": time.perf_counter() - started}  # seconds per phase (metrics, the record's "phases")
         _fault("before-step", period)
         result = updater.step(period, samples, train=True, with_shadow=True)
+        phases.update(result.seconds)
         _fault("after-step", period)
         model = None
         if result.metrics is not None and period > self.published:
+            clock = time.perf_counter()
             version = self.version + 1
             uri = self.artifact_uri(version, period)
             sha = save_model(uri, version=version, period=period, method=updater.method.name,
@@ -212,20 +221,32 @@ class Trainer:
                                  uri=uri, sha256=sha, metrics=result.metrics, shadow_metrics=result.shadow,
                                  created=datetime.now(UTC).isoformat(timespec="seconds"),
                                  seconds=round(time.perf_counter() - started, 3))
+            phases["artifact"] = time.perf_counter() - clock
+            model["phases"] = {name: round(seconds, 4) for name, seconds in phases.items()}  # optional field
         _fault("after-artifact", period)
+        clock = time.perf_counter()
         tensors, info = updater.state()
         save_bundle(self.checkpoint_uri(period), tensors,
                     {"kind": "checkpoint", "model_name": self.model, "period": period, "version": self.version,
                      "info": info, "model": model, "result": result.to_dict(), "tensor_order": list(tensors)})
         _fault("after-checkpoint", period)
+        phases["checkpoint"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         if model is not None and generation == self.generation:
             self._publish(model)
+            phases["publish"] = time.perf_counter() - clock
         elif model is not None:  # revoked meanwhile: the next owner publishes it from the checkpoint
             log.warning("period %d: partition revoked while training; leaving its record to the next owner", period)
             self.ready = False
         _fault("after-publish", period)
         self._prune()
+        outcome = "pretrain" if result.metrics is None else "published" if model is not None else "retrained"
+        self._observe(period, outcome, phases, time.perf_counter() - started)
         return model
+
+    def _observe(self, period: int, outcome: str, phases: dict[str, float], total: float | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.period(period, outcome, phases, total)
 
     def _publish(self, model: dict[str, Any]) -> None:
         if model["period"] <= self.published:
@@ -234,8 +255,11 @@ class Trainer:
             self._producer = RecordProducer(self.kafka)
         self._producer.send(self.names.models, self.model.encode(), dumps(model))
         self.published = model["period"]
+        if self.metrics is not None:
+            self.metrics.published(model)
         log.info("published %s v%d for period %d (auc %.4f)", self.model, model["version"], model["period"],
-                 model["metrics"].get("auc", float("nan")))
+                 model["metrics"].get("auc", float("nan")),
+                 extra={"period": model["period"], "model_version": model["version"]})
 
     def _prune(self) -> None:
         periods = self.checkpoints()
@@ -255,6 +279,11 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
 
     trainer = Trainer(settings, names, kafka)
     topic = app.topic(names.periods, key_serializer="raw", value_serializer="raw")
+    if getattr(app, "asmg_metrics", None) is not None:
+        from streams.metrics import TrainerMetrics
+
+        trainer.metrics = app.asmg_metrics.trainer = TrainerMetrics(app.asmg_metrics.registry, settings.model_name)
+    bind(model=settings.model_name, model_version=lambda: trainer.version or None)  # JSON log fields
 
     @app.agent(topic, name=f"{settings.role_app_id('trainer')}-trainer", concurrency=1)
     async def train(stream):
@@ -265,7 +294,8 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
                 log.error("ignoring a period record at offset %d: %s", event.message.offset, exc)
                 continue
             try:
-                await asyncio.to_thread(trainer.handle, record)
+                with log_context(period=record.get("period")):  # follows the call into the thread
+                    await asyncio.to_thread(trainer.handle, record)
             except Exception as exc:  # fail-stop: never skip a period silently
                 fail_stop(exc, f"trainer, period {record.get('period')}")
 

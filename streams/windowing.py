@@ -204,6 +204,7 @@ class Outcome:
     control: bool = False
     closed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     dead_letters: int = 0
+    reason: str | None = None  # why the record went to the DLQ (metrics count refusals by reason)
 
 
 class Sink:
@@ -333,6 +334,7 @@ class WindowingCore:
             await sink.dead_letter(dlq_key(topic, partition, offset),
                                    dlq_record(refusal[0], raw or b"", topic, partition, offset, refusal[1]))
             outcome.dead_letters += 1
+            outcome.reason = refusal[0]
         progress.offset = offset
         state[_pkey(partition)] = progress.dump()  # last write: the record is applied
         return outcome
@@ -546,6 +548,12 @@ def register(app, settings: StreamSettings, names, partitions: int) -> Windowing
     dlq = app.topic(names.dlq, key_serializer="raw", value_serializer="raw")
     watermarks = app.topic(names.watermarks, key_serializer="raw", value_serializer="raw")
     published: dict[int, tuple] = {}
+    observe = None  # metrics hook (streams/metrics.py), when the worker serves metrics
+    if getattr(app, "asmg_metrics", None) is not None:
+        from streams.metrics import WindowingMetrics
+
+        app.asmg_metrics.windowing = WindowingMetrics(app.asmg_metrics.registry, core)
+        observe = app.asmg_metrics.windowing.observe
 
     async def dead_letter(key: bytes, value: bytes) -> None:
         future = await dlq.send(key=key, value=value, force=True)
@@ -567,6 +575,8 @@ def register(app, settings: StreamSettings, names, partitions: int) -> Windowing
                                              event.value, sink)
             except Exception as exc:  # fail-stop: a restart redoes the record (see the module docstring)
                 fail_stop(exc, f"windowing, {message.topic}[{message.partition}]@{message.offset}")
+            if observe is not None:
+                observe(message.partition, outcome)
             if outcome.closed or outcome.control:
                 publish_watermark(message.partition, core.progress(state, message.partition))
 

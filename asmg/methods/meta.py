@@ -13,6 +13,7 @@ generator had just before theta_{t-k}):
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +42,7 @@ class AsmgMethod(UpdateMethod):
         self.generated: Params = {}
         self.generator: GruGenerator | LinearGenerator | None = None
         self.meta_steps = 0
+        self.seconds: dict[str, float] = {}  # phases of the last update (meta_training, base_update, generation)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, pretrained: Params) -> None:
@@ -73,10 +75,16 @@ class AsmgMethod(UpdateMethod):
     def update(self, data: PeriodTensors, item_cats: np.ndarray) -> None:
         data = data.to(self.device)
         self.periods.append(data)
+        clock = time.perf_counter()
         self.train_generator(item_cats)
+        self.seconds = {"meta_training": time.perf_counter() - clock}  # PeriodResult.seconds gets these
+        clock = time.perf_counter()
         self.base = train_base(self.base, data, item_cats, self.cfg.train, self.cfg.seed, device=self.device)
+        self.seconds["base_update"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         self.models.append(self.base)
         self.generated = self.generate()
+        self.seconds["generation"] = time.perf_counter() - clock
 
     def serving(self) -> Params:
         return serving_copy(self.generated)
