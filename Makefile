@@ -14,6 +14,7 @@ experiment: setup
 	.venv/bin/asmg experiment --data-dir $(DATA_DIR) --out runs/experiment
 
 test: setup
+	@scripts/install-prometheus
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q
 
