@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from asmg.events import EventError, parse_event
 from producers.producer import make_producer
 from streams.kafka_config import KafkaSettings
-from streams.metrics import IngestMetrics
+from streams.metrics import IngestMetrics, request_timer
 from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -180,27 +180,11 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-@web.middleware
-async def _timed(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        path = resource.canonical if resource is not None else "other"
-        request.app[METRICS].requests.labels(path, str(status)).observe(time.perf_counter() - start)
-
-
 def make_app(settings: KafkaSettings, names: TopicNames | None = None,
              metrics: IngestMetrics | None = None) -> web.Application:
     """The aiohttp application; the producer lives as long as the app."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_timed])
+    app = web.Application(client_max_size=MAX_BODY)
+    app.middlewares.append(request_timer(lambda: app[METRICS].requests))
     app[NAMES] = names or TopicNames.from_env()
     app[METRICS] = metrics or IngestMetrics()
 

@@ -526,3 +526,27 @@ def _snapshot(mapping: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
         except RuntimeError:  # changed size during the copy: try again
             continue
     return []
+
+
+def request_timer(histogram: Callable[[], Histogram]) -> Callable[..., Any]:
+    """aiohttp middleware observing each request's seconds by route and status into ``histogram()``
+    (a callable, so an app can resolve its own registry's histogram at request time)."""
+    from aiohttp import web
+
+    @web.middleware
+    async def timed(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            path = resource.canonical if resource is not None else "other"
+            histogram().labels(path, str(status)).observe(time.perf_counter() - start)
+
+    return timed

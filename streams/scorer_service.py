@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from asmg.data.samples import HISTORY_LEN
 from asmg.events import MAX_ID, Event, EventError, parse_event, stable_id
 from streams.kafka_config import KafkaSettings
-from streams.metrics import scorer_registry
+from streams.metrics import request_timer, scorer_registry
 from streams.scorer_eval import Evaluator, Prequential, UserHistories
 from streams.scorer_state import ModelHolder, PeriodSpec, RecordError, parse_model_record
 from streams.topics import TopicNames
@@ -360,7 +360,7 @@ class ScorerService:
         return periods.describe() if periods is not None else "none configured: online evaluation is off"
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._timed])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[request_timer(lambda: self.latency)])
         app[SERVICE] = self
         app.router.add_post("/score", post_score)
         app.router.add_get("/model", get_model)
@@ -368,21 +368,6 @@ class ScorerService:
         app.router.add_get("/healthz", get_healthz)
         app.router.add_get("/metrics", get_metrics)
         return app
-
-    @web.middleware
-    async def _timed(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            path = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
-            self.latency.labels(path, str(status)).observe(time.perf_counter() - start)
 
     async def run(self, host: str, port: int, on_ready: Callable[[int], None] | None = None) -> None:
         """Start the feeds and the HTTP server; return after :meth:`stop` (any thread) or cancellation."""
