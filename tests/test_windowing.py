@@ -434,7 +434,7 @@ def test_worker_sends_late_and_malformed_events_to_the_dlq(kafka_settings, topic
 
 @pytest.mark.timeout(180)
 @pytest.mark.xfail(strict=False, reason="known intermittent restart bug: after a SIGKILL at an unlucky moment a "
-                   "few period files differ from the uninterrupted run (seen once in four full runs); open "
+                   "few period files differ from the uninterrupted run (about half of the runs here); open "
                    "work on issue 3, see README 'Known problems'")
 def test_killed_windowing_worker_writes_the_same_samples(kafka_settings, topic_names, tmp_path: Path) -> None:
     """SIGKILL mid-stream, restart: the period files equal those of an uninterrupted worker (implicit log,
