@@ -12,6 +12,7 @@ import torch
 
 from asmg.data.samples import padded_from_ragged
 from asmg.model import Batch
+from asmg.ragged import gather_rows
 from asmg.vocab import Vocabularies
 
 
@@ -82,8 +83,7 @@ def _assign_new_item_categories(vocabs: Vocabularies, item_ids: np.ndarray, new_
     first = first[np.isin(item_ids[first], new_items)]
     starts = np.cumsum(cat_lengths) - cat_lengths
     lengths = cat_lengths[first]
-    take = np.repeat(starts[first], lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
-                                                                                   lengths))
+    take = gather_rows(starts[first], lengths)
     vocabs.item_categories.grow(len(vocabs.items))
     vocabs.item_categories.assign(vocabs.items.lookup(item_ids[first]), vocabs.categories.lookup(cat_values[take]),
                                   lengths)

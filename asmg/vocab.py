@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from asmg.ragged import positions_within
+
 
 class Vocabulary:
     """Ids get rows in order of first appearance; existing rows never move, so tables only grow."""
@@ -53,7 +55,7 @@ class ItemCategories:
             self.table = np.pad(self.table, ((0, 0), (0, width - self.table.shape[1])))
         self.grow(int(item_rows.max()) + 1 if len(item_rows) else 0)
         self.table[item_rows] = 0
-        col = np.arange(len(cat_rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        col = positions_within(lengths)
         self.table[np.repeat(item_rows, lengths), col] = cat_rows
 
 

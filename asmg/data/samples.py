@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from asmg.data.log import DataError, InteractionLog
+from asmg.ragged import gather_rows
 
 HISTORY_LEN = 30
 NEGATIVE_DRAWS = 64
@@ -120,7 +121,7 @@ def item_category_lists(items: np.ndarray, item_categories: pd.DataFrame) -> pd.
     found = (known[pos] == items) if len(known) else np.zeros(len(items), dtype=bool)
     lengths = np.where(found, counts[pos] if len(known) else 0, 0)
     first = np.where(found, starts[pos] if len(known) else 0, 0)
-    take = np.repeat(first, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    take = gather_rows(first, lengths)
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
     arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[take], type=pa.int64()))
     return pd.Series(pd.arrays.ArrowExtensionArray(arr))
