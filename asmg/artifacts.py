@@ -117,7 +117,7 @@ class ModelArtifact:
 
 
 def save_model(uri: str, *, version: int, period: int, method: str, serving: Params, shadow: Params,
-               vocabs, config: dict[str, Any], metrics: dict[str, Any]) -> str:
+               vocabs, config: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     tensors = {f"serving/{k}": v for k, v in serving.items()}
     tensors.update({f"shadow/{k}": v for k, v in shadow.items()})
     tensors["vocab/users"] = torch.from_numpy(vocabs.users.ids.copy())

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="ml-100k", help="dataset to replay, or 'synthetic'")
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ASMG_DATA_DIR",
                                                                         "/work/shared/datasets/ml-100k")))
+    p.add_argument("--synthetic-events", type=int, default=102_300,
+                   help="size of the synthetic drifting log (--dataset synthetic, or ml-100k absent)")
     p.add_argument("--replay-events", type=int, default=100_000, help="events of the replay/perf-test phase")
     p.add_argument("--events", type=int, default=30_000, help="events of the windowing/model phase")
     p.add_argument("--periods", type=int, default=8, help="periods over --events (offline runner's split)")
@@ -79,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra ProducerPerformance producer props (besides acks=all enable.idempotence=true); "
                         "the default mirrors producers/producer.py THROUGHPUT")
     p.add_argument("--skip-perf-test", action="store_true")
-    p.add_argument("--skip-pipeline", action="store_true", help="only replay + perf test")
+    p.add_argument("--skip-pipeline", action="store_true", help="only replay + perf test (+ windowing alone)")
+    p.add_argument("--skip-windowing-only", action="store_true",
+                   help="skip the windowing worker alone (on the replayed topic, and live behind a replay)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up the pipeline phase after this many s")
     p.add_argument("--workdir", type=Path, default=None, help="keep state and logs here (default: a temp dir, "
                                                              "removed on success)")
@@ -93,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- data ---------------------------------------------------------------------------------------------------
 
 
-def load_log(dataset: str, data_dir: Path):
+def load_log(dataset: str, data_dir: Path, synthetic_events: int = 102_300):
     from asmg.data.log import DataError
     from asmg.data.registry import load_dataset
     from asmg.data.synthetic import synthetic_log
@@ -103,8 +107,9 @@ def load_log(dataset: str, data_dir: Path):
             return load_dataset(dataset, data_dir)
         except DataError as exc:
             console.print(f"[yellow]no {dataset} data ({exc}); using the synthetic drifting log[/]")
-    return synthetic_log(n_users=800, n_items=600, n_categories=12, n_periods=31, events_per_period=3300,
-                         seed=0, implicit=False, name="synthetic")
+    per_period = max(1, synthetic_events // 31)
+    return synthetic_log(n_users=max(800, per_period // 4), n_items=max(600, per_period // 5), n_categories=12,
+                         n_periods=31, events_per_period=per_period, seed=0, implicit=False, name="synthetic")
 
 
 def head(log, n: int):
@@ -206,12 +211,12 @@ def bench_replay(log, kafka, topic: str, warmup_topic: str) -> dict[str, Any]:
     from producers.replay import Pacing, replay_log
 
     mean_value, mean_key = value_bytes(log)
-    # warm-up (not timed): a fresh broker loads its coordinators lazily, and the first idempotent producer
-    # would wait for its producer id inside the measurement
+    # warm-up (not timed): a fresh broker loads its coordinators lazily, the first idempotent producer waits
+    # for its producer id, and the JVM compiles its produce path during the first ~100k records; the perf
+    # test that follows runs on the warm broker, so the replay gets the same
     warm = make_producer(kafka, logger=quiet_logger())
-    warm.produce(warmup_topic, value=b"{}")
-    if warm.flush(60):
-        raise RuntimeError("the warm-up record was not acknowledged within 60 s")
+    warm_log = head(log, min(len(log.events), 200_000))
+    replay_log(warm_log, warm, warmup_topic, Pacing())
     del warm
     producer = make_producer(kafka)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -321,7 +326,7 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     send_end_of_stream(kafka, names)
     console.print(f"pipeline replay: {replay.summary()}; end-of-stream sent")
 
-    expected_models = n_periods - args.pretrain_periods
+    expected_models = n_periods - args.pretrain_periods + 1  # the pretrained model is published too
     period_ts: dict[int, float] = {}
     models: dict[int, dict[str, Any]] = {}
     live: dict[int, float] = {}
@@ -385,7 +390,73 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     return result
 
 
+def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, live: bool) -> dict[str, Any]:
+    """The windowing worker alone (no trainer, no scorer), until the last period record:
+
+    - ``live``: the worker joins its group first, then the log is replayed as fast as possible: end-to-end
+      ingest, producer and windowing sharing the machine; timed from the first record produced;
+    - otherwise: on the topic the replay phase already filled, timed from the worker joining its group
+      (polled every 0.1 s)."""
+    from confluent_kafka.admin import AdminClient
+
+    from asmg.config import ProtocolConfig
+    from asmg.data.periods import period_bounds
+    from producers.producer import make_producer
+    from producers.replay import Pacing, replay_log
+    from streams.coordinator import send_end_of_stream
+    from streams.records import read_topic
+    from streams.topics import ensure_topics
+
+    ensure_topics(kafka, names, partitions=args.partitions)
+    bounds = period_bounds(log.events["ts"].to_numpy(), ProtocolConfig().split, args.periods)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "bounds.json").write_text(json.dumps({"bounds": bounds.to_list()}))
+    n_periods = len(bounds.to_list()) - 1
+    if not live:
+        send_end_of_stream(kafka, names)
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ASMG_TOPIC_PREFIX": names.prefix,
+           "ASMG_PERIOD_BOUNDS": str(run_dir / "bounds.json"), "ASMG_PERIOD_STORE": str(run_dir / "periods"),
+           "ASMG_IMPLICIT": "1" if log.implicit else "0", "ASMG_WORKER_DIR": str(run_dir / "worker"),
+           "ASMG_LOG_LEVEL": "info"}
+    processes = {"windowing": start_worker("windowing", env, logs)}
+    stack.callback(stop_processes, processes)
+    admin = AdminClient(kafka.confluent_config(logger=quiet_logger()))
+    deadline = time.monotonic() + args.timeout
+    while group_members(admin, f"{names.prefix}windowing") < 1:
+        check_workers(processes, logs)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the windowing worker did not join within {args.timeout:.0f}s; see {logs}")
+        time.sleep(0.1)
+    t0 = time.time()
+    what = "replay -> windowing" if live else "windowing a filled topic"
+    if live:
+        replay = replay_log(log, make_producer(kafka), names.interactions, Pacing())
+        send_end_of_stream(kafka, names)
+        console.print(f"ingest replay: {replay.summary()}")
+    with console.status(f"{what}: {len(log.events):,} events"):
+        while True:
+            check_workers(processes, logs)
+            records = read_topic(kafka, names.periods)
+            if len(records) >= n_periods:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(records)}/{n_periods} periods within {args.timeout:.0f}s; see {logs}")
+            time.sleep(0.2)
+    seconds = max(r.timestamp for r in records) / 1000.0 - t0
+    stop_processes(processes)
+    rate = len(log.events) / seconds
+    console.print(f"{what}: {len(log.events):,} events, last of {n_periods} periods closed after {seconds:.2f} s "
+                  f"({rate:,.0f} events/s)")
+    key = "ingest" if live else "windowing_prefilled"
+    return {f"{key}_events": len(log.events), f"{key}_seconds": round(seconds, 3),
+            f"{key}_events_per_second": round(rate, 1)}
+
+
 def bench_scorer(args, log, port: int) -> dict[str, Any]:
+    """Latency with one client (a request at a time: the service time a caller sees) and throughput with
+    ``--clients`` closed-loop clients (saturation: there latency is mostly queueing, reported too)."""
     users = log.events["user_id"].unique().tolist()
     items = np.asarray(log.events["item_id"].unique())
     k = min(args.candidates, len(items))
@@ -393,11 +464,29 @@ def bench_scorer(args, log, port: int) -> dict[str, Any]:
     bodies = [json.dumps({"user_id": int(rng.choice(users)),
                           "items": [int(i) for i in rng.sample(list(items), k)]}).encode()
               for _ in range(min(args.requests, 500))]
+    out: dict[str, Any] = {"scorer_candidates": k}
+    for name, clients in (("single", 1), ("saturated", args.clients)):
+        ms, errors, seconds = score_load(port, bodies, clients, args.requests, args.score_seconds)
+        console.print(f"scorer ({clients} client{'s' if clients > 1 else ''}): {len(ms):,} ok, {len(errors)} "
+                      f"errors in {seconds:.2f} s" + (f"; first error {errors[0]}" if errors else ""))
+        prefix = "scorer_latency" if name == "single" else "scorer_saturated_latency"
+        out.update({f"{prefix}_ms_p50": round(pct(ms, 50), 2) if ms else None,
+                    f"{prefix}_ms_p99": round(pct(ms, 99), 2) if ms else None,
+                    f"scorer_{name}_requests": len(ms), f"scorer_{name}_errors": len(errors)})
+        if name == "saturated":
+            out["scorer_clients"] = clients
+            out["scorer_requests_per_second"] = round(len(ms) / seconds, 1) if seconds > 0 else None
+    return out
+
+
+def score_load(port: int, bodies: list[bytes], clients: int, requests: int,
+               max_seconds: float) -> tuple[list[float], list[str], float]:
+    """``requests`` POST /score from ``clients`` keep-alive threads: (latencies in ms, errors, seconds)."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    counter = iter(range(args.requests))
-    stop_at = time.monotonic() + args.score_seconds
+    counter = iter(range(requests))
+    stop_at = time.monotonic() + max_seconds
 
     def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -422,7 +511,7 @@ def bench_scorer(args, log, port: int) -> dict[str, Any]:
                     continue
                 elapsed = time.perf_counter() - began
                 if response.status == 200:
-                    mine.append(elapsed)
+                    mine.append(elapsed * 1000)
                 else:
                     with lock:
                         errors.append(f"{response.status}: {payload[:200]!r}")
@@ -431,22 +520,13 @@ def bench_scorer(args, log, port: int) -> dict[str, Any]:
             with lock:
                 latencies.extend(mine)
 
-    console.print(f"scorer: up to {args.requests:,} POST /score ({k} candidates) from {args.clients} threads")
     began = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    seconds = time.perf_counter() - began
-    ms = [x * 1000 for x in latencies]
-    console.print(f"scorer: {len(ms):,} ok, {len(errors)} errors in {seconds:.2f} s"
-                  + (f"; first error {errors[0]}" if errors else ""))
-    return {"scorer_requests": len(ms), "scorer_errors": len(errors), "scorer_clients": args.clients,
-            "scorer_candidates": k,
-            "scorer_latency_ms_p50": round(pct(ms, 50), 2) if ms else None,
-            "scorer_latency_ms_p99": round(pct(ms, 99), 2) if ms else None,
-            "scorer_requests_per_second": round(len(ms) / seconds, 1) if seconds > 0 else None}
+    return latencies, errors, time.perf_counter() - began
 
 
 # --- main ---------------------------------------------------------------------------------------------------
@@ -476,20 +556,26 @@ def main(argv: list[str] | None = None) -> int:
                 kafka = config.settings()
             out["kafka"] = "external" if kafka.external else f"local {config.kafka_version} (fresh, {work / 'kafka'})"
 
-            full = load_log(args.dataset, args.data_dir)
+            full = load_log(args.dataset, args.data_dir, args.synthetic_events)
             out["dataset"] = full.name
             prefix = f"bench-{int(time.time())}."
             replay_log_ = head(full, args.replay_events)
             replay_names, perf_names = TopicNames(prefix + "replay."), TopicNames(prefix + "perf.")
-            for names in (replay_names, perf_names):
+            warm_names = TopicNames(prefix + "warmup.")
+            for names in (replay_names, perf_names, warm_names):
                 ensure_topics(kafka, names, partitions=args.partitions)
-            out.update(bench_replay(replay_log_, kafka, replay_names.interactions, replay_names.dlq))
+            out.update(bench_replay(replay_log_, kafka, replay_names.interactions, warm_names.interactions))
             if not args.skip_perf_test:
                 out.update(bench_perf_test(config, kafka, perf_names.interactions,
                                            args.perf_records or out["replay_events"],
                                            max(1, round(out["record_bytes_mean"])), args.perf_props))
                 out["replay_vs_perf_test_ratio"] = round(out["replay_events_per_second"]
                                                          / out["perf_test_records_per_second"], 3)
+            if not args.skip_windowing_only:
+                out.update(bench_windowing(args, replay_log_, kafka, replay_names, work / "prefilled", stack,
+                                           live=False))
+                out.update(bench_windowing(args, replay_log_, kafka, TopicNames(prefix + "ingest."),
+                                           work / "ingest", stack, live=True))
             if not args.skip_pipeline:
                 pipeline = bench_pipeline(args, head(full, args.events), kafka, prefix + "run.", work / "run", stack)
                 out.update(pipeline)

@@ -1,9 +1,9 @@
-"""The faust-streaming app factory: one app per role, built from :class:`StreamSettings`.
+"""The faust-streaming app factory, built from :class:`StreamSettings`.
 
-- ``windowing``: the windowing agent on the interactions topic (streams/windowing.py) and the
-  coordinator agent on the watermarks topic (streams/coordinator.py); run as many workers as you like,
-  they share the partitions (consumer group = app id) and exactly one of them coordinates.
 - ``trainer``: the trainer agent on the periods topic (streams/trainer.py); run one per model name.
+
+The windowing role is not a faust app: it processes records in batches, one Kafka transaction each
+(streams/windowing_worker.py explains why).
 
 Apps use faust's memory store: a table lives in memory and is rebuilt from its changelog topic on
 start or rebalance, so a restart loses nothing. App ids default to ``<topic prefix><role>``, so two
@@ -23,7 +23,7 @@ from streams.topics import TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)
 
-ROLES = ("windowing", "trainer")
+ROLES = ("trainer",)
 FAIL_STOP_EXIT = 70
 
 
@@ -67,17 +67,10 @@ def create_app(settings: StreamSettings, role: str, kafka: KafkaSettings | None 
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 6),
         broker_rebalance_timeout=max(settings.session_timeout * 2, 20.0),
     )
-    _tune_faust()
     app.asmg_metrics = _role_metrics(app, settings, role, kafka)  # None unless --metrics-port is set
-    if role == "windowing":
-        from streams import coordinator, windowing
+    from streams import trainer
 
-        windowing.register(app, settings, names, partitions)
-        coordinator.register(app, settings, names, kafka, partitions)
-    else:
-        from streams import trainer
-
-        trainer.register(app, settings, names, kafka)
+    trainer.register(app, settings, names, kafka)
     if app.asmg_metrics is not None:
         app.asmg_metrics.serve(settings.metrics_port)
     return app
@@ -96,29 +89,9 @@ def _role_metrics(app, settings: StreamSettings, role: str, kafka: KafkaSettings
     return metrics
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, *starts: str) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.starts)
-
-
-def _tune_faust() -> None:
-    """Table writes queue in faust's producer buffer; past ``max_messages`` the stream waits for it to
-    drain in steps of that size. 100 (faust's value) makes a busy windowing agent stall every few
-    records and log a warning each time; a larger buffer drains in bigger batches (commits still flush
-    it completely)."""
-    from faust.transport import producer
-
-    producer.ProducerBuffer.max_messages = 5000
-    logging.getLogger(producer.__name__).addFilter(_DropMessages("producer buffer full", "producer flush took"))
-
-
 def fail_stop(exc: BaseException, where: str) -> None:
-    """An unexpected error in an agent: exit at once rather than let faust restart the agent past the
-    record (that would skip it). A supervisor restarts the worker; processing redoes the record."""
+    """An unexpected error in a worker: exit at once rather than go on past the record or batch (faust
+    would restart the agent after it, skipping it). A supervisor restarts the worker, which redoes it."""
     log.critical("%s failed; stopping the worker so the record is redone after a restart", where,
                  exc_info=exc)
     logging.shutdown()

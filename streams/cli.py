@@ -1,8 +1,9 @@
 """CLI commands of this package, registered on the top-level `asmg` app.
 
 ``asmg kafka start|stop|status|topics|perf``: a local single-node Kafka without Docker, or checks of
-the cluster named by KAFKA_BOOTSTRAP_SERVERS. ``asmg worker windowing|trainer`` run the stream roles as
-faust workers (options: streams/settings.py), ``asmg worker end-of-stream`` sends period markers after a
+the cluster named by KAFKA_BOOTSTRAP_SERVERS. ``asmg worker windowing|trainer`` run the stream roles
+(windowing: batches in Kafka transactions, streams/windowing_worker.py; trainer: a faust worker; options:
+streams/settings.py), ``asmg worker end-of-stream`` sends period markers after a
 finite replay, ``asmg worker bounds`` writes a dataset's offline period bounds; other modules add their
 roles to ``worker_app`` (see the hook below). Kafka client imports stay inside the commands.
 """
@@ -199,8 +200,8 @@ def perf(
 # (settings: StreamSettings, kafka: KafkaSettings). <<<
 
 worker_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                         help="Run a stream role as a faust worker (windowing+coordinator, trainer), or send "
-                              "period markers.")
+                         help="Run a stream role (windowing+coordinator, trainer, scorer), or send period "
+                              "markers.")
 WORKER_PLUGINS = ("streams.scorer",)
 
 
@@ -258,7 +259,20 @@ def _run_role(settings, kafka, role: str) -> None:
 @settings_command
 def windowing_worker(settings, kafka) -> None:
     """Windowing (events -> per-period Parquet samples, DLQ, watermarks) and the period coordinator."""
-    _run_role(settings, kafka, "windowing")
+    import logging
+
+    from asmg.logs import bind, configure
+    from streams.settings import SettingsError
+    from streams.topics import TopicError
+    from streams.windowing_worker import run_windowing
+
+    configure(settings.log_level, settings.log_format)
+    logging.getLogger("streams").setLevel(settings.log_level.upper())
+    bind(role="windowing")
+    try:
+        run_windowing(settings, kafka)
+    except (SettingsError, TopicError, RuntimeError, OSError) as exc:  # OSError: the metrics port is taken
+        raise _fail(str(exc)) from None
 
 
 @worker_app.command("trainer")
@@ -334,4 +348,4 @@ def register(app: typer.Typer) -> None:
     """Add this package's commands to the top-level app."""
     app.add_typer(kafka_app, name="kafka", help="Local Kafka broker (no Docker) and topics.")
     _load_worker_plugins()
-    app.add_typer(worker_app, name="worker", help="Stream roles as faust workers (windowing, trainer, ...).")
+    app.add_typer(worker_app, name="worker", help="Stream roles: windowing, trainer, scorer; period markers.")

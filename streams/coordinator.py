@@ -1,8 +1,9 @@
 """The coordinator: the ONE place that declares a period closed for all partitions.
 
-It runs inside the windowing app as an agent on the watermarks topic, which has one partition, so in
-a group of windowing workers exactly one (the owner of that partition) coordinates; if it dies, the
-next owner takes over from the changelogged table of partition progress.
+It runs in every windowing worker as a thread consuming the watermarks topic, which has one partition,
+in a consumer group of its own (``<app id>-coordinator``), so exactly one worker (the owner of that
+partition) coordinates. It never commits offsets: whoever gets the partition reads every partition's
+progress from the start of the topic (records are small and few) and continues from there.
 
 Rule: period P is published (one record on the periods topic, key = P) when every partition of the
 interactions topic has reported ``closed_through >= P`` and a watermark >= end(P), AND every
@@ -24,8 +25,9 @@ marker were processed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -69,15 +71,12 @@ class Coordinator:
         self.names = names
         self.partitions = partitions
         self.published: int | None = None  # None: not read from the periods topic yet
-        self.generation = 0
-        self._lock = asyncio.Lock()
         self._producer: RecordProducer | None = None
         self.metrics = None  # streams/metrics.py CoordinatorMetrics, when the worker serves metrics
 
     def reset(self) -> None:
-        """Ownership of the watermarks partition moved: forget what we knew, stop publishing."""
+        """Ownership of the watermarks partition moved: forget what we knew."""
         self.published = None
-        self.generation += 1
 
     @staticmethod
     def merge(table: MutableMapping[str, Any], record: dict[str, Any]) -> None:
@@ -98,39 +97,31 @@ class Coordinator:
                 return False
         return True
 
-    async def try_publish(self, table: MutableMapping[str, Any]) -> list[int]:
-        async with self._lock:
-            generation = self.generation
-            if self.published is None:
-                published = await asyncio.to_thread(published_through, self.kafka, self.names.periods)
-                if generation != self.generation:
-                    return []
-                self.published = published
-            done = []
-            while generation == self.generation:
-                period = self.published + 1
-                if self.scheme.n_periods is not None and period > self.scheme.n_periods:
-                    break
-                if not self.passed(table, period):
-                    break
-                parts = await asyncio.to_thread(self.store.describe, period, self.partitions)
-                if parts is None:
-                    log.warning("period %d passed every partition's watermark but a samples file is missing "
-                                "in %s; waiting", period, self.store.period_uri(period))
-                    break
-                record = period_record(period, self.scheme.start(period), self.scheme.end(period),
-                                       self.store.period_uri(period), parts)
-                if generation != self.generation:  # revoked while reading the files: the new owner does it
-                    break
-                await asyncio.to_thread(self._send, record)
-                if generation != self.generation:
-                    break
-                self.published = period
-                done.append(period)
-                log.info("period %d closed: %d samples", period, record["samples"], extra={"period": period})
-                if self.metrics is not None:
-                    self.metrics.period_closed(record)
-            return done
+    def try_publish(self, table: MutableMapping[str, Any]) -> list[int]:
+        """Publish every period, in order, that all partitions passed and whose files all exist."""
+        if self.published is None:
+            self.published = published_through(self.kafka, self.names.periods)
+        done = []
+        while True:
+            period = self.published + 1
+            if self.scheme.n_periods is not None and period > self.scheme.n_periods:
+                break
+            if not self.passed(table, period):
+                break
+            parts = self.store.describe(period, self.partitions)
+            if parts is None:
+                log.warning("period %d passed every partition's watermark but a samples file is missing "
+                            "in %s; waiting", period, self.store.period_uri(period))
+                break
+            record = period_record(period, self.scheme.start(period), self.scheme.end(period),
+                                   self.store.period_uri(period), parts)
+            self._send(record)
+            self.published = period
+            done.append(period)
+            log.info("period %d closed: %d samples", period, record["samples"], extra={"period": period})
+            if self.metrics is not None:
+                self.metrics.period_closed(record)
+        return done
 
     def _send(self, record: dict[str, Any]) -> None:
         if self._producer is None:
@@ -138,57 +129,69 @@ class Coordinator:
         self._producer.send(self.names.periods, str(record["period"]).encode(), dumps(record))
 
 
-def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSettings, partitions: int) -> Coordinator:
-    """Add the coordinator agent, its table and its retry timer to the windowing app."""
-    from faust.types import TP
+class CoordinatorLoop:
+    """The coordinator's thread in a windowing worker: watermark records in, period records out."""
 
-    from streams.app import fail_stop
+    def __init__(self, settings: StreamSettings, kafka: KafkaSettings, names: TopicNames, partitions: int) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.names = names
+        self.coordinator = Coordinator(PeriodScheme.from_settings(settings), PeriodStore(settings.period_store),
+                                       kafka, names, partitions)
+        self.table: dict[str, Any] = {}
+        self.owned = False
+        self.retry_every = max(settings.watermark_interval, 2.0)
 
-    coordinator = Coordinator(PeriodScheme.from_settings(settings), PeriodStore(settings.period_store), kafka,
-                              names, partitions)
-    table = app.Table("coordinator", partitions=1)  # json keys and values
-    topic = app.topic(names.watermarks, key_serializer="raw", value_serializer="raw")
-    owned = TP(names.watermarks, 0)
-    if getattr(app, "asmg_metrics", None) is not None:
-        from streams.metrics import CoordinatorMetrics
+    def _on_assign(self, consumer, partitions) -> None:
+        self.table.clear()  # read again from the start: offsets are never committed
+        self.coordinator.reset()
+        self.owned = any(tp.topic == self.names.watermarks for tp in partitions)
+        log.info("coordinator: %s", "coordinating" if self.owned else "standing by")
 
-        coordinator.metrics = app.asmg_metrics.coordinator = CoordinatorMetrics(app.asmg_metrics.registry, coordinator)
+    def _on_revoke(self, consumer, partitions) -> None:
+        self.owned = False
+        self.coordinator.reset()
 
-    @app.agent(topic, name=f"{settings.role_app_id('windowing')}-coordinator", concurrency=1)
-    async def coordinate(stream):
-        async for event in stream.events():
-            try:
-                record = parse_watermark(event.value)
-            except RecordError as exc:
-                log.warning("ignoring a watermark record: %s", exc)
-                continue
-            if record["topic"] != names.interactions or not 0 <= int(record["partition"]) < partitions:
-                continue
-            coordinator.merge(table, record)
-            if coordinator.metrics is not None:
-                coordinator.metrics.watermark(record)
-            try:
-                await coordinator.try_publish(table)
-            except Exception as exc:  # fail-stop: the restarted coordinator reads the periods topic again
-                fail_stop(exc, "coordinator")
+    def run(self, stop: threading.Event) -> None:
+        from confluent_kafka import Consumer, KafkaException
 
-    @app.timer(max(settings.watermark_interval, 2.0), name=f"{settings.role_app_id('windowing')}-coordinate")
-    async def retry():
-        """Publish what became publishable without a new watermark (files appearing late, a restart)."""
-        if app.rebalancing or getattr(app, "in_recovery", False) or owned not in app.consumer.assignment():
-            return
+        app_id = self.settings.role_app_id("windowing")
+        session_ms = int(self.settings.session_timeout * 1000)
+        consumer = Consumer(self.kafka.confluent_config(
+            group_id=f"{app_id}-coordinator", enable_auto_commit=False, logger_name=f"{__name__}.kafka",
+            auto_offset_reset="earliest",
+            isolation_level="read_committed", session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(500, session_ms // 6)))
+        consumer.subscribe([self.names.watermarks], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        last_try = 0.0
         try:
-            await coordinator.try_publish(table)
-        except Exception as exc:
-            fail_stop(exc, "coordinator")
+            while not stop.is_set():
+                changed = False
+                first = consumer.poll(0.5)  # returns at the first record; the rest is taken without waiting
+                for message in ([first] + consumer.consume(10_000, timeout=0)) if first is not None else []:
+                    if message.error() is not None:
+                        raise KafkaException(message.error())
+                    changed |= self._merge(message.value())
+                if self.owned and (changed or time.monotonic() - last_try >= self.retry_every):
+                    last_try = time.monotonic()
+                    self.coordinator.try_publish(self.table)
+        finally:
+            consumer.close()
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked: set[TP], **kwargs) -> None:
-        if owned in revoked:
-            coordinator.reset()
-
-    app.asmg_coordinator = (coordinate, retry, on_revoked)
-    return coordinator
+    def _merge(self, raw: bytes | None) -> bool:
+        try:
+            record = parse_watermark(raw or b"")
+        except RecordError as exc:
+            log.warning("ignoring a watermark record: %s", exc)
+            return False
+        partition = int(record["partition"])
+        if record["topic"] != self.names.interactions or not 0 <= partition < self.coordinator.partitions:
+            return False
+        self.coordinator.merge(self.table, record)
+        if self.coordinator.metrics is not None:
+            self.coordinator.metrics.watermark(record)
+        return True
 
 
 # --- markers (called by producers, tests and demos after a replay) ----------------------------------------

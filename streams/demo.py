@@ -102,8 +102,9 @@ def _summary_table(run: DemoRun, first_test: int):
         if period >= first_test and auc is not None and iu is not None:
             served.append(auc)
             shadow.append(iu)
+        untested = "pretrained" if record.get("pretrained") else "-"
         table.add_row(str(period), str(record["version"]), str(metrics.get("samples", "")),
-                      f"{auc:.4f}" if auc is not None else "-", f"{iu:.4f}" if iu is not None else "-",
+                      f"{auc:.4f}" if auc is not None else untested, f"{iu:.4f}" if iu is not None else "-",
                       f"{auc - iu:+.4f}" if auc is not None and iu is not None else "-",
                       f"{run.live_seconds[period]:.1f}" if period in run.live_seconds else "-")
     return table, served, shadow
@@ -202,8 +203,8 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
         console.print(f"Prometheus metrics: windowing :{metrics_port}/metrics, trainer :{metrics_port + 1}/metrics, "
                       f"scorer :{scorer_port}/metrics")
     records_file = run_dir / "models.jsonl"  # every model record seen, for `asmg report`
-    # the first model goes live when period pretrain+1 has been tested and trained on (see streams/trainer.py)
-    expected = protocol.n_periods - protocol.pretrain_periods
+    # the pretrained model (period pretrain) goes live first, then one per later period (streams/trainer.py)
+    expected = protocol.n_periods - protocol.pretrain_periods + 1
     run = DemoRun(expected_models=expected)
     from confluent_kafka import Consumer
 
@@ -247,7 +248,8 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
                         progress.console.print(f"period {period:>2}: model v{record['version']} live — AUC "
                                                f"{metrics['auc']:.4f} (IU shadow {shadow['auc']:.4f})")
                     else:
-                        progress.console.print(f"period {period:>2}: model v{record['version']} live (pretrained)")
+                        progress.console.print(f"period {period:>2}: model v{record['version']} live (pretrained; "
+                                               f"serves period {period + 1}, not tested yet)")
     if synthetic:
         console.print("(synthetic stream: numbers are not comparable with MovieLens)")
     console.print(f"Model records in {records_file}; plots: `asmg report {run_dir}`")

@@ -7,6 +7,7 @@ matter of environment variables and nothing else.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from collections.abc import Mapping
@@ -121,11 +122,13 @@ class KafkaSettings:
     def uses_ssl(self) -> bool:
         return self.security_protocol in ("SSL", "SASL_SSL")
 
-    def confluent_config(self, **extra: Any) -> dict[str, Any]:
+    def confluent_config(self, *, logger_name: str | None = None, **extra: Any) -> dict[str, Any]:
         """librdkafka configuration for confluent-kafka Producer/Consumer/AdminClient.
 
         Keyword arguments use librdkafka names with dots replaced by underscores
-        (``enable_idempotence=True`` -> ``enable.idempotence``).
+        (``enable_idempotence=True`` -> ``enable.idempotence``). ``logger_name``: librdkafka's own log lines
+        go to that Python logger (so they follow ``--log-format json``) from warning level up; its info
+        lines would be printed raw on stderr when a client closes with some still queued.
         """
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
@@ -147,6 +150,8 @@ class KafkaSettings:
             if value:
                 conf[key] = value
         conf.update({key.replace("_", "."): value for key, value in extra.items()})
+        if logger_name is not None:
+            conf.update({"logger": logging.getLogger(logger_name), "log_level": 4})
         return conf
 
     def ssl_context(self) -> ssl.SSLContext | None:

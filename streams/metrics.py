@@ -129,8 +129,8 @@ class IngestMetrics:
 
 
 class WindowingMetrics:
-    """The windowing agent (streams/windowing.py): counters fed per record, gauges read from the core at
-    scrape time (the core's per-partition memory holds only the partitions this worker owns)."""
+    """The windowing worker (streams/windowing_worker.py): counters fed per committed batch, gauges read from
+    the core at scrape time (the core's per-partition memory holds only the partitions this worker owns)."""
 
     def __init__(self, registry: CollectorRegistry, core: Any = None, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
@@ -145,28 +145,29 @@ class WindowingMetrics:
                             ["partition"], registry=registry)
         self.control = Counter("asmg_windowing_control_records", "Watermark and end-of-stream markers applied.",
                                registry=registry)
+        self.records = Counter("asmg_windowing_records", "Records of the interactions topic processed (committed).",
+                               registry=registry)
+        self.batch_seconds = Histogram("asmg_windowing_batch_seconds", "Time to process and commit one batch.",
+                                       buckets=REQUEST_BUCKETS, registry=registry)
         self.partition_closes = Counter("asmg_windowing_partition_periods_closed",
                                         "Periods whose samples file a partition wrote.", ["partition"],
                                         registry=registry)
         if core is not None:
             registry.register(_Callback(self._collect))
 
-    def observe(self, partition: int, outcome: Any) -> None:
-        """After ``WindowingCore.process``: its :class:`~streams.windowing.Outcome`."""
-        if outcome.skipped:
-            return
+    def observe(self, partition: int, batch: Any) -> None:
+        """After a committed batch: its :class:`~streams.windowing.Batch`."""
         label = str(partition)
-        reason = getattr(outcome, "reason", None)
-        if reason is not None:
+        for reason in batch.reasons:
             self.refused.labels(reason_label(reason)).inc()
-            if reason == "late":
-                self.late.labels(label).inc()
-        elif outcome.control:
-            self.control.inc()
-        else:
-            self.accepted.labels(label).inc()
-        if outcome.closed:
-            self.partition_closes.labels(label).inc(len(outcome.closed))
+        if batch.late:
+            self.late.labels(label).inc(batch.late)
+        if batch.control:
+            self.control.inc(batch.control)
+        self.accepted.labels(label).inc(batch.accepted)
+        self.records.inc(batch.records)
+        if batch.closed:
+            self.partition_closes.labels(label).inc(len(batch.closed))
 
     def _collect(self) -> Iterator[Any]:
         watermark = GaugeMetricFamily("asmg_windowing_watermark_timestamp_seconds",
@@ -189,7 +190,7 @@ class WindowingMetrics:
                 watermark.add_metric([label], mark)
                 lag.add_metric([label], now - mark)
             closed.add_metric([label], progress.closed)
-            samples.add_metric([label], sum(len(v) for _, v in _snapshot(memory.pending)))
+            samples.add_metric([label], memory.open_samples())
         yield from (watermark, lag, closed, samples)
 
 

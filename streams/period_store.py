@@ -46,22 +46,32 @@ def open_uri(uri: str) -> tuple[fs.FileSystem, str]:
     return fs.FileSystem.from_uri(uri)
 
 
-def _list_column(lists: list[list[int]]) -> pa.Array:
+def _ragged(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
-    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.fromiter((x for v in lists for x in v), dtype=np.int64, count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int64()))
+    return lengths, np.fromiter((x for v in lists for x in v), dtype=np.int64, count=int(lengths.sum()))
 
 
 def samples_table(user: list[int], item: list[int], ts: list[int], label: list[float],
                   history: list[list[int]], categories: list[list[int]], period: int) -> pa.Table:
-    """Columns -> an Arrow table in the store's schema and canonical row order."""
-    n = len(user)
+    """Columns with Python lists -> an Arrow table in the store's schema and canonical row order."""
+    return ragged_samples_table(np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64),
+                                np.asarray(ts, dtype=np.int64), np.asarray(label, dtype=np.float32),
+                                _ragged(history), _ragged(categories), period)
+
+
+def ragged_samples_table(user: np.ndarray, item: np.ndarray, ts: np.ndarray, label: np.ndarray,
+                         history: tuple[np.ndarray, np.ndarray], categories: tuple[np.ndarray, np.ndarray],
+                         period: int) -> pa.Table:
+    """Columns with ragged (lengths, flat values) lists -> the store's schema and canonical row order."""
+    def lists(ragged: tuple[np.ndarray, np.ndarray]) -> pa.Array:
+        offsets = np.zeros(len(ragged[0]) + 1, dtype=np.int32)
+        np.cumsum(ragged[0], out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ragged[1], dtype=np.int64)))
+
     table = pa.Table.from_arrays([
         pa.array(np.asarray(user, dtype=np.int64)), pa.array(np.asarray(item, dtype=np.int64)),
         pa.array(np.asarray(ts, dtype=np.int64)), pa.array(np.asarray(label, dtype=np.float32)),
-        _list_column(history), _list_column(categories), pa.array(np.full(n, period, dtype=np.int32)),
+        lists(history), lists(categories), pa.array(np.full(len(user), period, dtype=np.int32)),
     ], schema=SCHEMA)
     return sort_canonical(table)
 

@@ -18,6 +18,9 @@ Schemas (v1; readers ignore unknown fields, refuse other versions):
 
   ``metrics``: the served model (made after period t-1) tested on period t, exactly what the offline
   runner reports for t; the artifact at ``uri`` is the model made after period t (it serves t+1).
+  Optional fields: ``phases`` (seconds per trainer phase) and ``pretrained: true`` on the record of the
+  period that completed pretraining (period == pretrain_periods), whose ``metrics`` and ``shadow_metrics``
+  are null: the pretrained model serves period pretrain_periods+1 before anything was tested.
 - watermark (topic ``<prefix>watermarks``, key = partition)::
 
     {"v": 1, "topic": "asmg.interactions", "partition": 2, "watermark": 878000000, "max_ts": 878000000,
@@ -161,6 +164,7 @@ class TopicRecord:
     value: bytes | None
     partition: int
     offset: int
+    timestamp: int | None = None  # ms, as Kafka stored it
 
 
 def read_topic(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list[TopicRecord]:
@@ -171,6 +175,7 @@ def read_topic(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> li
 
     consumer = Consumer(settings.confluent_config(**{
         "group_id": f"asmg-reader-{time.monotonic_ns()}", "enable_auto_commit": False,
+        "logger_name": f"{__name__}.kafka",
         "enable_partition_eof": True, "auto_offset_reset": "earliest"}))
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)
@@ -202,7 +207,8 @@ def read_topic(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> li
                         todo.pop(message.partition(), None)
                     continue
                 raise KafkaException(message.error())
-            out.append(TopicRecord(message.key(), message.value(), message.partition(), message.offset()))
+            out.append(TopicRecord(message.key(), message.value(), message.partition(), message.offset(),
+                                   message.timestamp()[1]))
             if message.offset() + 1 >= todo.get(message.partition(), 0):
                 todo.pop(message.partition(), None)
         return out
@@ -217,7 +223,8 @@ class RecordProducer:
     def __init__(self, settings: KafkaSettings) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer(settings.confluent_config(enable_idempotence=True, acks="all", linger_ms=0))
+        self._producer = Producer(settings.confluent_config(enable_idempotence=True, acks="all", linger_ms=0,
+                                                            logger_name=f"{__name__}.kafka"))
 
     def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
              timeout: float = 30.0) -> None:

@@ -75,7 +75,7 @@ def _consumer(settings: KafkaSettings, role: str, offset_reset: str, **extra: An
 
     return Consumer(settings.confluent_config(
         group_id=f"asmg-scorer-{role}-{uuid.uuid4().hex[:12]}", auto_offset_reset=offset_reset,
-        enable_auto_commit=False, logger=logging.getLogger(f"{__name__}.kafka"), **extra))
+        enable_auto_commit=False, logger_name=f"{__name__}.kafka", **extra))
 
 
 class _Feed(threading.Thread):

@@ -52,12 +52,14 @@ class ModelRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     shadow_metrics: dict[str, Any] = field(default_factory=dict)
     created: float | str | None = None
+    pretrained: bool = False  # the pretrained model: no metrics yet, it serves period pretrain_periods+1
 
     def to_json(self) -> bytes:
         """The record's wire form (what the trainer writes); tests and tools publish with it."""
         return json.dumps({"v": RECORD_VERSION, "model": self.model, "version": self.version, "period": self.period,
                            "method": self.method, "uri": self.uri, "sha256": self.sha256, "metrics": self.metrics,
-                           "shadow_metrics": self.shadow_metrics, "created": self.created}).encode()
+                           "shadow_metrics": self.shadow_metrics, "created": self.created,
+                           **({"pretrained": True} if self.pretrained else {})}).encode()
 
 
 def _int(raw: dict[str, Any], name: str, minimum: int = 0) -> int:
@@ -82,6 +84,14 @@ def _mapping(raw: dict[str, Any], name: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise RecordError(f"{name} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _flag(raw: dict[str, Any], name: str) -> bool:
+    """An optional boolean field (absent: False)."""
+    value = raw.get(name, False)
+    if not isinstance(value, bool):
+        raise RecordError(f"{name} must be true or false, got {value!r}")
     return value
 
 
@@ -114,7 +124,7 @@ def parse_model_record(value: bytes | str | None, key: bytes | None = None) -> M
     return ModelRecord(model=model, version=_int(raw, "version", 1), period=_int(raw, "period"),
                        method=_text(raw, "method"), uri=_text(raw, "uri"), sha256=sha,
                        metrics=_mapping(raw, "metrics"), shadow_metrics=_mapping(raw, "shadow_metrics"),
-                       created=_created(raw))
+                       created=_created(raw), pretrained=_flag(raw, "pretrained"))
 
 
 # --- the served model ---------------------------------------------------------------------------------------
@@ -140,7 +150,8 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         record = self.record
         return {"model": record.model, "version": record.version, "period": record.period,
-                "method": record.method, "metrics": record.metrics, "shadow_metrics": record.shadow_metrics,
+                "method": record.method, "pretrained": record.pretrained, "metrics": record.metrics,
+                "shadow_metrics": record.shadow_metrics,
                 "uri": record.uri, "sha256": record.sha256, "created": record.created,
                 "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 4),
                 "vocab_sizes": self.scorer.artifact.meta.get("vocab_sizes")}

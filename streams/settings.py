@@ -38,8 +38,9 @@ class StreamSettings:
     # -- topics, workers -------------------------------------------------------------------------------
     topic_prefix: str = _opt("asmg.", "Prefix of every topic name.")
     partitions: int = _opt(4, "Partitions of the interactions topic when the worker has to create it.")
-    app_id: str | None = _opt(None, "faust app id (consumer group, changelog topics) (default: <prefix><role>).")
-    worker_dir: str = _opt("runs/stream/faust", "Local folder of the faust workers' data.")
+    app_id: str | None = _opt(None, "App id of a role: its consumer group, state and changelog topics (default: "
+                                         "<prefix><role>).")
+    worker_dir: str = _opt("runs/stream/faust", "Local folder of the workers' data (faust's, windowing slot locks).")
     log_level: str = _opt("warning", "Log level of the workers (debug, info, warning, error).")
     log_format: str = _opt("text", "Log format: text, or json (one JSON object per line, asmg/logs.py).")
     metrics_port: int | None = _opt(None, "Serve Prometheus metrics on this port at /metrics (0: any free port) "
@@ -58,6 +59,9 @@ class StreamSettings:
     history_len: int = _opt(30, "Items in a sample's history (the user's most recent positives).")
     seed: int = _opt(0, "Seed of negative sampling and of training.")
     period_store: str = _opt("runs/stream/periods", "Where period samples go (local path or pyarrow URI).")
+    batch_max: int = _opt(10_000, "Records the windowing worker takes per batch (one Kafka transaction).")
+    worker_name: str | None = _opt(None, "Windowing worker name in its transactional id (default: host name + "
+                                         "the first free slot under --worker-dir; a restarted worker reuses it).")
     watermark_interval: float = _opt(1.0, "Seconds between progress watermarks of a partition (closes are "
                                           "always published at once).")
     # -- trainer ---------------------------------------------------------------------------------------
@@ -97,6 +101,8 @@ class StreamSettings:
                                 "(ASMG_PERIOD_LENGTH), not both")
         if not 1.0 <= self.session_timeout <= 300.0:
             raise SettingsError(f"--session-timeout/{env_name('session_timeout')} must be in [1, 300] seconds")
+        if self.batch_max < 1:
+            raise SettingsError(f"--batch-max/{env_name('batch_max')} must be >= 1")
         if self.keep_checkpoints < 1:
             raise SettingsError(f"--keep-checkpoints/{env_name('keep_checkpoints')} must be >= 1")
         if self.log_format.strip().lower() not in ("text", "json"):

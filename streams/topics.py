@@ -124,3 +124,29 @@ def ensure_topics(settings: KafkaSettings, names: TopicNames | None = None,
             else:
                 raise TopicError(f"cannot create topic {name}: {exc}") from exc
     return {spec.name: result[spec.name] for spec in specs}
+
+
+def ensure_state_topic(settings: KafkaSettings, name: str, partitions: int, timeout: float = 30.0) -> str:
+    """The windowing state topic (compacted, one partition per interactions partition); created if missing.
+    An existing one with another partition count cannot hold the state: refuse to start."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(settings.confluent_config())
+    info = admin.list_topics(timeout=timeout).topics.get(name)
+    if info is not None and info.error is None:
+        if len(info.partitions) != partitions:
+            raise TopicError(f"state topic {name} has {len(info.partitions)} partitions, the interactions topic "
+                             f"{partitions}: delete it (the windowing state is rebuilt from the interactions)")
+        return "exists"
+    future = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=min(
+        3, max(1, len(admin.list_topics(timeout=timeout).brokers))), config={
+        "cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3600 * 1000),
+        "max.message.bytes": str(8 * 1024 * 1024)})], operation_timeout=timeout)[name]
+    try:
+        future.result(timeout=timeout)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+            raise TopicError(f"cannot create topic {name}: {exc}") from exc
+    return "created"

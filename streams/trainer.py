@@ -10,9 +10,13 @@ were partitioned), run :meth:`asmg.updater.PeriodUpdater.step` with the IU shado
    content) to ``{checkpoint_store}/{model}/p{period:06d}``,
 3. publish ONE model record (streams/records.py) to the models topic, key = model name.
 
-During pretraining (periods 1..pretrain_periods) no served model exists yet (nothing was tested on a
-period): nothing is published, but every period is checkpointed. ``metrics`` of a record are what the
-offline runner reports for that period (the served model made after t-1, tested on t).
+Pretraining (periods 1..pretrain_periods) collects periods; the periods before the last one publish
+nothing (no model exists yet), but every period is checkpointed. The period that completes pretraining
+(normally period == pretrain_periods) publishes the pretrained model, so scorers serve it, and evaluate it
+online, while period pretrain_periods+1 is open: its record has ``"pretrained": true`` and ``metrics`` and
+``shadow_metrics`` null, since nothing was tested on a period yet (its IU shadow is the same model); it
+goes through steps 1-3 and the crash rules below like any other record. Every later record's ``metrics``
+are what the offline runner reports for that period (the served model made after t-1, tested on t).
 
 Crash idempotence. On its first record after a start or a rebalance, the trainer reads the models topic
 (the newest record of its model name: the topic is compacted, and records are published in period
@@ -81,6 +85,13 @@ def run_config(settings: StreamSettings) -> RunConfig:
                 "first_test_period": settings.first_test_period, "history_len": settings.history_len}
     return replace(cfg, seed=settings.seed, device=settings.device,
                    protocol=replace(cfg.protocol, **{k: v for k, v in protocol.items() if v is not None}))
+
+
+def _quality(model: dict[str, Any]) -> str:
+    """A model record's quality in a log line; the pretrained model has none (it was not tested yet)."""
+    if model.get("pretrained") or not model.get("metrics"):
+        return "pretrained, not tested yet"
+    return f"auc {model['metrics'].get('auc', float('nan')):.4f}"
 
 
 def _fault(stage: str, period: int) -> None:
@@ -209,7 +220,8 @@ class Trainer:
         phases.update(result.seconds)
         _fault("after-step", period)
         model = None
-        if result.metrics is not None and period > self.published:
+        pretrained = result.metrics is None and updater.started  # this step completed pretraining
+        if (result.metrics is not None or pretrained) and period > self.published:
             clock = time.perf_counter()
             version = self.version + 1
             uri = self.artifact_uri(version, period)
@@ -223,6 +235,8 @@ class Trainer:
                                  seconds=round(time.perf_counter() - started, 3))
             phases["artifact"] = time.perf_counter() - clock
             model["phases"] = {name: round(seconds, 4) for name, seconds in phases.items()}  # optional field
+            if pretrained:
+                model["pretrained"] = True  # optional field: metrics are null, nothing was tested yet
         _fault("after-artifact", period)
         clock = time.perf_counter()
         tensors, info = updater.state()
@@ -240,7 +254,8 @@ class Trainer:
             self.ready = False
         _fault("after-publish", period)
         self._prune()
-        outcome = "pretrain" if result.metrics is None else "published" if model is not None else "retrained"
+        outcome = ("published" if model is not None else "pretrain" if result.metrics is None and not pretrained
+                   else "retrained")
         self._observe(period, outcome, phases, time.perf_counter() - started)
         return model
 
@@ -257,9 +272,8 @@ class Trainer:
         self.published = model["period"]
         if self.metrics is not None:
             self.metrics.published(model)
-        log.info("published %s v%d for period %d (auc %.4f)", self.model, model["version"], model["period"],
-                 model["metrics"].get("auc", float("nan")),
-                 extra={"period": model["period"], "model_version": model["version"]})
+        log.info("published %s v%d for period %d (%s)", self.model, model["version"], model["period"],
+                 _quality(model), extra={"period": model["period"], "model_version": model["version"]})
 
     def _prune(self) -> None:
         periods = self.checkpoints()

@@ -1,75 +1,79 @@
-"""The windowing role: interaction events in, one Parquet file per (period, partition) out.
+"""The windowing role's logic: interaction records in, one Parquet file per (period, partition) out.
 
-For every record of the interactions topic, in partition order:
+Records are handled a batch at a time (one Kafka transaction each, see streams/windowing_worker.py), but
+the result is defined record by record, in partition order, and does not depend on how the stream was cut
+into batches:
 
-1. Validate it (:func:`asmg.events.parse_event`); a bad one goes to the DLQ with the reason.
+1. Validate (:func:`asmg.event_batch.parse_events_fast` for the common shape, else
+   :func:`asmg.events.parse_event`); a bad record goes to the DLQ with the reason.
 2. Advance the partition's watermark: max event time seen minus the allowed lateness, or a control
    record's time (``control`` records: see streams/records.py; :func:`streams.coordinator.send_end_of_stream`).
    Every period whose end the watermark passed is closed for this partition: its samples are written to
    the period store (Parquet, one file per partition, idempotent name and content) and a watermark record
-   says so (``closed_through``) on the watermarks topic, where the coordinator decides for all partitions.
+   says so (``closed_through``); the coordinator decides for all partitions.
 3. Assign the event to a period by event time (fixed bounds or tumbling windows). Events of a period this
    partition already closed go to the DLQ as ``late`` (counted, never into a closed period); events
    outside every period go to the DLQ as ``outside periods``.
-4. Record the sample. History = the user's up to ``history_len`` most recent positive items strictly
-   before the event's time, ordered by (ts, item) like the offline builder (same-second events don't see
-   each other). Histories are computed when the period closes, from the user's positives kept in the
-   table, so an event that arrives out of order within the allowed lateness still ends up in the
-   history of later events exactly as offline. Implicit mode: each positive gets one sampled negative,
-   drawn uniformly from the items this partition has seen so far, never an item the user had by then.
+4. Keep the event as a fact of its open period. Histories are computed when the period closes (the user's
+   up to ``history_len`` most recent positives strictly before the event's time, ordered by (ts, item)
+   like the offline builder; same-second events do not see each other), so an event that arrives out of
+   order within the allowed lateness still ends up in later events' histories exactly as offline.
+   Implicit mode: each positive gets one sampled negative, uniform over the items this partition has
+   accepted so far, never an item the user had by then.
 
-Differences from the offline builder (asmg/data/samples.py), all documented on purpose:
+Differences from the offline builder (asmg/data/samples.py), all on purpose:
 
-- negatives are drawn from the partition's catalogue so far with a per-record RNG (seeded by seed,
-  partition, offset), not from the whole log's items with one RNG: same distribution family, different
-  draws; "had by then" means events of the user already processed (offline: ts <= the event's ts);
+- negatives come from the partition's catalogue so far, drawn with a counter-based hash of (seed,
+  partition, offset, draw) rather than one RNG over the whole log: same distribution family, other draws,
+  and the same draws whatever the batching; "had by then" means events of the user accepted earlier;
 - event time is floored to whole seconds (the offline logs are in whole seconds);
 - late and outside events do not enter any user's history (offline has no such events);
 - a user who had (nearly) every item of the catalogue so far gets no negative after 64 draws (offline
   raises); this includes the first events of a partition, whose catalogue is still tiny.
 
-State and restarts. Everything lives in ONE faust table (``state``, changelogged, memory store), and
-every write made while processing a record of partition p goes to changelog partition p, in order (key
-layout: :class:`WindowingCore`). A typical record makes exactly one write, the fact of its sample,
-and that write comes last; progress records are written when a period closes and for records that
-yield no sample. After a crash (faust is at-least-once: records after the last commit come again)
-the core rebuilds its memory from the table: a record at or below the last applied offset is
-skipped, a record whose processing was cut short is redone; each write is idempotent and every
-decision depends only on state that the record's own earlier writes leave unchanged, so the redo
-yields the same samples, negatives and files as an uninterrupted run (tests/test_windowing.py cuts
-the processing after every n-th write and checks the files byte for byte). DLQ records are awaited
-before the record counts as applied (at-least-once; key = topic:partition:offset, for de-duplication).
+State. :class:`WindowingCore` keeps each owned partition's state in memory and returns, per batch, the
+changes to persist (``Batch.writes``): the worker writes them to the compacted state topic in the same
+Kafka transaction as the batch's DLQ and watermark records and its consumer offsets, so after a crash or a
+rebalance :meth:`WindowingCore.restore` rebuilds exactly the state of the last committed batch and the
+records after it come again: the same files, byte for byte (tests/test_windowing.py). Keys:
+
+- ``p:<p>`` progress: last applied offset, max ts, marker, closed_through, counters (every batch);
+- ``f:<p>:<offset>`` the accepted events of a batch (Arrow IPC, :class:`streams.facts.Facts`); deleted
+  once all their periods are closed;
+- ``u:<p>:<user>`` the user's last ``history_len`` positives of closed periods and, implicit mode, every
+  item the user had in them; written when a period closes;
+- ``c:<p>:<offset>`` implicit mode: items first accepted in a batch, in order, with their categories.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import json
 import logging
 import math
-import random
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from asmg.events import Event, EventError, parse_event
-from streams.period_store import PeriodStore, samples_table
-from streams.records import (
-    CONTROL_KINDS,
-    dlq_key,
-    dlq_record,
-    dumps,
-    watermark_record,
-)
+from asmg.data.samples import history_matrix
+from asmg.event_batch import parse_events_fast
+from asmg.events import EventError, parse_event
+from asmg.ragged import gather_rows
+from streams.facts import Facts, ragged_select
+from streams.period_store import PeriodStore, ragged_samples_table
+from streams.records import CONTROL_KINDS, dlq_key, dlq_record, dumps, watermark_record
 from streams.settings import SettingsError, StreamSettings, load_bounds, parse_duration
 
 log = logging.getLogger(__name__)
 
 NEGATIVE_DRAWS = 64
+CHUNK_BYTES = 512 * 1024  # a fact record stays well below Kafka's default 1 MB message limit
 INF = math.inf
+EVENT, CONTROL, REFUSED = 0, 1, 2
+MASK64 = (1 << 64) - 1
 
 
 # --- periods ------------------------------------------------------------------------------------------------
@@ -150,18 +154,46 @@ class PeriodScheme:
         """The watermark an end-of-stream marker without a time stands for (fixed bounds only)."""
         return self.bounds[-1] if self.bounds is not None else None
 
+    def period_of_many(self, ts: np.ndarray) -> np.ndarray:
+        """:meth:`period_of` of every element (0 for NaN and -inf)."""
+        ts = np.asarray(ts, dtype=np.float64)
+        finite = np.isfinite(ts)
+        if self.bounds is not None:
+            bounds = np.asarray(self.bounds, dtype=np.float64)
+            inside = finite & (ts >= bounds[0]) & (ts < bounds[-1])
+            return np.where(inside, np.searchsorted(bounds, np.where(finite, ts, 0), side="right"), 0)
+        period = np.floor((np.where(finite, ts, self.origin) - self.origin) / self.length).astype(np.int64) + 1
+        ok = finite & (ts >= self.origin)
+        if self.count is not None:
+            ok &= period <= self.count
+        return np.where(ok, period, 0)
+
+    def closable_through_many(self, watermark: np.ndarray) -> np.ndarray:
+        """:meth:`closable_through` of every element (-inf or NaN: no watermark yet)."""
+        watermark = np.asarray(watermark, dtype=np.float64)
+        known = ~np.isnan(watermark) & (watermark > -INF)
+        if self.bounds is not None:
+            bounds = np.asarray(self.bounds, dtype=np.float64)
+            through = np.searchsorted(bounds, np.where(known, watermark, bounds[0] - 1), side="right") - 1
+            return np.where(known, np.clip(through, 0, len(bounds) - 1), 0)
+        finite = np.where(np.isfinite(watermark), watermark, np.where(watermark > 0, 1e300, self.origin))
+        through = np.floor(np.clip((finite - self.origin) / self.length, 0, 2**62)).astype(np.int64)
+        if self.count is not None:
+            through = np.minimum(through, self.count)
+        return np.where(known, through, 0)
+
     def describe(self) -> dict[str, Any]:
         if self.bounds is not None:
             return {"bounds": self.bounds}
         return {"length": self.length, "origin": self.origin, "count": self.count}
 
 
-# --- per-partition progress ---------------------------------------------------------------------------------
+# --- per-partition state ------------------------------------------------------------------------------------
 
 
 @dataclass
 class Progress:
-    offset: int = -1  # last record of this partition fully applied
+    offset: int = -1  # last record of this partition applied
     max_ts: int | None = None
     marker: float | None = None
     closed: int = 0  # every period <= closed has its file for this partition
@@ -188,71 +220,84 @@ class Progress:
 
 @dataclass
 class Memory:
-    """What the core keeps in memory per partition; rebuilt from the table after a start or a rebalance."""
+    """One partition's state in memory (the state topic holds the same, see the module docstring)."""
 
     progress: Progress
-    pending: dict[int, list[int]] = field(default_factory=dict)  # open period -> offsets of its e: facts
-    open_items: dict[int, dict[int, set[int]]] = field(default_factory=dict)  # user -> period -> items
-    catalogue: list[tuple[int, list[int]]] = field(default_factory=list)  # implicit: (item, categories)
-    catalogue_index: dict[int, int] = field(default_factory=dict)  # item -> position in the catalogue
-    seen: dict[int, set[int]] = field(default_factory=dict)  # user -> items of closed periods (cache)
+    chunks: list[tuple[str, Facts]] = field(default_factory=list)  # state key -> facts of open periods
+    positives: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)  # user -> (ts, item, offset)
+    seen: dict[int, set[int]] = field(default_factory=dict)  # implicit: user -> items of closed periods
+    had: dict[int, set[int]] = field(default_factory=dict)  # implicit: seen + items of open periods
+    catalogue: list[int] = field(default_factory=list)  # implicit: items in first-accepted order
+    catalogue_categories: list[tuple[int, ...]] = field(default_factory=list)
+    catalogue_index: dict[int, int] = field(default_factory=dict)
+
+    def open_samples(self) -> int:
+        return sum(len(facts) for _, facts in list(self.chunks))
 
 
 @dataclass
-class Outcome:
-    skipped: bool = False
-    control: bool = False
-    closed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    dead_letters: int = 0
-    reason: str | None = None  # why the record went to the DLQ (metrics count refusals by reason)
+class Batch:
+    """What one batch of one partition did, and what to persist for it."""
+
+    writes: list[tuple[str, bytes | None]] = field(default_factory=list)  # state key -> value (None: delete)
+    dead: list[tuple[bytes, bytes]] = field(default_factory=list)  # DLQ (key, value)
+    closed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (period, written file)
+    reasons: list[str] = field(default_factory=list)  # of the refused records, in order
+    accepted: int = 0
+    late: int = 0
+    control: int = 0
+    records: int = 0  # records applied (not counting the skipped)
+    skipped: int = 0  # records at or below the last applied offset (redelivered)
+    last_offset: int | None = None
 
 
-class Sink:
-    """Where the core's side effects go: the period store and the DLQ (async: faust awaits them)."""
-
-    def __init__(self, store: PeriodStore,
-                 dead_letter: Callable[[bytes, bytes], Awaitable[None]] | None = None) -> None:
-        self.store = store
-        self._dead_letter = dead_letter
-        self.dead: list[dict[str, Any]] = []  # kept when no DLQ sender is given (unit tests)
-
-    async def write_period(self, period: int, partition: int, table: pa.Table) -> dict[str, Any]:
-        return await asyncio.to_thread(self.store.write_partition, period, partition, table)
-
-    async def dead_letter(self, key: bytes, record: dict[str, Any]) -> None:
-        if self._dead_letter is None:
-            self.dead.append(record)
-        else:
-            await self._dead_letter(key, dumps(record))
+# --- hashing for negatives ------------------------------------------------------------------------------------
 
 
-def _pkey(partition: int) -> str:
-    return f"p:{partition}"
+def _mix_scalar(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
 
 
-# fact = one accepted event of an open period, the last (and usually only) table write of its record
-F_USER, F_ITEM, F_TS, F_LABEL, F_CATS, F_NEG, F_NEG_CATS, F_PERIOD = range(8)
+def _mix(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def draw_uniform(seed: int, partition: int, offsets: np.ndarray, draw: int = 0) -> np.ndarray:
+    """Uniform [0, 1) numbers from (seed, partition, offset, draw): the same whatever the batching."""
+    base = _mix_scalar(_mix_scalar(seed & MASK64) ^ (partition & MASK64))
+    keys = _mix(np.asarray(offsets, dtype=np.int64).astype(np.uint64) ^ np.uint64(base))
+    with np.errstate(over="ignore"):
+        bits = _mix(keys + np.uint64(draw))
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def draw_uniform_one(seed: int, partition: int, offset: int, draw: int) -> float:
+    base = _mix_scalar(_mix_scalar(seed & MASK64) ^ (partition & MASK64))
+    key = _mix_scalar((offset & MASK64) ^ base)
+    return (_mix_scalar((key + draw) & MASK64) >> 11) * 2.0**-53
+
+
+def _fact_chunks(facts: Facts, limit: int = CHUNK_BYTES) -> list[Facts]:
+    """Split so that each part's bytes stay under ``limit`` (ids are 8 bytes; ~80 bytes a row besides)."""
+    size = 80 + 8 * (facts.cat_lengths + facts.neg_cat_lengths)
+    if len(facts) == 0 or size.sum() <= limit:
+        return [facts] if len(facts) else []
+    part = np.floor_divide(np.cumsum(size) - size, limit)
+    return [facts.select(part == k) for k in np.unique(part)]
+
+
+# --- the core -------------------------------------------------------------------------------------------------
 
 
 class WindowingCore:
-    """The windowing logic on a plain mutable mapping (a faust table in the worker, a dict in tests).
-
-    Table keys (all of partition p's writes go to changelog partition p, in order):
-
-    - ``e:<p>:<offset>`` fact of an accepted event of an open period: user, item, ts, label, categories,
-      sampled negative and its categories, period. Written last, so it marks the record as applied;
-      it is the only write of a typical record.
-    - ``p:<p>`` progress: last applied offset, max ts, marker, closed_through, counters. Written when a
-      period closes and for records that produce no fact (refused, late, control).
-    - ``u:<p>:<user>`` the user's positives up to the oldest open period (the last ``history_len``, as
-      [ts, item, offset]) and, implicit mode, every item the user had then; updated when a period closes
-      (its facts are merged in, then deleted).
-    - ``ci:<p>:<item>`` implicit mode: the item's position in the partition's catalogue and categories.
-
-    After a restart, the last applied offset, max ts and counters are the ``p:`` record's combined with
-    the facts written after it; facts of periods already closed (a crash in the middle of a close) are
-    merged into ``u:`` again (idempotent) and deleted.
-    """
+    """The windowing logic for the partitions a worker owns, with no Kafka in it (tests drive it directly)."""
 
     def __init__(self, scheme: PeriodScheme, history_len: int = 30, implicit: bool = False, seed: int = 0,
                  lateness: float = 0.0) -> None:
@@ -268,81 +313,190 @@ class WindowingCore:
         return cls(PeriodScheme.from_settings(settings), settings.history_len, settings.implicit, settings.seed,
                    settings.allowed_lateness)
 
-    def forget(self, partitions: set[int]) -> None:
-        """Partitions moved to another worker: drop their memory (rebuilt from the table on return)."""
-        for p in partitions:
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self._memory)
+
+    def forget(self, partitions: set[int] | None = None) -> None:
+        """Partitions moved to another worker (None: all): drop their memory."""
+        for p in list(self._memory) if partitions is None else partitions:
             self._memory.pop(p, None)
 
-    def progress(self, state: MutableMapping[str, Any], partition: int) -> Progress:
+    def owns(self, partition: int) -> bool:
+        return partition in self._memory
+
+    def memory(self, partition: int) -> Memory:
+        """The partition's state (a partition never seen starts empty, like one restored from nothing)."""
         memory = self._memory.get(partition)
-        return memory.progress if memory is not None else Progress.load(state.get(_pkey(partition)))
+        if memory is None:
+            memory = self._memory[partition] = Memory(Progress())
+        return memory
 
-    # -- one record --------------------------------------------------------------------------------------
-    async def process(self, state: MutableMapping[str, Any], topic: str, partition: int, offset: int,
-                      raw: bytes | None, sink: Sink) -> Outcome:
-        memory = self._recall(state, partition)
+    def progress(self, partition: int) -> Progress:
+        return self.memory(partition).progress
+
+    # -- restoring from the state topic ------------------------------------------------------------------------
+    def restore(self, partition: int, state: Mapping[str, bytes]) -> Memory:
+        """Rebuild a partition's memory from its committed state records (key -> latest value)."""
+        raw = state.get(f"p:{partition}")
+        memory = Memory(Progress.load(json.loads(raw) if raw else None))
+        closed = memory.progress.closed
+        facts, catalogue = [], []
+        for key, value in state.items():
+            kind, _, rest = key.partition(":")
+            p, _, name = rest.partition(":")
+            if value is None or p != str(partition):
+                continue
+            if kind == "f":
+                facts.append((int(name), key, Facts.from_bytes(value)))
+            elif kind == "u":
+                record = json.loads(value)
+                memory.positives[int(name)] = [tuple(x) for x in record["pos"]]
+                if self.implicit:
+                    memory.seen[int(name)] = set(record.get("seen", ()))
+            elif kind == "c":
+                catalogue.append((int(name), json.loads(value)))
+        for _, record in sorted(catalogue, key=lambda x: x[0]):
+            for item, categories in zip(record["items"], record["categories"], strict=True):
+                memory.catalogue_index.setdefault(item, len(memory.catalogue))
+                memory.catalogue.append(item)
+                memory.catalogue_categories.append(tuple(categories))
+        for _, key, chunk in sorted(facts, key=lambda x: x[0]):
+            chunk = chunk.select(chunk.period > closed)
+            if len(chunk):
+                memory.chunks.append((key, chunk))
+        if self.implicit:
+            memory.had = {user: set(items) for user, items in memory.seen.items()}
+            for _, chunk in memory.chunks:
+                for user, item in zip(chunk.user.tolist(), chunk.item.tolist(), strict=True):
+                    memory.had.setdefault(user, set()).add(item)
+        self._memory[partition] = memory
+        return memory
+
+    # -- one batch ------------------------------------------------------------------------------------------
+    def process(self, partition: int, offsets: Sequence[int], values: Sequence[bytes | None], store: PeriodStore,
+                topic: str) -> Batch:
+        """Apply a partition's records (ascending offsets); write the files of the periods they close."""
+        memory = self.memory(partition)
         progress = memory.progress
-        if offset <= progress.offset:
-            return Outcome(skipped=True)
-        outcome = Outcome()
-        event: Event | None = None
-        refusal: tuple[str, str] | None = None
-        try:
-            kind, payload = self._classify(raw)
-        except EventError as exc:
-            kind, payload = "invalid", exc.reason
-        if kind == "control":
-            ts = payload if payload is not None else self.scheme.end_of_stream()
-            outcome.control = True
-            if ts is None:
-                refusal = ("invalid control record", "end_of_stream without ts needs fixed period bounds")
-            else:
-                progress.marker = ts if progress.marker is None else max(progress.marker, ts)
-        elif kind == "event":
-            event = payload
-            ts = int(math.floor(event.ts))
-            progress.max_ts = ts if progress.max_ts is None else max(progress.max_ts, ts)
-        else:
-            refusal = (str(payload), "")
+        batch = Batch()
+        offsets = np.asarray(offsets, dtype=np.int64)
+        fresh = offsets > progress.offset
+        batch.skipped = int((~fresh).sum())
+        if not fresh.any():
+            return batch
+        if not fresh.all():
+            offsets = offsets[fresh]
+            values = [v for v, keep in zip(values, fresh.tolist(), strict=True) if keep]
+        batch.records = len(offsets)
+        rows = self._parse(values)
+        kind, ts = rows["kind"], rows["ts"]
+        is_event, is_control = kind == EVENT, kind == CONTROL
+        event_ts = np.where(is_event, np.floor(np.where(is_event, ts, 0.0)), -INF)
+        max_ts = np.maximum.accumulate(np.r_[-INF if progress.max_ts is None else progress.max_ts, event_ts])[1:]
+        marks = np.where(is_control & np.isfinite(rows["control_ts"]), rows["control_ts"], -INF)
+        marker = np.maximum.accumulate(np.r_[-INF if progress.marker is None else progress.marker, marks])[1:]
+        watermark = np.maximum(max_ts - self.lateness, marker)
+        closed = np.maximum(progress.closed, self.scheme.closable_through_many(watermark))
+        period = np.where(is_event, self.scheme.period_of_many(event_ts), 0)
+        accepted = is_event & (period > closed)
+        late = is_event & (period > 0) & (period <= closed)
+        outside = is_event & (period == 0)
 
-        # close what the watermark passed first: this record never belongs to those periods
-        target = self.scheme.closable_through(progress.watermark(self.lateness))
-        while progress.closed < target:
-            period = progress.closed + 1
-            part = await sink.write_period(period, partition, self.period_table(state, partition, period))
-            progress.closed = period
-            state[_pkey(partition)] = progress.dump()  # the file exists: durable before the facts go
-            self._merge_closed(state, partition, period)
-            outcome.closed.append((period, part))
-
-        if event is not None:
-            period = self.scheme.period_of(ts)
-            if period == 0:
-                refusal = ("outside periods", f"ts {ts} is outside every period ({self._describe_range()})")
-            elif period <= progress.closed:
-                refusal = ("late", f"period {period} (ends {self.scheme.end(period)}) was closed by this "
-                                   f"partition's watermark {progress.watermark(self.lateness)}")
-                progress.late += 1
+        # the refused, in order
+        refusals = rows["refusals"]
+        for i in np.flatnonzero(late | outside).tolist():
+            if late[i]:
+                refusals[i] = ("late", f"period {int(period[i])} (ends {self.scheme.end(int(period[i]))}) was closed "
+                                       f"by this partition's watermark {float(watermark[i])}")
             else:
-                self._apply(state, memory, partition, offset, event, ts, period)
-                progress.offset = offset
-                progress.applied += 1
-                return outcome
-        if refusal is not None:
-            if refusal[0] != "late":
-                progress.refused += 1
-            await sink.dead_letter(dlq_key(topic, partition, offset),
-                                   dlq_record(refusal[0], raw or b"", topic, partition, offset, refusal[1]))
-            outcome.dead_letters += 1
-            outcome.reason = refusal[0]
-        progress.offset = offset
-        state[_pkey(partition)] = progress.dump()  # last write: the record is applied
-        return outcome
+                refusals[i] = ("outside periods", f"ts {int(event_ts[i])} is outside every period "
+                                                  f"({self._describe_range()})")
+        for i in sorted(refusals):
+            reason, detail = refusals[i]
+            raw = values[i] or b""
+            batch.dead.append((dlq_key(topic, partition, int(offsets[i])),
+                               dumps(dlq_record(reason, raw, topic, partition, int(offsets[i]), detail))))
+            batch.reasons.append(reason)
+
+        # the accepted: facts of open periods (implicit: with their negatives)
+        index = np.flatnonzero(accepted)
+        cat_lengths, cat_values = ragged_select(rows["cat_lengths"], rows["cat_values"], index)
+        facts = Facts(offset=offsets[index], user=rows["user"][index], item=rows["item"][index],
+                      ts=event_ts[index].astype(np.int64), label=rows["label"][index],
+                      period=period[index].astype(np.int32), neg=np.zeros(len(index), dtype=np.int64),
+                      has_neg=np.zeros(len(index), dtype=bool), cat_lengths=cat_lengths, cat_values=cat_values,
+                      neg_cat_lengths=np.zeros(len(index), dtype=np.int64), neg_cat_values=np.zeros(0, np.int64))
+        if self.implicit and len(facts):
+            facts = self._sample_negatives(memory, partition, facts, batch)
+        for part in _fact_chunks(facts):
+            key = f"f:{partition}:{int(part.offset[0])}"
+            memory.chunks.append((key, part))
+            batch.writes.append((key, part.to_bytes()))
+
+        # periods the watermark passed, in order
+        through = int(closed[-1])
+        for p in range(progress.closed + 1, through + 1):
+            batch.closed.append((p, self._close(memory, partition, p, store, batch)))
+        progress.offset = int(offsets[-1])
+        progress.max_ts = None if max_ts[-1] == -INF else int(max_ts[-1])
+        progress.marker = None if marker[-1] == -INF else float(marker[-1])
+        progress.closed = max(progress.closed, through)
+        progress.late += int(late.sum())
+        progress.refused += len(refusals) - int(late.sum())
+        progress.applied += len(index)
+        batch.writes.append((f"p:{partition}", dumps(progress.dump())))
+        batch.accepted, batch.late, batch.control = len(index), int(late.sum()), int(is_control.sum())
+        batch.last_offset = progress.offset
+        return batch
 
     def _describe_range(self) -> str:
         if self.scheme.fixed:
             return f"[{self.scheme.bounds[0]}, {self.scheme.bounds[-1]})"
         return f"from {self.scheme.origin}"
+
+    # -- parsing -------------------------------------------------------------------------------------------
+    def _parse(self, values: Sequence[bytes | None]) -> dict[str, Any]:
+        """Columns of the records: kind, ids, ts, label, categories; control times; refusals by row."""
+        fast = parse_events_fast(values)
+        n = len(values)
+        kind = np.full(n, EVENT, dtype=np.int8)
+        control_ts = np.full(n, np.nan)
+        refusals: dict[int, tuple[str, str]] = {}
+        slow_categories: dict[int, tuple[int, ...]] = {}
+        user, item, ts, label = fast.user, fast.item, fast.ts, fast.label
+        for i in np.flatnonzero(~fast.ok).tolist():
+            try:
+                what, payload = self._classify(values[i])
+            except EventError as exc:
+                kind[i] = REFUSED
+                refusals[i] = (exc.reason, "")
+                continue
+            if what == "control":
+                kind[i] = CONTROL
+                at = payload if payload is not None else self.scheme.end_of_stream()
+                if at is None:
+                    refusals[i] = ("invalid control record", "end_of_stream without ts needs fixed period bounds")
+                else:
+                    control_ts[i] = at
+                continue
+            event = payload
+            user[i], item[i], ts[i], label[i] = event.user_id, event.item_id, event.ts, int(event.label)
+            slow_categories[i] = tuple(sorted(set(event.categories)))
+        cat_lengths, cat_values = fast.cat_lengths, fast.cat_values
+        if slow_categories:
+            cat_lengths = cat_lengths.copy()
+            for i, categories in slow_categories.items():
+                cat_lengths[i] = len(categories)
+            starts = np.cumsum(cat_lengths) - cat_lengths
+            merged = np.zeros(int(cat_lengths.sum()), dtype=np.int64)
+            fast_rows = np.flatnonzero(fast.ok)
+            merged[gather_rows(starts[fast_rows], cat_lengths[fast_rows])] = cat_values
+            for i, categories in slow_categories.items():
+                merged[starts[i]:starts[i] + len(categories)] = categories
+            cat_values = merged
+        return {"kind": kind, "user": user, "item": item, "ts": ts, "label": label, "control_ts": control_ts,
+                "refusals": refusals, "cat_lengths": cat_lengths, "cat_values": cat_values}
 
     @staticmethod
     def _classify(raw: bytes | None) -> tuple[str, Any]:
@@ -364,243 +518,120 @@ class WindowingCore:
             return "control", ts
         return "event", parse_event(obj)
 
-    # -- applying an event ---------------------------------------------------------------------------------
-    def _apply(self, state: MutableMapping[str, Any], memory: Memory, partition: int, offset: int, event: Event,
-               ts: int, period: int) -> None:
-        user, item, label = event.user_id, event.item_id, int(event.label)
-        categories = sorted(set(event.categories))
-        negative = None
-        if self.implicit:
-            self._catalogue_add(state, memory, partition, item, categories)
+    # -- implicit negatives -------------------------------------------------------------------------------
+    def _sample_negatives(self, memory: Memory, partition: int, facts: Facts, batch: Batch) -> Facts:
+        """Per accepted event in offset order: grow the catalogue, draw the positive's negative, remember
+        the item as had by the user."""
+        first = draw_uniform(self.seed, partition, facts.offset)
+        new_items: list[int] = []
+        new_categories: list[list[int]] = []
+        starts = (np.cumsum(facts.cat_lengths) - facts.cat_lengths).tolist()
+        lengths = facts.cat_lengths.tolist()
+        cat_values = facts.cat_values
+        neg, has_neg, neg_categories = facts.neg, facts.has_neg, []
+        index = memory.catalogue_index
+        for j, (offset, user, item, label) in enumerate(zip(facts.offset.tolist(), facts.user.tolist(),
+                                                            facts.item.tolist(), facts.label.tolist(), strict=True)):
+            if item not in index:
+                categories = tuple(cat_values[starts[j]:starts[j] + lengths[j]].tolist())
+                index[item] = len(memory.catalogue)
+                memory.catalogue.append(item)
+                memory.catalogue_categories.append(categories)
+                new_items.append(item)
+                new_categories.append(list(categories))
+            had = memory.had.setdefault(user, set())
             if label == 1:
-                negative = self._negative(state, memory, partition, offset, user, item)
-        state[f"e:{partition}:{offset}"] = [user, item, ts, label, categories,
-                                            None if negative is None else negative[0],
-                                            None if negative is None else negative[1], period]
-        memory.pending.setdefault(period, []).append(offset)
-        if self.implicit:
-            memory.open_items.setdefault(user, {}).setdefault(period, set()).add(item)
+                size = len(memory.catalogue)
+                u = float(first[j])
+                for draw in range(NEGATIVE_DRAWS):
+                    if draw:
+                        u = draw_uniform_one(self.seed, partition, offset, draw)
+                    candidate = min(int(u * size), size - 1)
+                    negative = memory.catalogue[candidate]
+                    if negative != item and negative not in had:
+                        neg[j], has_neg[j] = negative, True
+                        neg_categories.append(memory.catalogue_categories[candidate])
+                        break
+            had.add(item)
+        if new_items:
+            batch.writes.append((f"c:{partition}:{int(facts.offset[0])}",
+                                 dumps({"items": new_items, "categories": new_categories})))
+        facts.neg_cat_lengths = np.zeros(len(facts), dtype=np.int64)
+        facts.neg_cat_lengths[np.flatnonzero(has_neg)] = [len(c) for c in neg_categories]
+        facts.neg_cat_values = np.fromiter((x for c in neg_categories for x in c), dtype=np.int64)
+        return facts
 
-    def _catalogue_add(self, state: MutableMapping[str, Any], memory: Memory, partition: int, item: int,
-                       categories: list[int]) -> None:
-        if item in memory.catalogue_index:
+    # -- closing a period ------------------------------------------------------------------------------------
+    def _close(self, memory: Memory, partition: int, period: int, store: PeriodStore, batch: Batch) -> dict[str, Any]:
+        facts = Facts.concat([chunk.select(chunk.period == period) for _, chunk in memory.chunks])
+        part = store.write_partition(period, partition, self.period_table(memory, facts, period))
+        self._fold(memory, partition, facts, batch)
+        kept = []
+        for key, chunk in memory.chunks:
+            rest = chunk.select(chunk.period > period)
+            if len(rest):
+                kept.append((key, rest))
+            else:
+                batch.writes.append((key, None))
+        memory.chunks = kept
+        return part
+
+    def period_table(self, memory: Memory, facts: Facts, period: int) -> pa.Table:
+        """The partition's samples of ``period``: histories from the users' positives of closed periods and
+        the period's own positives strictly before each sample's time; implicit negatives share them."""
+        n, width = len(facts), self.history_len
+        context = [(user, *x) for user in np.unique(facts.user).tolist() for x in memory.positives.get(user, ())]
+        m = len(context)
+        c_user, c_ts, c_item, c_offset = (np.array(col, dtype=np.int64) for col in zip(*context, strict=True)) \
+            if m else (np.zeros(0, np.int64),) * 4
+        user = np.concatenate([c_user, facts.user])
+        ts = np.concatenate([c_ts, facts.ts])
+        item = np.concatenate([c_item, facts.item])
+        offset = np.concatenate([c_offset, facts.offset])
+        label = np.concatenate([np.ones(m, dtype=np.int8), facts.label])
+        order = np.lexsort((offset, item, user, ts))
+        hist, lengths = history_matrix(user[order], ts[order], label[order], item[order], width)
+        rank = np.empty(m + n, dtype=np.int64)
+        rank[order] = np.arange(m + n)
+        hist, lengths = hist[rank[m:]], lengths[rank[m:]]
+        hist_values = hist[np.arange(width)[None, :] >= (width - lengths)[:, None]]
+        neg = np.flatnonzero(facts.has_neg)
+        neg_hist_lengths, neg_hist_values = ragged_select(lengths, hist_values, neg)
+        neg_cat_lengths, neg_cat_values = ragged_select(facts.neg_cat_lengths, facts.neg_cat_values, neg)
+        return ragged_samples_table(
+            user=np.concatenate([facts.user, facts.user[neg]]), item=np.concatenate([facts.item, facts.neg[neg]]),
+            ts=np.concatenate([facts.ts, facts.ts[neg]]),
+            label=np.concatenate([facts.label.astype(np.float32), np.zeros(len(neg), dtype=np.float32)]),
+            history=(np.concatenate([lengths, neg_hist_lengths]), np.concatenate([hist_values, neg_hist_values])),
+            categories=(np.concatenate([facts.cat_lengths, neg_cat_lengths]),
+                        np.concatenate([facts.cat_values, neg_cat_values])),
+            period=period)
+
+    def _fold(self, memory: Memory, partition: int, facts: Facts, batch: Batch) -> None:
+        """A closed period's facts into the users' records (positives; implicit: items had)."""
+        if not len(facts):
             return
-        key = f"ci:{partition}:{item}"
-        entry = state.get(key)  # written before a crash that lost the record's fact: same position
-        index = entry[0] if entry is not None else len(memory.catalogue)
-        if entry is None:
-            state[key] = [index, categories]
-        else:
-            categories = entry[1]
-        memory.catalogue_index[item] = index
-        memory.catalogue.append((item, categories))
-
-    def _seen(self, state: MutableMapping[str, Any], memory: Memory, partition: int, user: int) -> set[int]:
-        seen = memory.seen.get(user)
-        if seen is None:
-            record = state.get(f"u:{partition}:{user}")
-            seen = memory.seen[user] = set(record["seen"]) if record else set()
-        return seen
-
-    def _negative(self, state: MutableMapping[str, Any], memory: Memory, partition: int, offset: int, user: int,
-                  item: int) -> tuple[int, list[int]] | None:
-        """Uniform over the partition's catalogue so far, never an item the user had by then."""
-        had = self._seen(state, memory, partition, user)
-        opened = memory.open_items.get(user, {})
-        rng = random.Random(f"{self.seed}:{partition}:{offset}")
-        for _ in range(NEGATIVE_DRAWS):
-            candidate, categories = memory.catalogue[rng.randrange(len(memory.catalogue))]
-            if candidate == item or candidate in had or any(candidate in s for s in opened.values()):
-                continue
-            return candidate, list(categories)
-        return None
-
-    # -- memory after a start --------------------------------------------------------------------------------
-    def _recall(self, state: MutableMapping[str, Any], partition: int) -> Memory:
-        memory = self._memory.get(partition)
-        if memory is not None:
-            return memory
-        progress = Progress.load(state.get(_pkey(partition)))
-        memory = Memory(progress)
-        facts, catalogue = {}, []
-        fact_prefix, item_prefix = f"e:{partition}:", f"ci:{partition}:"
-        for key in list(state.keys()):
-            if not isinstance(key, str):
-                continue
-            if key.startswith(fact_prefix):
-                value = state.get(key)
-                if value is not None:
-                    facts[int(key[len(fact_prefix):])] = value
-            elif key.startswith(item_prefix):
-                value = state.get(key)
-                if value is not None:
-                    catalogue.append((value[0], int(key[len(item_prefix):]), value[1]))
-        for index, item, categories in sorted(catalogue):
-            memory.catalogue_index[item] = index
-            memory.catalogue.append((item, categories))
-        stale: dict[int, list[int]] = {}
-        for offset in sorted(facts):
-            fact = facts[offset]
-            period = fact[F_PERIOD]
-            if period <= progress.closed:
-                stale.setdefault(period, []).append(offset)
-                continue
-            memory.pending.setdefault(period, []).append(offset)
+        order = np.lexsort((facts.offset, facts.item, facts.ts, facts.user))
+        users = facts.user[order]
+        bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True]).tolist()
+        positive = (facts.label[order] == 1).tolist()
+        ts, items, offsets = facts.ts[order].tolist(), facts.item[order].tolist(), facts.offset[order].tolist()
+        keep = self.history_len
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            user = int(users[start])
+            new = [(ts[j], items[j], offsets[j]) for j in range(start, end) if positive[j]]
+            positives = memory.positives.get(user, [])
+            if new:  # every new positive is later than every old one (an older period's)
+                positives = (positives + new)[-keep:] if len(new) < keep else new[-keep:]
+                memory.positives[user] = positives
+            record: dict[str, Any] = {"pos": positives}
             if self.implicit:
-                memory.open_items.setdefault(fact[F_USER], {}).setdefault(period, set()).add(fact[F_ITEM])
-            if offset > progress.offset:
-                progress.offset = offset
-                progress.applied += 1
-            progress.max_ts = fact[F_TS] if progress.max_ts is None else max(progress.max_ts, fact[F_TS])
-        self._memory[partition] = memory
-        for period, offsets in sorted(stale.items()):  # a crash came in the middle of a close
-            memory.pending[period] = offsets
-            self._merge_closed(state, partition, period)
-        return memory
+                seen = memory.seen.setdefault(user, set())
+                seen.update(items[start:end])
+                record["seen"] = sorted(seen)
+            batch.writes.append((f"u:{partition}:{user}", dumps(record)))
 
-    # -- closing a period ----------------------------------------------------------------------------------
-    def _facts(self, state: MutableMapping[str, Any], partition: int, period: int) -> list[tuple[int, list]]:
-        memory = self._memory[partition]
-        out = []
-        for offset in sorted(set(memory.pending.get(period, []))):
-            fact = state.get(f"e:{partition}:{offset}")
-            if fact is not None:
-                out.append((offset, fact))
-        return out
-
-    def period_table(self, state: MutableMapping[str, Any], partition: int, period: int) -> pa.Table:
-        """The partition's samples of ``period``; histories from the users' positives before the period
-        (``u:``) and the period's own positive facts, strictly before each sample's time."""
-        facts = self._facts(state, partition, period)
-        by_user: dict[int, list[tuple[int, int, int]]] = {}
-        for offset, fact in facts:
-            if fact[F_LABEL] == 1:
-                by_user.setdefault(fact[F_USER], []).append((fact[F_TS], fact[F_ITEM], offset))
-        positives: dict[int, tuple[list[tuple], list[int]]] = {}
-        cols: dict[str, list] = {"user": [], "item": [], "ts": [], "label": [], "history": [], "categories": []}
-        for _, fact in facts:
-            user, item, ts, label, categories, negative, negative_categories, _ = fact
-            if user not in positives:
-                record = state.get(f"u:{partition}:{user}")
-                merged = sorted({tuple(x) for x in (record["pos"] if record else ())} | set(by_user.get(user, ())))
-                positives[user] = (merged, [x[1] for x in merged])
-            merged, items = positives[user]
-            end = bisect.bisect_left(merged, (ts,))
-            history = items[max(0, end - self.history_len):end]
-            rows = [(item, float(label), categories)]
-            if negative is not None:
-                rows.append((negative, 0.0, negative_categories))
-            for row_item, row_label, row_categories in rows:
-                cols["user"].append(user)
-                cols["item"].append(row_item)
-                cols["ts"].append(ts)
-                cols["label"].append(row_label)
-                cols["history"].append(history)
-                cols["categories"].append(row_categories)
-        return samples_table(cols["user"], cols["item"], cols["ts"], cols["label"], cols["history"],
-                             cols["categories"], period)
-
-    def _merge_closed(self, state: MutableMapping[str, Any], partition: int, period: int) -> None:
-        """Fold a closed period's facts into the users' records, then delete them (both idempotent)."""
-        memory = self._memory[partition]
-        facts = self._facts(state, partition, period)
-        users: dict[int, list[list]] = {}
-        for offset, fact in facts:
-            users.setdefault(fact[F_USER], []).append([offset, fact])
-        for user, rows in users.items():
-            key = f"u:{partition}:{user}"
-            record = state.get(key) or {"pos": [], "seen": []}
-            pos = {tuple(x) for x in record["pos"]}
-            pos.update((f[F_TS], f[F_ITEM], o) for o, f in rows if f[F_LABEL] == 1)
-            new = {"pos": [list(x) for x in sorted(pos)[-self.history_len:]], "seen": record["seen"]}
-            if self.implicit:
-                new["seen"] = sorted(set(record["seen"]) | {f[F_ITEM] for _, f in rows})
-            if new != record:
-                state[key] = new
-            memory.seen.pop(user, None)
-            opened = memory.open_items.get(user)
-            if opened is not None:
-                opened.pop(period, None)
-                if not opened:
-                    del memory.open_items[user]
-        for offset, _ in facts:
-            del state[f"e:{partition}:{offset}"]
-        memory.pending.pop(period, None)
-
-    def watermark_of(self, topic: str, partition: int, progress: Progress) -> dict[str, Any]:
+    def watermark_of(self, topic: str, partition: int) -> dict[str, Any]:
+        progress = self.progress(partition)
         return watermark_record(topic, partition, progress.watermark(self.lateness), progress.max_ts,
                                 progress.closed, progress.late, progress.refused, progress.applied)
-
-
-# --- the faust agent ----------------------------------------------------------------------------------------
-
-
-def register(app, settings: StreamSettings, names, partitions: int) -> WindowingCore:
-    """Add the windowing agent, its table and its watermark timer to a faust app."""
-    from faust.types import TP
-
-    from streams.app import fail_stop
-
-    core = WindowingCore.from_settings(settings)
-    store = PeriodStore(settings.period_store)
-    state = app.Table("state", partitions=partitions)  # json keys and values
-    interactions = app.topic(names.interactions, key_serializer="raw", value_serializer="raw")
-    dlq = app.topic(names.dlq, key_serializer="raw", value_serializer="raw")
-    watermarks = app.topic(names.watermarks, key_serializer="raw", value_serializer="raw")
-    published: dict[int, tuple] = {}
-    observe = None  # metrics hook (streams/metrics.py), when the worker serves metrics
-    if getattr(app, "asmg_metrics", None) is not None:
-        from streams.metrics import WindowingMetrics
-
-        app.asmg_metrics.windowing = WindowingMetrics(app.asmg_metrics.registry, core)
-        observe = app.asmg_metrics.windowing.observe
-
-    async def dead_letter(key: bytes, value: bytes) -> None:
-        future = await dlq.send(key=key, value=value, force=True)
-        await future  # delivered before the record counts as applied
-
-    sink = Sink(store, dead_letter)
-
-    def publish_watermark(partition: int, progress: Progress) -> None:
-        record = core.watermark_of(names.interactions, partition, progress)
-        watermarks.send_soon(key=str(partition).encode(), value=dumps(record))
-        published[partition] = (progress.closed, record["watermark"], progress.late, progress.refused)
-
-    @app.agent(interactions, name=f"{settings.role_app_id('windowing')}-windowing", concurrency=1)
-    async def windowing(stream):
-        async for event in stream.events():
-            message = event.message
-            try:
-                outcome = await core.process(state, message.topic, message.partition, message.offset,
-                                             event.value, sink)
-            except Exception as exc:  # fail-stop: a restart redoes the record (see the module docstring)
-                fail_stop(exc, f"windowing, {message.topic}[{message.partition}]@{message.offset}")
-            if observe is not None:
-                observe(message.partition, outcome)
-            if outcome.closed or outcome.control:
-                publish_watermark(message.partition, core.progress(state, message.partition))
-
-    @app.timer(settings.watermark_interval, name=f"{settings.role_app_id('windowing')}-watermarks")
-    async def publish_progress():
-        """Progress of every owned partition when it changed (also re-announces closes after a restart)."""
-        if app.rebalancing or getattr(app, "in_recovery", False):
-            return
-        for tp in app.consumer.assignment():
-            if tp.topic != names.interactions:
-                continue
-            progress = core.progress(state, tp.partition)
-            if progress.offset < 0 and progress.marker is None:
-                continue
-            key = (progress.closed, progress.watermark(core.lateness), progress.late, progress.refused)
-            if published.get(tp.partition) != key:
-                publish_watermark(tp.partition, progress)
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked: set[TP], **kwargs) -> None:
-        lost = {tp.partition for tp in revoked if tp.topic == names.interactions}
-        core.forget(lost)
-        for p in lost:
-            published.pop(p, None)
-
-    app.asmg_windowing = (windowing, publish_progress, on_revoked)  # keep references
-    return core

@@ -8,6 +8,7 @@ for machines without apt. ``ASMG_PROMETHEUS``/``ASMG_PROMTOOL`` name other binar
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -131,6 +132,20 @@ class Prometheus:
 
     def query(self, expr: str) -> dict[str, Any]:
         return self.api("query", query=expr)
+
+    def value(self, expr: str) -> float | None:
+        """The value of an expression that yields one number now (e.g. ``max(x)``); None while it has no data."""
+        result = self.query(expr).get("data", {}).get("result") or []
+        return float(result[0]["value"][1]) if result else None
+
+    def history(self, selector: str, seconds: float) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """Every raw sample scraped in the last ``seconds`` of each series a selector matches, as
+        (labels, [(unix time, value), ...]): an instant query of a range vector (``selector[Ns]``) returns the
+        stored samples themselves, so nothing is lost to query_range's step."""
+        answer = self.query(f"{selector}[{max(1, math.ceil(seconds))}s]")
+        assert answer.get("status") == "success", answer
+        return [(series["metric"], [(float(t), float(v)) for t, v in series["values"]])
+                for series in answer["data"]["result"]]
 
     def names(self) -> set[str]:
         return set(self.api("label/__name__/values")["data"])

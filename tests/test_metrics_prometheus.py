@@ -3,10 +3,11 @@
 Unit tests feed each role's metrics directly. The end-to-end test runs the windowing and trainer workers
 (``--metrics-port``, JSON logs), a scorer and the ingest service in this process, and Debian's ``prometheus``
 scraping all four every second with deploy/prometheus/rules.yml loaded, while a slice of MovieLens-100K (the
-synthetic stream where ml-100k is absent) is replayed in two halves: the second half arrives once models
-are live, so the scorer evaluates it online. Bad, late and malformed records go in on the way. Then every
-metric name the Grafana dashboard and the alert rules read must be among the scraped ones, every rule must
-evaluate, and every panel query must run on the live server.
+synthetic stream where ml-100k is absent) is replayed one period at a time, each close waiting until
+Prometheus has scraped it (:class:`Paced`), so the scorer evaluates every period after pretraining online
+and Prometheus' stored samples show every period and model. Bad, late and malformed records go in on the
+way. Then every metric name the Grafana dashboard and the alert rules read must be among the scraped ones,
+every rule must evaluate, and every panel query must run on the live server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +43,7 @@ from streams.metrics import (
     reason_label,
 )
 from streams.period_store import PeriodStore
-from streams.windowing import PeriodScheme, Sink, WindowingCore
+from streams.windowing import PeriodScheme, WindowingCore
 from tests.prom_server import (
     Prometheus,
     dashboard_expressions,
@@ -89,15 +90,11 @@ def test_windowing_metrics_follow_the_core(tmp_path: Path) -> None:
     core = WindowingCore(PeriodScheme(bounds=[0, 100, 200, 300]))
     registry = new_registry(process=False)
     metrics = WindowingMetrics(registry, core, clock=lambda: now)
-    sink, state = Sink(PeriodStore(str(tmp_path / "periods"))), {}
+    store = PeriodStore(str(tmp_path / "periods"))
     records = [event(1, 1, 10), event(2, 2, 150), b"{bad", event(3, 3, 20), event(4, 4, 999), event(5, 5, 160)]
-
-    async def feed() -> None:
-        for offset, raw in enumerate(records):
-            metrics.observe(0, await core.process(state, "t", 0, offset, raw, sink))
-        metrics.observe(0, await core.process(state, "t", 0, 1, records[1], sink))  # a redelivery: skipped
-
-    asyncio.run(feed())
+    metrics.observe(0, core.process(0, [0, 1], records[:2], store, "t"))
+    metrics.observe(0, core.process(0, [2, 3, 4, 5], records[2:], store, "t"))
+    metrics.observe(0, core.process(0, [1], records[1:2], store, "t"))  # a redelivery: skipped
     got = exposed(registry)
     # ts 150 closes period 1 (so ts 20 is late); ts 999 is outside every period but closes 2 and 3 (ts 160: late)
     assert got["asmg_windowing_events_accepted_total"] == {(("partition", "0"),): 2.0}
@@ -110,19 +107,15 @@ def test_windowing_metrics_follow_the_core(tmp_path: Path) -> None:
     assert got["asmg_windowing_closed_period"] == {(("partition", "0"),): 3.0}
     assert got["asmg_windowing_open_period_samples"] == {(("partition", "0"),): 0.0}
     assert got["asmg_windowing_partition_periods_closed_total"] == {(("partition", "0"),): 3.0}
+    assert got["asmg_windowing_records_total"] == {(): 6.0}
 
 
 def test_open_period_samples(tmp_path: Path) -> None:
     core = WindowingCore(PeriodScheme(bounds=[0, 100, 200, 300]))
     registry = new_registry(process=False)
     WindowingMetrics(registry, core)
-    sink, state = Sink(PeriodStore(str(tmp_path / "periods"))), {}
-
-    async def feed() -> None:
-        for offset, raw in enumerate([event(1, 1, 10), event(2, 2, 20), event(3, 3, 150)]):
-            await core.process(state, "t", 3, offset, raw, sink)
-
-    asyncio.run(feed())
+    core.process(3, [0, 1, 2], [event(1, 1, 10), event(2, 2, 20), event(3, 3, 150)],
+                 PeriodStore(str(tmp_path / "periods")), "t")
     assert exposed(registry)["asmg_windowing_open_period_samples"] == {(("partition", "3"),): 1.0}
 
 
@@ -153,19 +146,25 @@ def test_coordinator_metrics() -> None:
 def test_trainer_metrics_count_periods_below_iu() -> None:
     registry = new_registry(process=False)
     metrics = TrainerMetrics(registry, "asmg")
-    for version, (served, iu) in enumerate([(0.70, 0.69), (0.68, 0.69), (0.67, 0.70), (0.66, 0.70)], 1):
-        metrics.period(3 + version, "published", {"evaluate": 0.1, "update": 1.0, "meta_training": 0.5}, 1.2)
-        metrics.published({"model": "asmg", "version": version, "period": 3 + version,
+    metrics.period(3, "published", {"pretrain": 2.0}, 2.1)  # the pretrained model: tested on nothing yet
+    metrics.published({"model": "asmg", "version": 1, "period": 3, "metrics": None, "shadow_metrics": None,
+                       "pretrained": True})
+    got = exposed(registry)
+    assert got["asmg_trainer_published_model_period"] == {(("model", "asmg"),): 3.0}
+    assert not {"asmg_trainer_model_auc", "asmg_trainer_model_logloss", "asmg_trainer_model_auc_lift"} & set(got)
+    for version, (served, iu) in enumerate([(0.70, 0.69), (0.68, 0.69), (0.67, 0.70), (0.66, 0.70)], 2):
+        metrics.period(2 + version, "published", {"evaluate": 0.1, "update": 1.0, "meta_training": 0.5}, 1.2)
+        metrics.published({"model": "asmg", "version": version, "period": 2 + version,
                            "metrics": {"auc": served, "logloss": 0.6}, "shadow_metrics": {"auc": iu, "logloss": 0.7}})
     got = exposed(registry)
     model = (("model", "asmg"),)
     assert got["asmg_trainer_auc_below_iu_periods"] == {model: 3.0}
     assert got["asmg_trainer_model_auc_lift"][model] == pytest.approx(-0.04)
-    assert got["asmg_trainer_published_model_version"] == {model: 4.0}
+    assert got["asmg_trainer_published_model_version"] == {model: 5.0}
     assert got["asmg_trainer_model_auc"][(("model", "asmg"), ("variant", "iu"))] == 0.70
     assert got["asmg_trainer_phase_seconds_count"][(("phase", "meta_training"),)] == 4.0
-    assert got["asmg_trainer_periods_total"] == {(("outcome", "published"),): 4.0}
-    metrics.published({"model": "asmg", "version": 5, "period": 8, "metrics": {"auc": 0.8},
+    assert got["asmg_trainer_periods_total"] == {(("outcome", "published"),): 5.0}
+    metrics.published({"model": "asmg", "version": 6, "period": 8, "metrics": {"auc": 0.8},
                        "shadow_metrics": {"auc": 0.7}})
     assert exposed(registry)["asmg_trainer_auc_below_iu_periods"] == {model: 0.0}
 
@@ -188,13 +187,9 @@ def test_every_referenced_name_is_defined_in_streams_metrics(tmp_path: Path) -> 
     role.windowing = WindowingMetrics(role.registry, core)
     coordinator = SimpleNamespace(published=0, scheme=core.scheme)
     role.coordinator = CoordinatorMetrics(role.registry, coordinator)
-    sink, state = Sink(PeriodStore(str(tmp_path / "p"))), {}
-
-    async def feed() -> None:
-        for offset, raw in enumerate([event(1, 1, 150), event(1, 2, 10), b"x"]):
-            role.windowing.observe(0, await core.process(state, "t", 0, offset, raw, sink))
-
-    asyncio.run(feed())
+    role.windowing.observe(0, core.process(0, [0, 1, 2], [event(1, 1, 150), event(1, 2, 10), b"x"],
+                                           PeriodStore(str(tmp_path / "p")), "t"))
+    role.windowing.batch_seconds.observe(0.01)
     role.coordinator.period_closed({"period": 1, "samples": 3})
     lag = ConsumerLag(None, ["g"], role.registry)  # type: ignore[arg-type]
     lag.lags = {("g", "t", 0): 5}
@@ -302,19 +297,73 @@ def _stream_log():
                          implicit=False, name="synthetic")
 
 
+class Paced:
+    """Replays the log one period at a time, each time waiting until Prometheus has scraped what followed.
+
+    Prometheus keeps what a scrape saw, and gauges such as ``asmg_period_last_closed`` or
+    ``asmg_trainer_published_model_period`` say "the newest one": a period that closes, or a model that is
+    published and replaced, between two scrapes leaves no trace. In production periods last hours or days
+    against a 15 s scrape, so that never happens; a test replay closes periods within milliseconds. Rather
+    than giving every period a series of its own (a ``period`` label: one more series per period, for
+    ever), the replay runs at the pace the gauges are designed for: a period's events, its close, then wait,
+    by polling Prometheus' query API, until the close, the trainer's model of that period and the scorer
+    serving it have been scraped. (The scorer's online AUC/logloss does carry a bounded ``period`` label,
+    QUALITY_GAUGE_PERIODS of them, because it keeps changing while a period is scored.)
+    """
+
+    def __init__(self, prometheus: Prometheus, scorer_url: str, workers: list, protocol: Any,
+                 timeout: float = 60.0) -> None:
+        self.prometheus, self.scorer_url, self.workers, self.protocol = prometheus, scorer_url, workers, protocol
+        self.timeout = timeout
+        self.events = 0  # valid events sent so far: the scorer has consumed them all before a period closes
+
+    def scorer_consumed(self) -> bool:
+        return ((get_json(f"{self.scorer_url}/quality") or {}).get("events") or {}).get("events", 0) >= self.events
+
+    def scraped(self, period: int) -> bool:
+        """Prometheus' newest samples show ``period`` closed, trained and (from pretraining on) served."""
+        value = self.prometheus.value
+        done = (value("max(asmg_period_last_closed)") == period and value("max(asmg_trainer_last_period)") == period)
+        if period >= self.protocol.pretrain_periods:
+            done = done and value("max(asmg_trainer_published_model_period)") == period \
+                and value("max(asmg_scorer_model_period)") == period
+        return done
+
+    def close(self, period: int, close: Callable[[], Any]) -> None:
+        """Let the scorer read the period's events (scored by the model of the period before), close the period
+        and wait for the scrapes."""
+        from tests.test_windowing import wait_for
+
+        if period > self.protocol.pretrain_periods:
+            wait_for(self.scorer_consumed, self.timeout, self.workers, f"the scorer reading period {period}")
+        close()
+        wait_for(lambda: self.scraped(period), self.timeout, self.workers,
+                 f"Prometheus scraping period {period} closed, trained and served")
+
+
+def values_at(history: list[tuple[dict[str, str], list[tuple[float, float]]]]) -> dict[float, float]:
+    """Scrape time -> value of a selector that matches one series."""
+    assert len(history) <= 1, history
+    return dict(history[0][1]) if history else {}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names, tmp_path: Path) -> None:
+    """Besides every referenced name: Prometheus' stored samples show every closed period, every published
+    model's period, version and AUCs (none for the pretrained model), and the scorer serving the pretrained
+    model first and evaluating every period after pretraining online (see :class:`Paced`)."""
     from asmg.prepare import prepare_periods
     from producers.ingest import make_app
     from producers.producer import make_producer
     from producers.replay import replay_log
     from streams.coordinator import send_end_of_stream, send_watermark
+    from streams.records import read_topic
     from streams.scorer_service import ScorerOptions, ScorerService, running
     from streams.scorer_state import FixedPeriods
     from streams.topics import ensure_topics
     from tests.test_trainer import TRAIN
-    from tests.test_windowing import PROTOCOL, Worker, produce, stream_settings, wait_for, wait_records
+    from tests.test_windowing import PROTOCOL, Worker, produce, stream_settings
 
     started = time.monotonic()
     log = _stream_log()
@@ -324,9 +373,10 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
                                log_format="json", **{**TRAIN, "batch_size": 256, "meta_batch_size": 256})
     ensure_topics(kafka_settings, topic_names, settings.partitions)
     ports = {"windowing": free_port(), "trainer": free_port(), "scorer": free_port(), "ingest": free_port()}
-    split_period = 5  # periods 1..5 first; 6..8 once models are live
-    split = int(np.searchsorted(log.events["ts"].to_numpy(), bounds[split_period], side="left"))
-    expected_models = PROTOCOL.n_periods - PROTOCOL.pretrain_periods
+    bad_input_after = 5  # bad, late and malformed records once periods 1..5 are closed
+    edges = np.searchsorted(log.events["ts"].to_numpy(), bounds[:-1], side="left").tolist() + [len(log.events)]
+    expected_models = PROTOCOL.n_periods - PROTOCOL.pretrain_periods + 1  # the pretrained model, then one a period
+    model_periods = list(range(PROTOCOL.pretrain_periods, PROTOCOL.n_periods + 1))
 
     workers = [Worker(role, settings, kafka_settings, tmp_path, ASMG_METRICS_PORT=str(ports[role]))
                for role in ("windowing", "trainer")]
@@ -337,31 +387,32 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
     try:
         with prometheus, running(scorer, port=ports["scorer"]) as scorer_url, \
                 serving(make_app(kafka_settings, topic_names), ports["ingest"]) as ingest_url:
+            run_started = time.time()
+            paced = Paced(prometheus, scorer_url, workers, PROTOCOL)
             producer = make_producer(kafka_settings)
-            replay_log(log, producer, topic_names.interactions, stop=split)
-            send_watermark(kafka_settings, topic_names, bounds[split_period])  # periods 1..5 close everywhere
-            # bad input: refused by ingest (two reasons), late at the windowing role, malformed on the topic
-            late, fresh = (bounds[0] + bounds[1]) / 2, bounds[split_period] + 1
-            status, answer = post(f"{ingest_url}/events", b"\n".join([
-                event(1, 1, fresh), event(2, 2, fresh), b'{"item_id": 3, "ts": 5}', b"{oops", event(1, 7, late)]))
-            assert status == 202 and answer["accepted"] == 3 and len(answer["refused"]) == 2, answer
-            produce(kafka_settings, topic_names.interactions, [(b"7", b"not json at all")])
-            wait_records(kafka_settings, topic_names.models, split_period - PROTOCOL.pretrain_periods, 120, workers,
-                         "the models of the first half")
-            wait_for(lambda: (get_json(f"{scorer_url}/model") or {}).get("period") == split_period, 60, workers,
-                     "the scorer serving the newest model")
-            replay_log(log, producer, topic_names.interactions, start=split)
+            for period in range(1, PROTOCOL.n_periods + 1):
+                last = period == PROTOCOL.n_periods  # with the remainder after the last period (refused)
+                replay_log(log, producer, topic_names.interactions, start=edges[period - 1],
+                           stop=None if last else edges[period])
+                paced.events = edges[period] + (3 if period > bad_input_after else 0)
+                paced.close(period, (lambda: send_end_of_stream(kafka_settings, topic_names)) if last else
+                            (lambda p=period: send_watermark(kafka_settings, topic_names, bounds[p])))
+                if period != bad_input_after:
+                    continue
+                # bad input: refused by ingest (two reasons), late at the windowing role, malformed on the topic
+                late, fresh = (bounds[0] + bounds[1]) / 2, bounds[period] + 1
+                status, answer = post(f"{ingest_url}/events", b"\n".join([
+                    event(1, 1, fresh), event(2, 2, fresh), b'{"item_id": 3, "ts": 5}', b"{oops",
+                    event(1, 7, late)]))
+                assert status == 202 and answer["accepted"] == 3 and len(answer["refused"]) == 2, answer
+                produce(kafka_settings, topic_names.interactions, [(b"7", b"not json at all")])
+                for user in (1, 2, 3):  # requests too, while later periods' scrapes are still to come
+                    assert post(f"{scorer_url}/score", json.dumps({"user_id": user, "items": [1, 2, 3]}).encode()
+                                )[0] == 200
+                assert post(f"{scorer_url}/score", b'{"items": []}')[0] == 400
             producer.flush(30)
             del producer  # its client threads must not outlive the session's broker
-            send_end_of_stream(kafka_settings, topic_names)
-            for user in (1, 2, 3):
-                assert post(f"{scorer_url}/score", json.dumps({"user_id": user, "items": [1, 2, 3]}).encode())[0] == 200
-            assert post(f"{scorer_url}/score", b'{"items": []}')[0] == 400
-            wait_records(kafka_settings, topic_names.models, expected_models, 120, workers, "every model")
-            wait_for(lambda: (get_json(f"{scorer_url}/quality") or {}).get("periods"), 60, workers,
-                     "online evaluation on the scorer")
-            wait_for(lambda: (get_json(f"{scorer_url}/model") or {}).get("version") == expected_models, 60,
-                     workers, "the scorer serving the last model")
+            models = [json.loads(r.value) for r in read_topic(kafka_settings, topic_names.models)]
 
             required = referenced_names()
             missing: set[str] = set()
@@ -383,10 +434,19 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
                 'sum(asmg_windowing_events_refused_total{reason="invalid_json"})',
                 "sum(asmg_ingest_events_refused_total)", "sum(asmg_ingest_events_accepted_total)",
                 'sum(asmg_scorer_request_seconds_count{path="/score"})', "count(asmg_scorer_prequential_auc)",
-                "count(faust_messages_received_total)", "count(asmg_consumer_group_lag_records)")}
+                "count(faust_messages_received_total)", "count(asmg_consumer_group_lag_records)",
+                "sum(asmg_windowing_records_total)")}
             panel_errors = [f"{where}: {answer.get('error')}" for path in dashboards()
                             for where, expr in dashboard_expressions(path)
                             if (answer := prometheus.query(grafana_to_promql(expr))).get("status") != "success"]
+            span = time.time() - run_started + 5
+            history = {name: prometheus.history(selector, span) for name, selector in {
+                "closed": "asmg_period_last_closed", "version": 'asmg_trainer_published_model_version{model="asmg"}',
+                "period": 'asmg_trainer_published_model_period{model="asmg"}',
+                "served_auc": 'asmg_trainer_model_auc{model="asmg",variant="served"}',
+                "iu_auc": 'asmg_trainer_model_auc{model="asmg",variant="iu"}',
+                "scorer_version": "asmg_scorer_model_version", "scorer_period": "asmg_scorer_model_period",
+                "online_auc": "asmg_scorer_prequential_auc"}.items()}
     finally:
         for worker in workers:
             worker.stop()
@@ -411,8 +471,33 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
     assert number("sum(asmg_ingest_events_accepted_total)") == 3
     assert number('sum(asmg_scorer_request_seconds_count{path="/score"})') >= 4
     assert number("count(asmg_scorer_prequential_auc)") >= 2  # served and shadow of a period at least
-    assert number("count(faust_messages_received_total)") == 2  # both faust workers
+    assert number("count(faust_messages_received_total)") == 1  # the trainer (windowing is not a faust app)
+    assert number("sum(asmg_windowing_records_total)") >= 1
     assert number("count(asmg_consumer_group_lag_records)") >= 1
+
+    # every closed period, every published model and the scorer's swaps are among Prometheus' stored samples
+    closed = {value for _, samples in history["closed"] for _, value in samples}
+    assert set(range(1, PROTOCOL.n_periods + 1)) <= closed, sorted(closed)
+    assert [m["period"] for m in models] == model_periods and models[0]["pretrained"] is True
+    version, period = values_at(history["version"]), values_at(history["period"])
+    served_auc, iu_auc = values_at(history["served_auc"]), values_at(history["iu_auc"])
+    for model in models:
+        stamps = [t for t, p in period.items() if p == model["period"]]
+        assert stamps, f"no scrape showed the model of period {model['period']}"
+        assert {version[t] for t in stamps} == {model["version"]}
+        if model["metrics"] is None:  # the pretrained model: tested on nothing yet, no AUC gauges
+            assert not any(t in served_auc or t in iu_auc for t in stamps), "AUC gauges for the pretrained model"
+            continue
+        assert any(served_auc.get(t) == pytest.approx(model["metrics"]["auc"], abs=1e-9)
+                   and iu_auc.get(t) == pytest.approx(model["shadow_metrics"]["auc"], abs=1e-9) for t in stamps), \
+            f"no scrape showed the AUCs of the model of period {model['period']}"
+    scorer_version, scorer_period = values_at(history["scorer_version"]), values_at(history["scorer_period"])
+    swaps = [(v, scorer_period[t]) for t, v in sorted(scorer_version.items()) if v > 0]
+    assert swaps and swaps[0] == (1, PROTOCOL.pretrain_periods), "the scorer serves the pretrained model first"
+    assert list(dict.fromkeys(v for v, _ in swaps)) == list(range(1, expected_models + 1)), swaps
+    online = {(labels["period"], labels["model"]) for labels, _ in history["online_auc"]}
+    evaluated = range(PROTOCOL.pretrain_periods + 1, PROTOCOL.n_periods + 1)  # period 4 by the pretrained model
+    assert {(str(p), m) for p in evaluated for m in ("served", "shadow")} <= online, sorted(online)
 
     # the workers' logs: one JSON object per line, with the period and the model version where they apply
     lines = []

@@ -80,6 +80,16 @@ def make_model(root: Path, version: int, period: int = 1, seed: int | None = Non
     return ModelRecord(MODEL, version, period, "asmg-gru", uri, sha, metrics, {"auc": 0.65}, time.time())
 
 
+def pretrained_model(root: Path, period: int) -> ModelRecord:
+    """What the trainer publishes when pretraining completes: the IU shadow is the served model, no metrics."""
+    vocabs = tiny_vocabs()
+    params = {k: v * 20 if k.endswith("_emb") else v for k, v in init_params(vocabs.sizes(), 5).items()}
+    uri = str(root / "pretrained")
+    sha = save_model(uri, version=1, period=period, method="asmg-gru", serving=serving_copy(params),
+                     shadow=params, vocabs=vocabs, config={"seed": 5}, metrics=None)
+    return ModelRecord(MODEL, 1, period, "asmg-gru", uri, sha, {}, {}, time.time(), pretrained=True)
+
+
 def call(url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
@@ -155,6 +165,8 @@ def test_record_round_trip_and_key_check(tmp_path: Path) -> None:
      "period must be >= 0"),
     (b'{"model": "m", "version": 1, "period": 1, "method": "iu", "uri": "/x", "sha256": "' + b"a" * 64
      + b'", "metrics": [1]}', "metrics must be an object"),
+    (b'{"model": "m", "version": 1, "period": 1, "method": "iu", "uri": "/x", "sha256": "' + b"a" * 64
+     + b'", "pretrained": "yes"}', "pretrained must be true or false"),
 ])
 def test_bad_records_are_refused_with_a_reason(value: bytes | None, reason: str) -> None:
     with pytest.raises(RecordError, match=reason):
@@ -177,6 +189,28 @@ def test_holder_swaps_forward_only_and_keeps_serving_on_bad_checksums(tmp_path: 
     assert holder.offer([mismatched]) is None and holder.current.version == 2
     assert holder.offer([v3]).version == 3
     assert ModelHolder(model_name="other").offer([v3]) is None
+
+
+def test_pretrained_model_is_served_and_evaluated_on_the_next_period(tmp_path: Path) -> None:
+    """The trainer's first record is the pretrained model (period 3 = pretrain_periods, metrics null): the
+    scorer serves it before any later model and evaluates it on period 4, where the IU shadow is the same
+    model (known ids only here, so even the fallback row plays no part: the two score alike)."""
+    record = pretrained_model(tmp_path, period=3)
+    wire = json.loads(record.to_json()) | {"metrics": None, "shadow_metrics": None}  # as the trainer writes it
+    assert parse_model_record(json.dumps(wire), MODEL.encode()) == record
+    holder = ModelHolder()
+    served = holder.offer([record])
+    assert served.describe()["pretrained"] is True and served.describe()["metrics"] == {}
+    rng = np.random.default_rng(2)
+    users, items, labels = rng.choice(USERS, 400), rng.choice(ITEMS, 400), rng.integers(0, 2, 400)
+    ts = np.r_[2000 + np.arange(200), 3000 + np.arange(200)]  # period 3 (trained on), then period 4
+    events = [Event(int(u), int(i), int(t), int(y)) for u, i, t, y in zip(users, items, ts, labels, strict=True)]
+    evaluator = Evaluator(TumblingPeriods(1000, 0), UserHistories(), Prequential())
+    assert evaluator.process(events, holder.current) == 200
+    row = evaluator.prequential.report()[4]
+    assert row["n"] == 200 and row["model_versions"] == [1] and row["auc"] is not None
+    assert (row["auc"], row["logloss"], row["lift"]) == (row["shadow_auc"], row["shadow_logloss"], 0.0)
+    assert holder.offer([make_model(tmp_path, 2, period=4)]).version == 2  # the first tested model follows
 
 
 # --- periods ------------------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from asmg.artifacts import load_model
 from asmg.experiment import ExperimentSpec, run_method
+from asmg.model import serving_copy
 from asmg.prepare import PreparedPeriods, prepare_periods
 from streams.period_store import PeriodStore, samples_table
 from streams.records import RecordProducer, dumps, period_record
@@ -25,7 +27,7 @@ from tests.test_windowing import PROTOCOL, Worker, read_json, stream_settings, w
 TRAIN = dict(preset="authors", method="asmg-gru-multi", pretrain_periods=PROTOCOL.pretrain_periods,
              periods=PROTOCOL.n_periods, first_test_period=PROTOCOL.first_test_period, batch_size=128,
              pretrain_epochs=1, meta_batch_size=128, seed=0, device="cpu")
-MODEL_PERIODS = list(range(PROTOCOL.pretrain_periods + 1, PROTOCOL.n_periods + 1))
+MODEL_PERIODS = list(range(PROTOCOL.pretrain_periods, PROTOCOL.n_periods + 1))  # the pretrained model first
 
 
 def publish_periods(kafka_settings, names, store: PeriodStore, prepared: PreparedPeriods) -> None:
@@ -48,8 +50,17 @@ def offline_metrics(settings, prepared: PreparedPeriods) -> dict[int, dict]:
 
 
 def assert_models_match(models: list[dict], expected: dict[int, dict]) -> None:
-    assert [m["period"] for m in models] == MODEL_PERIODS, "one record per period after pretraining"
+    """The pretrained model (untested: no metrics), then one record per later period with the offline metrics."""
+    assert [m["period"] for m in models] == MODEL_PERIODS, "one record per period from the last pretraining one"
     assert [m["version"] for m in models] == list(range(1, len(MODEL_PERIODS) + 1))
+    pretrained, *models = models
+    assert pretrained["period"] == PROTOCOL.pretrain_periods and pretrained["pretrained"] is True
+    assert pretrained["metrics"] is None and pretrained["shadow_metrics"] is None
+    artifact = load_model(pretrained["uri"], pretrained["sha256"])
+    assert (artifact.period, artifact.meta["metrics"]) == (PROTOCOL.pretrain_periods, None)
+    shadow = serving_copy(artifact.shadow)  # the IU shadow is the same pretrained model
+    assert all(torch.equal(artifact.serving[name], shadow[name]) for name in artifact.serving)
+    assert not any(m.get("pretrained") for m in models)
     for model in models:
         want = expected[model["period"]]
         assert model["metrics"]["auc"] == pytest.approx(want["auc"], abs=1e-6), model["period"]
@@ -66,8 +77,8 @@ def prepared() -> PreparedPeriods:
 @pytest.mark.timeout(180)
 def test_trainer_worker_survives_a_crash(kafka_settings, topic_names, tmp_path: Path, prepared) -> None:
     """``asmg worker trainer`` dies right after checkpointing period 5 (before publishing its record);
-    the restarted worker publishes period 5 from the checkpoint and goes on: one record per period after
-    pretraining, with the offline runner's metrics."""
+    the restarted worker publishes period 5 from the checkpoint and goes on: the pretrained model, then one
+    record per period, with the offline runner's metrics."""
     settings = stream_settings(topic_names, tmp_path, **TRAIN)
     ensure_topics(kafka_settings, topic_names, 1)
     publish_periods(kafka_settings, topic_names, PeriodStore(settings.period_store), prepared)
@@ -76,7 +87,7 @@ def test_trainer_worker_survives_a_crash(kafka_settings, topic_names, tmp_path: 
         expected = offline_metrics(settings, prepared)  # while the trainer works
         wait_for(lambda: not workers[0].alive(), 120, (), "the trainer to crash after checkpoint 5")
         assert workers[0].proc.returncode == FAULT_EXIT, workers[0].tail()
-        assert [r["period"] for r in read_json(kafka_settings, topic_names.models)] == [4]
+        assert [r["period"] for r in read_json(kafka_settings, topic_names.models)] == [PROTOCOL.pretrain_periods, 4]
         assert Path(settings.checkpoint_store, "asmg", "p000005", "manifest.json").exists()
         workers.append(Worker("trainer", settings, kafka_settings, tmp_path))
         wait_records(kafka_settings, topic_names.models, len(MODEL_PERIODS), 120, workers[1:])
@@ -118,7 +129,8 @@ def test_trainer_resumes_after_a_crash_at_every_stage(kafka_settings, topic_name
     monkeypatch.setattr(trainer_module, "_fault", crash)
     # what Kafka redelivers after a crash: the records after the last committed offset; here the whole
     # topic each time (the worst case: the trainer must skip what it already did)
-    for at in ("after-checkpoint@5", "after-step@6", "after-artifact@7", "before-step@8", "after-publish@8", None):
+    for at in ("after-step@3", "after-checkpoint@3", "after-checkpoint@5", "after-step@6", "after-artifact@7",
+               "before-step@8", "after-publish@8", None):
         fault["at"] = at
         trainer = trainer_module.Trainer(settings, topic_names, kafka_settings)
         try:
