@@ -216,3 +216,67 @@ def dict_config(level: str | int | None = "info", fmt: str | None = "text", stre
     }
 
 
+
+
+# --- native libraries' own stderr lines ----------------------------------------------------------------------
+
+_native: dict[str, Any] = {}
+_SYSLOG = {0: "critical", 1: "critical", 2: "critical", 3: "error", 4: "warning", 5: "info", 6: "info", 7: "debug"}
+
+
+def native_line(line: str) -> str:
+    """A line a C library (librdkafka: ``%4|1700000000.123|FAC|name| text``) printed -> one JSON object; a
+    line that already is one (ours, through Python's logging) passes unchanged."""
+    text = line.rstrip("\n")
+    if text.startswith("{") and text.endswith("}"):
+        return text
+    level, logger, message = "info", "native", text
+    parts = text.split("|", 4)
+    if len(parts) == 5 and parts[0].startswith("%") and parts[0][1:].isdigit():
+        level, logger, message = _SYSLOG.get(int(parts[0][1:]), "info"), f"librdkafka.{parts[2]}", parts[4].strip()
+    record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": level, "logger": logger,
+              "message": message, **{k: v for k, v in context().items() if isinstance(v, str | int | float)}}
+    return json.dumps(record)
+
+
+def wrap_native_stderr() -> None:
+    """With JSON logs, route file descriptor 2 through a thread that turns lines native code writes there
+    (librdkafka prints some straight to stderr) into JSON objects, so every line of the log is one.
+    Idempotent; :func:`flush_native_stderr` drains it (called at exit and before a fail-stop)."""
+    import atexit
+    import os
+    import threading
+
+    if _native:
+        return
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    out = os.fdopen(original, "w", buffering=1)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "r", errors="replace") as lines:
+            for line in lines:
+                if line.strip():
+                    out.write(native_line(line) + "\n")
+        out.flush()
+
+    thread = threading.Thread(target=pump, name="native-stderr", daemon=True)
+    thread.start()
+    _native.update(thread=thread)
+    atexit.register(flush_native_stderr)
+
+
+def flush_native_stderr(timeout: float = 2.0) -> None:
+    """Close our end of the stderr pipe and wait until the thread has written what was in it."""
+    import os
+
+    thread = _native.get("thread")
+    if thread is None:
+        return
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the pipe's last writer goes: the thread sees its end
+    thread.join(timeout)
+    _native.clear()

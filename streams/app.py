@@ -92,10 +92,13 @@ def _role_metrics(app, settings: StreamSettings, role: str, kafka: KafkaSettings
 def fail_stop(exc: BaseException, where: str) -> None:
     """An unexpected error in a worker: exit at once rather than go on past the record or batch (faust
     would restart the agent after it, skipping it). A supervisor restarts the worker, which redoes it."""
+    from asmg.logs import flush_native_stderr
+
     log.critical("%s failed; stopping the worker so the record is redone after a restart", where,
                  exc_info=exc)
     logging.shutdown()
     sys.stderr.flush()
+    flush_native_stderr()
     os._exit(FAIL_STOP_EXIT)
 
 
@@ -104,7 +107,10 @@ def run_worker(app, log_level: str = "warning", log_format: str = "text") -> Non
     one JSON object per line (asmg/logs.py)."""
     from faust.worker import Worker
 
-    from asmg.logs import dict_config
+    from asmg.logs import dict_config, wrap_native_stderr
+
+    if log_format == "json":
+        wrap_native_stderr()
 
     Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False,
            logging_config=dict_config(log_level, log_format)).execute_from_commandline()

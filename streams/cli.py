@@ -261,12 +261,14 @@ def windowing_worker(settings, kafka) -> None:
     """Windowing (events -> per-period Parquet samples, DLQ, watermarks) and the period coordinator."""
     import logging
 
-    from asmg.logs import bind, configure
+    from asmg.logs import bind, configure, wrap_native_stderr
     from streams.settings import SettingsError
     from streams.topics import TopicError
     from streams.windowing_worker import run_windowing
 
     configure(settings.log_level, settings.log_format)
+    if settings.log_format == "json":
+        wrap_native_stderr()
     logging.getLogger("streams").setLevel(settings.log_level.upper())
     bind(role="windowing")
     try:

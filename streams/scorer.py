@@ -73,6 +73,8 @@ def scorer_command(
 
     try:
         logs.configure(log_level, log_format, role="scorer")
+        if log_format == "json":
+            logs.wrap_native_stderr()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--log-format/--log-level") from None
     if interactions_from not in ("earliest", "latest"):

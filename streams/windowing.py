@@ -248,7 +248,7 @@ class Batch:
     control: int = 0
     records: int = 0  # records applied (not counting the skipped)
     skipped: int = 0  # records at or below the last applied offset (redelivered)
-    last_offset: int | None = None
+    last_offset: int | None = None  # the partition's last applied offset after the batch (None: no records)
 
 
 # --- hashing for negatives ------------------------------------------------------------------------------------
@@ -384,6 +384,7 @@ class WindowingCore:
         fresh = offsets > progress.offset
         batch.skipped = int((~fresh).sum())
         if not fresh.any():
+            batch.last_offset = progress.offset  # all applied before: the offset to commit stays ahead of them
             return batch
         if not fresh.all():
             offsets = offsets[fresh]

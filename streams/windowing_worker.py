@@ -39,7 +39,7 @@ from streams.period_store import PeriodStore
 from streams.records import dumps
 from streams.settings import StreamSettings
 from streams.topics import TopicNames, ensure_state_topic
-from streams.windowing import WindowingCore
+from streams.windowing import Batch, WindowingCore
 
 if TYPE_CHECKING:
     from streams.metrics import WindowingMetrics
@@ -191,9 +191,11 @@ class WindowingWorker:
         due = started - self.last_progress >= self.settings.watermark_interval
         if not grouped and not due:
             return
+        outcomes = [(partition, self._process(partition, *grouped[partition])) for partition in sorted(grouped)]
+        # the transaction spans only the sending: its timeout must not depend on how long processing took
         self._producer.begin_transaction()
         try:
-            commit, outcomes = self._produce(grouped, due)
+            commit = self._produce(outcomes, due)
             if commit:
                 self._producer.send_offsets_to_transaction(commit, self._consumer.consumer_group_metadata(), 60)
             self._producer.commit_transaction(60)
@@ -207,24 +209,27 @@ class WindowingWorker:
             if grouped:
                 self.metrics.batch_seconds.observe(time.monotonic() - started)
 
-    def _produce(self, grouped: dict[int, tuple[list[int], list[bytes | None]]], due: bool):
+    def _process(self, partition: int, offsets: list[int], values: list[bytes | None]) -> Batch:
+        try:
+            return self.core.process(partition, offsets, values, self.store, self.names.interactions)
+        except Exception as exc:  # a bug, or the period store failing: the restarted worker redoes the batch
+            fail_stop(exc, f"windowing, {self.names.interactions}[{partition}]@{offsets[0]}..{offsets[-1]}")
+            raise  # not reached: fail_stop exits
+
+    def _produce(self, outcomes: list[tuple[int, Batch]], due: bool) -> list:
+        """Send a processed batch's records (inside the open transaction); the offsets to commit with them."""
         from confluent_kafka import TopicPartition
 
-        commit, outcomes = [], []
-        for partition in sorted(grouped):
-            offsets, values = grouped[partition]
-            try:
-                batch = self.core.process(partition, offsets, values, self.store, self.names.interactions)
-            except Exception as exc:  # a bug, or the period store failing: the restarted worker redoes the batch
-                fail_stop(exc, f"windowing, {self.names.interactions}[{partition}]@{offsets[0]}..{offsets[-1]}")
+        commit = []
+        for partition, batch in outcomes:
             for key, value in batch.writes:
                 self._send(self.state_topic, key.encode(), value, partition)
             for key, value in batch.dead:
                 self._send(self.names.dlq, key, value)
             if batch.closed or batch.control:
                 self._watermark(partition)
-            commit.append(TopicPartition(self.names.interactions, partition, offsets[-1] + 1))
-            outcomes.append((partition, batch))
+            if batch.last_offset is not None:
+                commit.append(TopicPartition(self.names.interactions, partition, batch.last_offset + 1))
         if due:
             self.last_progress = time.monotonic()
             for partition in self.core.partitions:
@@ -233,7 +238,7 @@ class WindowingWorker:
                     continue
                 if self.published.get(partition) != self._progress_key(partition):
                     self._watermark(partition)
-        return commit, outcomes
+        return commit
 
     def _progress_key(self, partition: int) -> tuple:
         progress = self.core.progress(partition)

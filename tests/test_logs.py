@@ -10,6 +10,7 @@ import json
 import logging
 import logging.config
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import typer.main
@@ -132,3 +133,29 @@ def test_experiment_logs_each_period_as_json(restore_logging) -> None:
     assert [line["period"] for line in periods] == [3, 4, 5]
     assert all(line["method"] == "iu" and line["seed"] == 0 and line["role"] == "experiment" for line in periods)
     assert "update" in periods[0]["seconds"] and lines[-1]["mean_auc"] > 0
+
+
+def test_native_stderr_lines_become_json_objects() -> None:
+    """librdkafka prints some lines straight to file descriptor 2; with JSON logs they are wrapped too."""
+    import subprocess
+    import sys
+
+    assert json.loads(logs.native_line('{"a": 1}')) == {"a": 1}
+    wrapped = json.loads(logs.native_line("%4|1795958640.036|GETPID|asmg#producer-1| [thrd:main]: retrying\n"))
+    assert (wrapped["level"], wrapped["logger"], wrapped["message"]) == ("warning", "librdkafka.GETPID",
+                                                                         "[thrd:main]: retrying")
+    script = ("import logging, os\n"
+              "from asmg import logs\n"
+              "logs.configure('info', 'json', role='windowing')\n"
+              "logs.wrap_native_stderr()\n"
+              "logging.getLogger('x').info('before')\n"
+              "os.write(2, b'%6|1.0|BGQUEUE|asmg#producer-4| [thrd:background]: Purging 1 unserved events\\n')\n"
+              "os.write(2, b'plain native text\\n')\n"
+              "logging.getLogger('x').warning('after')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]  # every line is JSON
+    assert [x["message"] for x in lines] == ["before", "[thrd:background]: Purging 1 unserved events",
+                                             "plain native text", "after"]
+    assert lines[1]["role"] == "windowing" and lines[1]["logger"] == "librdkafka.BGQUEUE"
