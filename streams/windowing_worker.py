@@ -86,7 +86,8 @@ def read_state(kafka: KafkaSettings, topic: str, partitions: list[int],
         while todo:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"restoring {topic} partitions {sorted(todo)} took over {timeout:.0f}s")
-            for message in consumer.consume(10_000, timeout=0.5):
+            first = consumer.poll(0.5)  # consume() would wait its whole timeout for a full batch
+            for message in [first, *consumer.consume(10_000, timeout=0)] if first is not None else []:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
