@@ -320,11 +320,20 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     consumer.subscribe([names.periods, names.models])
 
     t0 = time.time()
-    producer = make_producer(kafka)
-    replay = replay_log(log, producer, names.interactions, Pacing(rate=args.pipeline_rate))
-    del producer
-    send_end_of_stream(kafka, names)
-    console.print(f"pipeline replay: {replay.summary()}; end-of-stream sent")
+    replayed: dict[str, Any] = {}
+
+    def replay_then_end() -> None:
+        """In a thread: a paced replay lasts minutes, and the models must be watched while it runs."""
+        try:
+            replayed["result"] = replay_log(log, make_producer(kafka), names.interactions,
+                                            Pacing(rate=args.pipeline_rate))
+            send_end_of_stream(kafka, names)
+            console.print(f"pipeline replay: {replayed['result'].summary()}; end-of-stream sent")
+        except Exception as exc:  # noqa: BLE001 - reported by the main loop
+            replayed["error"] = exc
+
+    replay_thread = threading.Thread(target=replay_then_end, name="replay", daemon=True)
+    replay_thread.start()
 
     expected_models = n_periods - args.pretrain_periods + 1  # the pretrained model is published too
     period_ts: dict[int, float] = {}
@@ -341,6 +350,8 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
                 raise RuntimeError(f"{len(period_ts)}/{n_periods} periods closed, {len(live)}/{expected_models} "
                                    f"models live within {args.timeout:.0f}s; see {logs}")
             check_workers(processes, logs)
+            if "error" in replayed:
+                raise RuntimeError(f"the pipeline replay failed: {replayed['error']}")
             while (message := consumer.poll(0.02)) is not None:
                 if message.error() is not None:
                     continue
@@ -367,6 +378,11 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
                                                f"{live[period]:.2f} s after the period closed")
             else:
                 time.sleep(min(0.05, max(0.0, next_poll - time.monotonic())))
+    replay_thread.join()
+    while len(period_ts) < n_periods and time.monotonic() < deadline:  # the last periods close after the replay
+        message = consumer.poll(0.2)
+        if message is not None and message.error() is None and message.topic() == names.periods:
+            period_ts.setdefault(int(parse_period(message.value())["period"]), message.timestamp()[1] / 1000.0)
     if len(period_ts) < n_periods:
         raise RuntimeError(f"only {len(period_ts)} of {n_periods} period records seen")
     windowing_seconds = max(period_ts.values()) - t0
@@ -378,7 +394,7 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     result = {"events": len(log.events), "periods": n_periods, "pretrain_periods": args.pretrain_periods,
               "method": args.method, "windowing_workers": args.windowing_workers,
               "worker_startup_seconds": round(startup_seconds, 1),
-              "pipeline_replay_events_per_second": round(replay.rate, 1),
+              "pipeline_replay_events_per_second": round(replayed["result"].rate, 1),
               "pipeline_rate": args.pipeline_rate,
               "windowing_seconds": round(windowing_seconds, 3),
               "period_closed_seconds": {str(p): round(period_ts[p] - t0, 3) for p in sorted(period_ts)},
