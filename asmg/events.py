@@ -85,10 +85,11 @@ def stable_id(value: int | str) -> int:
 def _id(event: Mapping[str, Any], name: str) -> int:
     if name not in event or event[name] is None:
         raise EventError(f"missing field {name}")
-    return _id_value(event[name], name)
+    return id_value(event[name], name)
 
 
-def _id_value(value: Any, name: str) -> int:
+def id_value(value: Any, name: str) -> int:
+    """One id as events carry it (also /score requests): a non-negative integer, or a non-empty string."""
     if isinstance(value, bool):
         raise EventError(f"{name} must be an integer or a string, got a boolean")
     if isinstance(value, int):
@@ -134,7 +135,7 @@ def _categories(event: Mapping[str, Any]) -> tuple[int, ...]:
         raise EventError(f"categories must be a list of ids, got {type(raw).__name__}")
     if len(raw) > MAX_CATEGORIES:
         raise EventError(f"categories has {len(raw)} entries; at most {MAX_CATEGORIES} allowed")
-    return tuple(_id_value(value, "categories[]") for value in raw)
+    return tuple(id_value(value, "categories[]") for value in raw)
 
 
 def _event_id(event: Mapping[str, Any]) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 
 def positions_within(lengths: np.ndarray) -> np.ndarray:
@@ -14,3 +15,17 @@ def positions_within(lengths: np.ndarray) -> np.ndarray:
 def gather_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Flat indices of rows that begin at ``starts`` with ``lengths`` elements each."""
     return np.repeat(np.asarray(starts, dtype=np.int64), lengths) + positions_within(lengths)
+
+
+def select_rows(lengths: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``rows`` (indices, in that order) of a ragged column given as (lengths, flat values)."""
+    starts = np.cumsum(lengths) - lengths
+    picked = lengths[rows]
+    return picked, values[gather_rows(starts[rows], picked)]
+
+
+def list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    """A ragged column as an Arrow list<int64> array."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(values, dtype=np.int64), pa.int64()))

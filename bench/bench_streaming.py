@@ -253,11 +253,24 @@ def bench_perf_test(config, kafka, topic: str, records: int, record_size: int, e
             "perf_test_avg_latency_ms": float(latency.group(1)) if latency else None}
 
 
+def stream_env(args, log, kafka, prefix: str, run_dir: Path) -> tuple[dict[str, str], int]:
+    """The workers' environment for a run over ``log`` (the offline runner's bounds, written to run_dir) and
+    the number of periods."""
+    from asmg.config import ProtocolConfig
+    from asmg.data.periods import period_bounds
+
+    bounds = period_bounds(log.events["ts"].to_numpy(), ProtocolConfig().split, args.periods).to_list()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "bounds.json").write_text(json.dumps({"bounds": bounds}))
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ASMG_TOPIC_PREFIX": prefix,
+           "ASMG_PERIOD_BOUNDS": str(run_dir / "bounds.json"), "ASMG_PERIOD_STORE": str(run_dir / "periods"),
+           "ASMG_IMPLICIT": "1" if log.implicit else "0", "ASMG_PARTITIONS": str(args.partitions)}
+    return env, len(bounds) - 1
+
+
 def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStack) -> dict[str, Any]:
     from confluent_kafka import Consumer
 
-    from asmg.config import ProtocolConfig
-    from asmg.data.periods import period_bounds
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
     from streams.broker import free_port
@@ -269,18 +282,14 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     ensure_topics(kafka, names, partitions=args.partitions)
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    bounds = period_bounds(log.events["ts"].to_numpy(), ProtocolConfig().split, args.periods)
-    (run_dir / "bounds.json").write_text(json.dumps({"bounds": bounds.to_list()}))
-    n_periods = len(bounds.to_list()) - 1
+    env, n_periods = stream_env(args, log, kafka, prefix, run_dir)
     port = free_port()
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ASMG_TOPIC_PREFIX": prefix,
-           "ASMG_PERIOD_BOUNDS": str(run_dir / "bounds.json"), "ASMG_PERIOD_STORE": str(run_dir / "periods"),
-           "ASMG_ARTIFACT_STORE": str(run_dir / "models"), "ASMG_CHECKPOINT_STORE": str(run_dir / "checkpoints"),
-           "ASMG_METHOD": args.method, "ASMG_DATASET": log.name, "ASMG_IMPLICIT": "1" if log.implicit else "0",
-           "ASMG_SCORER_PORT": str(port), "ASMG_SCORER_HOST": "127.0.0.1", "ASMG_PARTITIONS": str(args.partitions),
-           "ASMG_PERIODS": str(n_periods), "ASMG_PRETRAIN_PERIODS": str(args.pretrain_periods),
-           "ASMG_FIRST_TEST_PERIOD": str(args.pretrain_periods + 1), "ASMG_DEVICE": "cpu",
-           "ASMG_TORCH_THREADS": str(args.torch_threads), "ASMG_SEED": str(args.seed)}
+    env.update({
+        "ASMG_ARTIFACT_STORE": str(run_dir / "models"), "ASMG_CHECKPOINT_STORE": str(run_dir / "checkpoints"),
+        "ASMG_METHOD": args.method, "ASMG_DATASET": log.name, "ASMG_SCORER_PORT": str(port),
+        "ASMG_SCORER_HOST": "127.0.0.1", "ASMG_PERIODS": str(n_periods),
+        "ASMG_PRETRAIN_PERIODS": str(args.pretrain_periods), "ASMG_FIRST_TEST_PERIOD": str(args.pretrain_periods + 1),
+        "ASMG_DEVICE": "cpu", "ASMG_TORCH_THREADS": str(args.torch_threads), "ASMG_SEED": str(args.seed)})
     processes: dict[str, subprocess.Popen] = {}
     stack.callback(stop_processes, processes)
     for i in range(args.windowing_workers):
@@ -415,8 +424,6 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
       (polled every 0.1 s)."""
     from confluent_kafka.admin import AdminClient
 
-    from asmg.config import ProtocolConfig
-    from asmg.data.periods import period_bounds
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
     from streams.coordinator import send_end_of_stream
@@ -424,18 +431,12 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
     from streams.topics import ensure_topics
 
     ensure_topics(kafka, names, partitions=args.partitions)
-    bounds = period_bounds(log.events["ts"].to_numpy(), ProtocolConfig().split, args.periods)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "bounds.json").write_text(json.dumps({"bounds": bounds.to_list()}))
-    n_periods = len(bounds.to_list()) - 1
+    env, n_periods = stream_env(args, log, kafka, names.prefix, run_dir)
+    env.update({"ASMG_WORKER_DIR": str(run_dir / "worker"), "ASMG_LOG_LEVEL": "info"})
     if not live:
         send_end_of_stream(kafka, names)
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ASMG_TOPIC_PREFIX": names.prefix,
-           "ASMG_PERIOD_BOUNDS": str(run_dir / "bounds.json"), "ASMG_PERIOD_STORE": str(run_dir / "periods"),
-           "ASMG_IMPLICIT": "1" if log.implicit else "0", "ASMG_WORKER_DIR": str(run_dir / "worker"),
-           "ASMG_LOG_LEVEL": "info"}
     processes = {"windowing": start_worker("windowing", env, logs)}
     stack.callback(stop_processes, processes)
     admin = AdminClient(kafka.confluent_config(logger=quiet_logger()))

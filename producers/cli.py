@@ -118,16 +118,7 @@ def replay(
 ) -> None:
     """Replay a dataset into the interactions topic in event-time order (key = user id)."""
     from asmg.data.log import DataError
-
-    try:
-        from asmg.data.registry import load_dataset
-    except ImportError:  # before the registry existed
-        from asmg.data.movielens import load_ml100k
-
-        def load_dataset(name: str, folder: Path) -> InteractionLog:
-            if name != "ml-100k":
-                raise DataError(f"unknown dataset {name!r}")
-            return load_ml100k(folder)
+    from asmg.data.registry import load_dataset
 
     try:
         log = load_dataset(dataset, data_dir)

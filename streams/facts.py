@@ -14,24 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from asmg.ragged import gather_rows
+from asmg.ragged import list_array, select_rows
 
 SCALARS = ("offset", "user", "item", "ts", "label", "period", "neg", "has_neg")
 DTYPES = {"offset": np.int64, "user": np.int64, "item": np.int64, "ts": np.int64, "label": np.int8,
           "period": np.int32, "neg": np.int64, "has_neg": np.bool_}
-
-
-def ragged_select(lengths: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``rows`` (indices, in that order) of a ragged column."""
-    starts = np.cumsum(lengths) - lengths
-    picked = lengths[rows]
-    return picked, values[gather_rows(starts[rows], picked)]
-
-
-def list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(values, dtype=np.int64), pa.int64()))
 
 
 @dataclass
@@ -65,8 +52,8 @@ class Facts:
     def select(self, rows: np.ndarray) -> Facts:
         """Rows by index array or boolean mask, in the given order."""
         rows = np.flatnonzero(rows) if rows.dtype == np.bool_ else np.asarray(rows, dtype=np.int64)
-        cat_lengths, cat_values = ragged_select(self.cat_lengths, self.cat_values, rows)
-        neg_lengths, neg_values = ragged_select(self.neg_cat_lengths, self.neg_cat_values, rows)
+        cat_lengths, cat_values = select_rows(self.cat_lengths, self.cat_values, rows)
+        neg_lengths, neg_values = select_rows(self.neg_cat_lengths, self.neg_cat_values, rows)
         return Facts(**{name: getattr(self, name)[rows] for name in SCALARS}, cat_lengths=cat_lengths,
                      cat_values=cat_values, neg_cat_lengths=neg_lengths, neg_cat_values=neg_values)
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs
 
+from asmg.ragged import list_array
 from streams.records import combined_sha256
 
 SORT_KEYS = ["ts", "user_id", "item_id", "label"]
@@ -63,15 +64,10 @@ def ragged_samples_table(user: np.ndarray, item: np.ndarray, ts: np.ndarray, lab
                          history: tuple[np.ndarray, np.ndarray], categories: tuple[np.ndarray, np.ndarray],
                          period: int) -> pa.Table:
     """Columns with ragged (lengths, flat values) lists -> the store's schema and canonical row order."""
-    def lists(ragged: tuple[np.ndarray, np.ndarray]) -> pa.Array:
-        offsets = np.zeros(len(ragged[0]) + 1, dtype=np.int32)
-        np.cumsum(ragged[0], out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ragged[1], dtype=np.int64)))
-
     table = pa.Table.from_arrays([
         pa.array(np.asarray(user, dtype=np.int64)), pa.array(np.asarray(item, dtype=np.int64)),
         pa.array(np.asarray(ts, dtype=np.int64)), pa.array(np.asarray(label, dtype=np.float32)),
-        lists(history), lists(categories), pa.array(np.full(len(user), period, dtype=np.int32)),
+        list_array(*history), list_array(*categories), pa.array(np.full(len(user), period, dtype=np.int32)),
     ], schema=SCHEMA)
     return sort_canonical(table)
 

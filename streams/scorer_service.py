@@ -31,7 +31,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from asmg.data.samples import HISTORY_LEN
-from asmg.events import MAX_ID, Event, EventError, parse_event, stable_id
+from asmg.events import Event, EventError, id_value, parse_event
 from streams.kafka_config import KafkaSettings
 from streams.metrics import request_timer, scorer_registry
 from streams.scorer_eval import Evaluator, Prequential, UserHistories
@@ -219,18 +219,11 @@ class RequestError(ValueError):
 
 
 def _request_id(value: Any, name: str) -> int:
-    """Ids as events carry them: non-negative integers, or non-empty strings hashed like the stream's."""
-    if isinstance(value, bool):
-        raise RequestError(f"{name} must be an integer or a string, got a boolean")
-    if isinstance(value, int):
-        if not 0 <= value <= MAX_ID:
-            raise RequestError(f"{name} must be between 0 and 2^63-1, got {value}")
-        return value
-    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_ID:
-        return int(value)
-    if isinstance(value, str) and value.strip():
-        return stable_id(value)
-    raise RequestError(f"{name} must be a non-negative integer or a non-empty string, got {value!r}")
+    """Ids as events carry them (asmg.events.id_value), refused as a 400 reason."""
+    try:
+        return id_value(value, name)
+    except EventError as exc:
+        raise RequestError(exc.reason) from None
 
 
 def _id_list(body: dict[str, Any], name: str, limit: int, required: bool) -> list[int] | None:

@@ -92,10 +92,31 @@ def ensure_topics(settings: KafkaSettings, names: TopicNames | None = None,
 
     The replication factor defaults to min(3, brokers in the cluster): 1 on the local broker.
     """
+    return create_missing(settings, topic_specs(names or TopicNames.from_env(), partitions), timeout,
+                          replication_factor)
+
+
+def ensure_state_topic(settings: KafkaSettings, name: str, partitions: int, timeout: float = 30.0) -> str:
+    """The windowing state topic (compacted, one partition per interactions partition); created if missing.
+    An existing one with another partition count cannot hold the state: refuse to start."""
+    spec = TopicSpec(name, partitions, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+                                        "segment.ms": str(3600 * 1000), "max.message.bytes": str(8 * 1024 * 1024)})
+
+    def check(info) -> None:
+        if len(info.partitions) != partitions:
+            raise TopicError(f"state topic {name} has {len(info.partitions)} partitions, the interactions topic "
+                             f"{partitions}: delete it (the windowing state is rebuilt from the interactions)")
+
+    return create_missing(settings, [spec], timeout, check_existing=check)[name]
+
+
+def create_missing(settings: KafkaSettings, specs: list[TopicSpec], timeout: float = 30.0,
+                   replication_factor: int | None = None, check_existing=None) -> dict[str, str]:
+    """Create the topics of ``specs`` that do not exist (one metadata request); ``check_existing`` is called
+    with the metadata of each that does."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    names = names or TopicNames.from_env()
     admin = AdminClient(settings.confluent_config())
     try:
         metadata = admin.list_topics(timeout=timeout)
@@ -103,8 +124,12 @@ def ensure_topics(settings: KafkaSettings, names: TopicNames | None = None,
         raise TopicError(f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:.0f}s: "
                          f"{exc}") from exc
     replicas = replication_factor or min(3, max(1, len(metadata.brokers)))
-    specs = topic_specs(names, partitions)
-    result = {spec.name: "exists" for spec in specs if spec.name in metadata.topics}
+    result = {}
+    for spec in specs:
+        if spec.name in metadata.topics:
+            result[spec.name] = "exists"
+            if check_existing is not None:
+                check_existing(metadata.topics[spec.name])
     missing = [spec for spec in specs if spec.name not in metadata.topics]
     if not missing:
         return result
@@ -124,29 +149,3 @@ def ensure_topics(settings: KafkaSettings, names: TopicNames | None = None,
             else:
                 raise TopicError(f"cannot create topic {name}: {exc}") from exc
     return {spec.name: result[spec.name] for spec in specs}
-
-
-def ensure_state_topic(settings: KafkaSettings, name: str, partitions: int, timeout: float = 30.0) -> str:
-    """The windowing state topic (compacted, one partition per interactions partition); created if missing.
-    An existing one with another partition count cannot hold the state: refuse to start."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient(settings.confluent_config())
-    info = admin.list_topics(timeout=timeout).topics.get(name)
-    if info is not None and info.error is None:
-        if len(info.partitions) != partitions:
-            raise TopicError(f"state topic {name} has {len(info.partitions)} partitions, the interactions topic "
-                             f"{partitions}: delete it (the windowing state is rebuilt from the interactions)")
-        return "exists"
-    future = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=min(
-        3, max(1, len(admin.list_topics(timeout=timeout).brokers))), config={
-        "cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3600 * 1000),
-        "max.message.bytes": str(8 * 1024 * 1024)})], operation_timeout=timeout)[name]
-    try:
-        future.result(timeout=timeout)
-    except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-            raise TopicError(f"cannot create topic {name}: {exc}") from exc
-    return "created"

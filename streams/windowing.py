@@ -61,8 +61,8 @@ import pyarrow as pa
 from asmg.data.samples import history_matrix
 from asmg.event_batch import parse_events_fast
 from asmg.events import EventError, parse_event
-from asmg.ragged import gather_rows
-from streams.facts import Facts, ragged_select
+from asmg.ragged import gather_rows, select_rows
+from streams.facts import Facts
 from streams.period_store import PeriodStore, ragged_samples_table
 from streams.records import CONTROL_KINDS, dlq_key, dlq_record, dumps, watermark_record
 from streams.settings import SettingsError, StreamSettings, load_bounds, parse_duration
@@ -422,7 +422,7 @@ class WindowingCore:
 
         # the accepted: facts of open periods (implicit: with their negatives)
         index = np.flatnonzero(accepted)
-        cat_lengths, cat_values = ragged_select(rows["cat_lengths"], rows["cat_values"], index)
+        cat_lengths, cat_values = select_rows(rows["cat_lengths"], rows["cat_values"], index)
         facts = Facts(offset=offsets[index], user=rows["user"][index], item=rows["item"][index],
                       ts=event_ts[index].astype(np.int64), label=rows["label"][index],
                       period=period[index].astype(np.int32), neg=np.zeros(len(index), dtype=np.int64),
@@ -597,8 +597,8 @@ class WindowingCore:
         hist, lengths = hist[rank[m:]], lengths[rank[m:]]
         hist_values = hist[np.arange(width)[None, :] >= (width - lengths)[:, None]]
         neg = np.flatnonzero(facts.has_neg)
-        neg_hist_lengths, neg_hist_values = ragged_select(lengths, hist_values, neg)
-        neg_cat_lengths, neg_cat_values = ragged_select(facts.neg_cat_lengths, facts.neg_cat_values, neg)
+        neg_hist_lengths, neg_hist_values = select_rows(lengths, hist_values, neg)
+        neg_cat_lengths, neg_cat_values = select_rows(facts.neg_cat_lengths, facts.neg_cat_values, neg)
         return ragged_samples_table(
             user=np.concatenate([facts.user, facts.user[neg]]), item=np.concatenate([facts.item, facts.neg[neg]]),
             ts=np.concatenate([facts.ts, facts.ts[neg]]),
