@@ -97,7 +97,8 @@ def experiment(
     except DataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    spec = ExperimentSpec(dataset, names, _ints(seeds), cfg, last_period=last_period, note=note)
+    spec = ExperimentSpec(dataset, names, _ints(seeds), cfg, last_period=last_period, note=note,
+                          pretrain_cache=str(cache_dir.parent / "pretrained"))
     results = run_experiment(data, spec, out=out, workers=workers)
     typer.echo(markdown_table(results))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'auc_by_period.png'}")

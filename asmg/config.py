@@ -37,6 +37,10 @@ class MetaConfig:
     output: Literal["direct", "residual"] = "direct"
     row_gather: bool = True
     normalize: bool = False  # scale each parameter by its RMS before the GRU, and back after
+    # shrinkage: + correction_l2 * sum over parameters of mean((y - x)^2) / mean(x^2), where x is the
+    # newest model fed at a step and y the generated one, so the generator departs from IU only where
+    # the next period's data pays for it
+    correction_l2: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,25 @@ class ProtocolConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """The serving guard: candidates run side by side; the best recent record serves.
+
+    ``decay`` weighs the record (score = decay * score + (1 - decay) * newest AUC); a challenger takes
+    over only when its score leads the champion's by more than ``margin`` (AUC points), against flapping.
+    The first candidate serves until a record says otherwise.
+    """
+
+    candidates: tuple[str, ...] = ("asmg-gru-multi", "iu")
+    decay: float = 0.5
+    margin: float = 0.001
+
+
+@dataclass(frozen=True)
 class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     seed: int = 0
     device: str = "auto"
 
@@ -63,8 +82,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        guard = data.get("guard", {})  # configurations written before the guard existed have none
+        guard = GuardConfig(**{**guard, "candidates": tuple(guard["candidates"])} if guard else {})
         return cls(train=TrainConfig(**data["train"]), meta=MetaConfig(**data["meta"]),
-                   protocol=ProtocolConfig(**data["protocol"]), seed=data["seed"], device=data["device"])
+                   protocol=ProtocolConfig(**data["protocol"]), guard=guard, seed=data["seed"],
+                   device=data["device"])
 
     def with_seed(self, seed: int) -> RunConfig:
         return replace(self, seed=seed)

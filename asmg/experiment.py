@@ -36,12 +36,13 @@ class ExperimentSpec:
     cfg: RunConfig
     last_period: int | None = None  # stop early (hyper-parameter search on validation periods)
     note: str = ""
+    pretrain_cache: str | None = None  # keep pretrained models here (see PeriodUpdater)
 
 
 def run_method(method: str, seed: int, data: PreparedPeriods, spec: ExperimentSpec,
                on_period=None) -> dict[str, Any]:
     cfg = spec.cfg.with_seed(seed)
-    updater = PeriodUpdater(method, cfg)
+    updater = PeriodUpdater(method, cfg, pretrain_cache=spec.pretrain_cache)
     last = spec.last_period or max(data.periods)
     started = time.perf_counter()
     evaluated = []
@@ -50,7 +51,8 @@ def run_method(method: str, seed: int, data: PreparedPeriods, spec: ExperimentSp
             result = updater.step(period, data.periods[period], train=period < last)
             if result.metrics is not None:
                 evaluated.append({"period": period, **{k: result.metrics[k] for k in ("auc", "logloss", "samples")},
-                                  "seconds": result.seconds})
+                                  "seconds": result.seconds,
+                                  **({"candidates": result.candidates} if result.candidates else {})})
                 log.info("period %d: AUC %.4f, logloss %.4f", period, result.metrics["auc"],
                          result.metrics["logloss"], extra={"auc": result.metrics["auc"],
                                                            "logloss": result.metrics["logloss"],
