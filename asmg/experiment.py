@@ -126,6 +126,7 @@ def run_experiment(data: PreparedPeriods, spec: ExperimentSpec, out: Path | None
         "protocol": {**spec.cfg.to_dict()["protocol"], "bounds": data.bounds.to_list(),
                      "period_samples": {str(p): n for p, n in data.sizes().items()},
                      "train": spec.cfg.to_dict()["train"], "meta": spec.cfg.to_dict()["meta"],
+                     "guard": spec.cfg.to_dict()["guard"],
                      "device": str(resolve_device(spec.cfg.device)), "last_period": spec.last_period,
                      "hyperparameter_note": spec.note},
         "runs": runs,
@@ -178,10 +179,25 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines.append(f"| {method} | {s['auc_mean']:.4f} ± {s['auc_std']:.4f} | {s['logloss_mean']:.4f} ± "
                      f"{s['logloss_std']:.4f} | {impr} | {s['seconds_mean']:.1f} | "
                      f"{s.get('update_seconds_per_period', float('nan')):.2f} |")
+    lines += ["", f"Hyper-parameters used: {settings_line(results['protocol'])}"]
     note = results["protocol"].get("hyperparameter_note")
     if note:
-        lines += ["", f"Hyper-parameters: {note}"]
+        lines += ["", f"Where they come from: {note}"]
     return "\n".join(lines) + "\n"
+
+
+def settings_line(protocol: dict[str, Any]) -> str:
+    """The settings a run actually used (preset plus every override), as one line."""
+    train, meta, guard = protocol["train"], protocol["meta"], protocol.get("guard")
+    line = (f"base lr {train['lr']:g}, batch {train['batch_size']}, {train['epochs']} epoch(s) per period, "
+            f"{train['pretrain_epochs']} to pretrain; generator k {meta['k']}, hidden {meta['hidden']}, "
+            f"meta lr {meta['lr']:g}, meta batch {meta['batch_size']}, {meta['epochs']} meta epoch(s), "
+            f"{meta['output']} output")
+    if meta.get("correction_l2"):
+        line += f", shrinkage {meta['correction_l2']:g}"
+    if guard:
+        line += f"; guard {'+'.join(guard['candidates'])}, decay {guard['decay']:g}, margin {guard['margin']:g}"
+    return line
 
 
 def plot_auc_by_period(results: dict[str, Any], path: Path) -> None:

@@ -105,3 +105,19 @@ def choose_base(data: PreparedPeriods, cfg: RunConfig, seeds: Sequence[int] = (0
             on_candidate(candidate, auc)
     best = max(scores, key=lambda pair: pair[1])[0]
     return best.apply(cfg), scores
+
+
+def auto_base(data: PreparedPeriods, cfg: RunConfig, seeds: Sequence[int], workers: int = 1,
+              say: Callable[[str], None] = print) -> tuple[RunConfig, str]:
+    """``--preset auto``: the base settings chosen on this dataset's own validation periods, with a note
+    that says what was chosen from what (the results' hyper-parameter line carries it)."""
+    first, last = validation_window(cfg.protocol)
+    say(f"choosing the base training on validation periods {first}-{last} ({len(AUTO_GRID)} IU runs per seed; "
+        f"seeds {', '.join(map(str, seeds))})")
+    chosen, scores = choose_base(data, cfg, seeds, AUTO_GRID, workers,
+                                 on_candidate=lambda c, auc: say(f"  {c.label}: IU validation AUC {auc:.4f}"))
+    best = max(scores, key=lambda pair: pair[1])
+    note = (f"--preset auto: base training chosen by IU's AUC on validation periods {first}-{last} among "
+            f"{len(scores)} candidates ({best[0].label}: {best[1]:.4f}); generator settings are the authors'")
+    say(f"chosen: {best[0].label}")
+    return chosen, note
