@@ -142,7 +142,7 @@ def pct(values: list[float], q: float) -> float | None:
 def start_worker(role: str, env: dict[str, str], logs: Path, tag: str = "") -> subprocess.Popen:
     log = open(logs / f"{role}{tag}.log", "ab")  # noqa: SIM115 - the child holds it; closed with the process
     try:
-        return subprocess.Popen([sys.executable, "-m", "asmg.cli", "worker", role], env=env, cwd=REPO,
+        return subprocess.Popen([sys.executable, "-m", "asmg_cli.main", "worker", role], env=env, cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     finally:
@@ -231,7 +231,7 @@ def bench_replay(log, kafka, topic: str, warmup_topic: str) -> dict[str, Any]:
 
 
 def bench_perf_test(config, kafka, topic: str, records: int, record_size: int, extra_props: str) -> dict[str, Any]:
-    from streams.broker import java_executable, resolve_jars
+    from streams.local.broker import java_executable, resolve_jars
 
     java = java_executable(17 if config.kafka_home is None else 11)
     jars = resolve_jars(config)
@@ -273,10 +273,10 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
 
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
-    from streams.broker import free_port
-    from streams.coordinator import send_end_of_stream
-    from streams.records import parse_model, parse_period
-    from streams.topics import TopicNames, ensure_topics
+    from streams.local.broker import free_port
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.records import parse_model, parse_period
+    from streams.wire.topics import TopicNames, ensure_topics
 
     names = TopicNames(prefix)
     ensure_topics(kafka, names, partitions=args.partitions)
@@ -426,9 +426,9 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
 
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
-    from streams.coordinator import send_end_of_stream
-    from streams.records import read_topic
-    from streams.topics import ensure_topics
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.records import read_topic
+    from streams.wire.topics import ensure_topics
 
     ensure_topics(kafka, names, partitions=args.partitions)
     env, n_periods = stream_env(args, log, kafka, names.prefix, run_dir)
@@ -551,9 +551,9 @@ def score_load(port: int, bodies: list[bytes], clients: int, requests: int,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from streams.broker import BrokerConfig, LocalBroker, free_port
-    from streams.kafka_config import KafkaSettings
-    from streams.topics import TopicNames, ensure_topics
+    from streams.local.broker import BrokerConfig, LocalBroker, free_port
+    from streams.wire.kafka_config import KafkaSettings
+    from streams.wire.topics import TopicNames, ensure_topics
 
     began = time.monotonic()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="asmg-bench-streaming-"))

@@ -46,7 +46,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from streams.kafka_config import KafkaSettings
+    from streams.wire.kafka_config import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class IngestMetrics:
 
 
 class WindowingMetrics:
-    """The windowing worker (streams/windowing_worker.py): counters fed per committed batch, gauges read from
+    """The windowing worker (streams/windowing/worker.py): counters fed per committed batch, gauges read from
     the core at scrape time (the core's per-partition memory holds only the partitions this worker owns)."""
 
     def __init__(self, registry: CollectorRegistry, core: Any = None, clock: Callable[[], float] = time.time) -> None:
@@ -156,7 +156,7 @@ class WindowingMetrics:
             registry.register(_Callback(self._collect))
 
     def observe(self, partition: int, batch: Any) -> None:
-        """After a committed batch: its :class:`~streams.windowing.Batch`."""
+        """After a committed batch: its :class:`~streams.windowing.core.Batch`."""
         label = str(partition)
         for reason in batch.reasons:
             self.refused.labels(reason_label(reason)).inc()
@@ -195,7 +195,7 @@ class WindowingMetrics:
 
 
 class CoordinatorMetrics:
-    """The period coordinator (streams/coordinator.py). Only the worker that owns the watermarks partition
+    """The period coordinator (streams/windowing/coordinator.py). Only the worker that owns the watermarks partition
     coordinates; the gauges read from it are exposed by that worker alone."""
 
     def __init__(self, registry: CollectorRegistry, coordinator: Any = None,
@@ -260,7 +260,7 @@ class CoordinatorMetrics:
 
 
 class TrainerMetrics:
-    """The trainer (streams/trainer.py): one observation per period record, one per published model."""
+    """The trainer (streams/trainer/agent.py): one observation per period record, one per published model."""
 
     def __init__(self, registry: CollectorRegistry, model: str) -> None:
         self.registry = registry
@@ -326,7 +326,7 @@ class TrainerMetrics:
 
 
 class ScorerCollector:
-    """Prometheus view of a :class:`streams.scorer_service.ScorerService`'s own counters, read at scrape time."""
+    """Prometheus view of a :class:`streams.scorer.service.ScorerService`'s own counters, read at scrape time."""
 
     def __init__(self, service: Any) -> None:
         self.service = service
@@ -486,7 +486,7 @@ def faust_sensors(app: Any, registry: CollectorRegistry) -> None:
 
 
 class RoleMetrics:
-    """What ``streams.app.create_app`` attaches to a faust app as ``app.asmg_metrics``."""
+    """What ``streams.trainer.app.create_app`` attaches to a faust app as ``app.asmg_metrics``."""
 
     def __init__(self, role: str, registry: CollectorRegistry | None = None) -> None:
         self.role = role

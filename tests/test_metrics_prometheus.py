@@ -42,8 +42,8 @@ from streams.metrics import (
     new_registry,
     reason_label,
 )
-from streams.period_store import PeriodStore
-from streams.windowing import PeriodScheme, WindowingCore
+from streams.windowing.core import PeriodScheme, WindowingCore
+from streams.wire.period_store import PeriodStore
 from tests.prom_server import (
     Prometheus,
     dashboard_expressions,
@@ -357,11 +357,11 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
     from producers.ingest import make_app
     from producers.producer import make_producer
     from producers.replay import replay_log
-    from streams.coordinator import send_end_of_stream, send_watermark
-    from streams.records import read_topic
-    from streams.scorer_service import ScorerOptions, ScorerService, running
-    from streams.scorer_state import FixedPeriods
-    from streams.topics import ensure_topics
+    from streams.scorer.service import ScorerOptions, ScorerService, running
+    from streams.scorer.state import FixedPeriods
+    from streams.windowing.coordinator import send_end_of_stream, send_watermark
+    from streams.wire.records import read_topic
+    from streams.wire.topics import ensure_topics
     from tests.test_trainer import TRAIN
     from tests.test_windowing import PROTOCOL, Worker, produce, stream_settings
 

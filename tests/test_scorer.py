@@ -32,11 +32,10 @@ from asmg.metrics import auc, logloss
 from asmg.model import init_params, serving_copy
 from asmg.serving import Scorer
 from asmg.vocab import Vocabularies
-from streams.kafka_config import KafkaSettings
-from streams.scorer import scorer_command
-from streams.scorer_eval import Evaluator, Prequential, UserHistories, padded_rows, quality_row
-from streams.scorer_service import ScorerOptions, ScorerService, _event, parse_score_request, running
-from streams.scorer_state import (
+from streams.scorer.command import scorer_command
+from streams.scorer.evaluation import Evaluator, Prequential, UserHistories, padded_rows, quality_row
+from streams.scorer.service import ScorerOptions, ScorerService, _event, parse_score_request, running
+from streams.scorer.state import (
     FixedPeriods,
     ModelHolder,
     ModelRecord,
@@ -45,7 +44,8 @@ from streams.scorer_state import (
     parse_model_record,
     periods_from_options,
 )
-from streams.topics import TopicNames, ensure_topics
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.topics import TopicNames, ensure_topics
 
 USERS = np.arange(1, 11)
 ITEMS = np.arange(100, 121)
@@ -217,7 +217,7 @@ def test_pretrained_model_is_served_and_evaluated_on_the_next_period(tmp_path: P
 
 
 def test_periods_follow_the_windowing_role(tmp_path: Path) -> None:
-    from streams.windowing import PeriodScheme
+    from streams.windowing.core import PeriodScheme
 
     path = tmp_path / "bounds.json"
     path.write_text(json.dumps({"bounds": [0, 10, 20.5]}))
@@ -473,7 +473,7 @@ def test_prequential_metrics_equal_a_direct_computation(kafka_settings: KafkaSet
 def test_command_serves_and_stops_on_sigterm(kafka_settings: KafkaSettings, topic_names: TopicNames,
                                               tmp_path: Path) -> None:
     """`asmg worker scorer` as a process, configured by environment variables only, as in docker-compose."""
-    from streams.broker import free_port
+    from streams.local.broker import free_port
 
     ensure_topics(kafka_settings, topic_names, partitions=2)
     v1 = make_model(tmp_path, 1)
@@ -482,7 +482,7 @@ def test_command_serves_and_stops_on_sigterm(kafka_settings: KafkaSettings, topi
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
            "ASMG_TOPIC_PREFIX": topic_names.prefix, "ASMG_SCORER_PORT": str(port), "ASMG_SCORER_HOST": "127.0.0.1",
            "ASMG_PERIOD_BOUNDS": "[0, 1000, 2000]", "ASMG_MODEL_NAME": MODEL, "ASMG_LOG_LEVEL": "warning"}
-    code = "from asmg.cli import main; main()"
+    code = "from asmg_cli.main import main; main()"
     process = subprocess.Popen([sys.executable, "-c", code, "worker", "scorer"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     try:

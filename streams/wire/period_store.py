@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs
 
 from asmg.ragged import list_array
-from streams.records import combined_sha256
+from streams.wire.records import combined_sha256
 
 SORT_KEYS = ["ts", "user_id", "item_id", "label"]
 SCHEMA = pa.schema([

@@ -232,7 +232,7 @@ class ModelHolder:
 class PeriodSpec(Protocol):
     """Event time (whole seconds) -> period number, 1-based, 0 outside every period.
 
-    Numbering is the windowing role's (streams/windowing.py ``PeriodScheme``): the trainer's record says
+    Numbering is the windowing role's (streams/windowing/core.py ``PeriodScheme``): the trainer's record says
     which period a model was trained through, so both must count periods the same way.
     """
 
@@ -286,7 +286,7 @@ def periods_from_options(bounds: str | None = None, length: str | None = None, o
     Bounds are a JSON list or a path/URI of a JSON file (a list or ``{"bounds": [...]}``), parsed by the same
     code as the windowing role's. Raises ValueError naming the variable at fault.
     """
-    from streams.settings import load_bounds, parse_duration
+    from streams.wire.settings import load_bounds, parse_duration
 
     if bounds and length:
         raise ValueError("give either ASMG_PERIOD_BOUNDS or ASMG_PERIOD_LENGTH, not both")

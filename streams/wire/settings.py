@@ -4,7 +4,7 @@ Every field ``some_name`` is the CLI flag ``--some-name`` of ``asmg worker ...``
 variable ``ASMG_SOME_NAME``; a flag beats the variable, the variable beats the default. Names follow the
 other commands where they mean the same thing (``ASMG_TOPIC_PREFIX``, ``ASMG_PARTITIONS``, ``ASMG_SEED``,
 ``ASMG_IMPLICIT``, ``ASMG_LR``, ``ASMG_PRETRAIN_PERIODS``, ...). Kafka itself is configured by the
-``KAFKA_*`` variables (streams/kafka_config.py), not here.
+``KAFKA_*`` variables (streams/wire/kafka_config.py), not here.
 
 Periods come from either ``period_bounds`` (fixed boundaries: a JSON list, or a path/URI of a JSON file
 holding a list or ``{"bounds": [...]}``; ``asmg worker bounds`` writes the offline runner's bounds for a

@@ -7,7 +7,7 @@ interactions in micro-batches, scores them with the served model and its shadow 
 users' histories (prequential evaluation), and keeps those histories for requests that bring none.
 
 HTTP (aiohttp): ``POST /score``, ``GET /model``, ``GET /quality``, ``GET /healthz``, ``GET /metrics``.
-The command (``asmg worker scorer``) is in streams/scorer.py, which imports this module only when it runs.
+The command (``asmg worker scorer``) is in streams/scorer/command.py, which imports this module only when it runs.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from asmg.data.samples import HISTORY_LEN
 from asmg.events import Event, EventError, id_value, parse_event
-from streams.kafka_config import KafkaSettings
 from streams.metrics import request_timer, scorer_registry
-from streams.scorer_eval import Evaluator, Prequential, UserHistories
-from streams.scorer_state import ModelHolder, PeriodSpec, RecordError, parse_model_record
-from streams.topics import TopicNames
+from streams.scorer.evaluation import Evaluator, Prequential, UserHistories
+from streams.scorer.state import ModelHolder, PeriodSpec, RecordError, parse_model_record
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.topics import TopicNames
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, KafkaError

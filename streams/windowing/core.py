@@ -1,13 +1,14 @@
 """The windowing role's logic: interaction records in, one Parquet file per (period, partition) out.
 
-Records are handled a batch at a time (one Kafka transaction each, see streams/windowing_worker.py), but
+Records are handled a batch at a time (one Kafka transaction each, see streams/windowing/worker.py), but
 the result is defined record by record, in partition order, and does not depend on how the stream was cut
 into batches:
 
 1. Validate (:func:`asmg.event_batch.parse_events_fast` for the common shape, else
    :func:`asmg.events.parse_event`); a bad record goes to the DLQ with the reason.
 2. Advance the partition's watermark: max event time seen minus the allowed lateness, or a control
-   record's time (``control`` records: see streams/records.py; :func:`streams.coordinator.send_end_of_stream`).
+   record's time (``control`` records: see streams/wire/records.py;
+   :func:`streams.windowing.coordinator.send_end_of_stream`).
    Every period whose end the watermark passed is closed for this partition: its samples are written to
    the period store (Parquet, one file per partition, idempotent name and content) and a watermark record
    says so (``closed_through``); the coordinator decides for all partitions.
@@ -38,7 +39,7 @@ rebalance :meth:`WindowingCore.restore` rebuilds exactly the state of the last c
 records after it come again: the same files, byte for byte (tests/test_windowing.py). Keys:
 
 - ``p:<p>`` progress: last applied offset, max ts, marker, closed_through, counters (every batch);
-- ``f:<p>:<offset>`` the accepted events of a batch (Arrow IPC, :class:`streams.facts.Facts`); deleted
+- ``f:<p>:<offset>`` the accepted events of a batch (Arrow IPC, :class:`streams.windowing.facts.Facts`); deleted
   once all their periods are closed;
 - ``u:<p>:<user>`` the user's last ``history_len`` positives of closed periods and, implicit mode, every
   item the user had in them; written when a period closes;
@@ -62,10 +63,10 @@ from asmg.data.samples import history_matrix
 from asmg.event_batch import parse_events_fast
 from asmg.events import EventError, parse_event
 from asmg.ragged import gather_rows, select_rows
-from streams.facts import Facts
-from streams.period_store import PeriodStore, ragged_samples_table
-from streams.records import CONTROL_KINDS, dlq_key, dlq_record, dumps, watermark_record
-from streams.settings import SettingsError, StreamSettings, load_bounds, parse_duration
+from streams.windowing.facts import Facts
+from streams.wire.period_store import PeriodStore, ragged_samples_table
+from streams.wire.records import CONTROL_KINDS, dlq_key, dlq_record, dumps, watermark_record
+from streams.wire.settings import SettingsError, StreamSettings, load_bounds, parse_duration
 
 log = logging.getLogger(__name__)
 

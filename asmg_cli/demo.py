@@ -55,7 +55,7 @@ def _worker(role: str, env: dict[str, str], logs: Path, metrics_port: int | None
     env = {k: v for k, v in env.items() if k != "ASMG_METRICS_PORT"}
     if metrics_port is not None:
         env["ASMG_METRICS_PORT"] = str(metrics_port)
-    return subprocess.Popen([sys.executable, "-m", "asmg.cli", "worker", role], env=env, stdout=log,
+    return subprocess.Popen([sys.executable, "-m", "asmg_cli.main", "worker", role], env=env, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -161,11 +161,11 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
     from asmg.presets import default_preset, preset
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
-    from streams.broker import BrokerConfig, BrokerError, LocalBroker
-    from streams.coordinator import send_end_of_stream
-    from streams.kafka_config import KafkaSettings
-    from streams.records import parse_model, parse_period
-    from streams.topics import TopicNames, ensure_topics
+    from streams.local.broker import BrokerConfig, BrokerError, LocalBroker
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.kafka_config import KafkaSettings
+    from streams.wire.records import parse_model, parse_period
+    from streams.wire.topics import TopicNames, ensure_topics
 
     log, synthetic = _load_log(dataset, data_dir, console)
     protocol: ProtocolConfig = preset(default_preset(log.name))[0].protocol
@@ -203,7 +203,7 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
         console.print(f"Prometheus metrics: windowing :{metrics_port}/metrics, trainer :{metrics_port + 1}/metrics, "
                       f"scorer :{scorer_port}/metrics")
     records_file = run_dir / "models.jsonl"  # every model record seen, for `asmg report`
-    # the pretrained model (period pretrain) goes live first, then one per later period (streams/trainer.py)
+    # the pretrained model (period pretrain) goes live first, then one per later period (streams/trainer/agent.py)
     expected = protocol.n_periods - protocol.pretrain_periods + 1
     run = DemoRun(expected_models=expected)
     from confluent_kafka import Consumer

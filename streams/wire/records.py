@@ -48,7 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streams.kafka_config import KafkaSettings
+from streams.wire.kafka_config import KafkaSettings
 
 VERSION = 1
 CONTROL_KEY = b"__asmg_control__"

@@ -8,7 +8,7 @@ were partitioned), run :meth:`asmg.updater.PeriodUpdater.step` with the IU shado
 1. write the model artifact (``save_model``) to ``{artifact_store}/{model}/v{version:06d}-p{period:04d}``,
 2. write a checkpoint bundle of ``updater.state()`` (plus the version counter and the model record's
    content) to ``{checkpoint_store}/{model}/p{period:06d}``,
-3. publish ONE model record (streams/records.py) to the models topic, key = model name.
+3. publish ONE model record (streams/wire/records.py) to the models topic, key = model name.
 
 Pretraining (periods 1..pretrain_periods) collects periods; the periods before the last one publish
 nothing (no model exists yet), but every period is checkpointed. The period that completes pretraining
@@ -47,9 +47,9 @@ from asmg.artifacts import ArtifactError, bundle_exists, load_bundle, save_bundl
 from asmg.config import RunConfig
 from asmg.logs import bind, log_context
 from asmg.updater import PeriodUpdater
-from streams.kafka_config import KafkaSettings
-from streams.period_store import open_uri, read_period_record
-from streams.records import (
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.period_store import open_uri, read_period_record
+from streams.wire.records import (
     RecordError,
     RecordProducer,
     dumps,
@@ -58,8 +58,8 @@ from streams.records import (
     parse_period,
     read_topic,
 )
-from streams.settings import SettingsError, StreamSettings
-from streams.topics import TopicNames
+from streams.wire.settings import SettingsError, StreamSettings
+from streams.wire.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
     """Add the trainer agent to a faust app."""
     from faust.types import TP
 
-    from streams.app import fail_stop
+    from streams.worker import fail_stop
 
     trainer = Trainer(settings, names, kafka)
     topic = app.topic(names.periods, key_serializer="raw", value_serializer="raw")
@@ -319,5 +319,4 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
             trainer.ready = False
             trainer.generation += 1
 
-    app.asmg_trainer = (train, on_revoked)
     return trainer

@@ -22,7 +22,7 @@ from asmg.data.samples import HISTORY_LEN, NEGATIVE_DRAWS
 from asmg.events import Event
 from asmg.metrics import auc, logloss
 from asmg.vocab import Vocabulary
-from streams.scorer_state import LoadedModel, PeriodSpec
+from streams.scorer.state import LoadedModel, PeriodSpec
 
 # --- user histories -----------------------------------------------------------------------------------------
 
