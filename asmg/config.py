@@ -9,6 +9,11 @@ import torch
 
 EMBEDDING_DIM = 8
 HIDDEN_LAYERS = (20, 10)
+HISTORY_LEN = 30  # items in a sample's history: the user's most recent positives before the event
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the flag and the variable."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class ProtocolConfig:
     pretrain_periods: int = 10
     first_test_period: int = 25
     split: str = "equal"  # "equal" (N equal-count periods) or a pandas frequency such as "1D"
-    history_len: int = 30
+    history_len: int = HISTORY_LEN
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from asmg.data.periods import PeriodScheme
 from asmg.events import EventError, parse_event
 from streams.metrics import (
     ConsumerLag,
@@ -42,7 +43,7 @@ from streams.metrics import (
     new_registry,
     reason_label,
 )
-from streams.windowing.core import PeriodScheme, WindowingCore
+from streams.windowing.core import WindowingCore
 from streams.wire.period_store import PeriodStore
 from tests.prom_server import (
     Prometheus,
@@ -353,12 +354,12 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
     """Besides every referenced name: Prometheus' stored samples show every closed period, every published
     model's period, version and AUCs (none for the pretrained model), and the scorer serving the pretrained
     model first and evaluating every period after pretraining online (see :class:`Paced`)."""
+    from asmg.data.periods import PeriodScheme as FixedPeriods
     from asmg.prepare import prepare_periods
     from producers.ingest import make_app
     from producers.producer import make_producer
     from producers.replay import replay_log
     from streams.scorer.service import ScorerOptions, ScorerService, running
-    from streams.scorer.state import FixedPeriods
     from streams.windowing.coordinator import send_end_of_stream, send_watermark
     from streams.wire.records import read_topic
     from streams.wire.topics import ensure_topics

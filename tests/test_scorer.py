@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from asmg.artifacts import load_model, save_model
-from asmg.data.periods import PeriodBounds
+from asmg.data.periods import PeriodBounds, PeriodScheme
+from asmg.data.periods import PeriodScheme as FixedPeriods
 from asmg.data.samples import history_matrix
 from asmg.events import Event, EventError, stable_id
 from asmg.metrics import auc, logloss
@@ -36,15 +37,13 @@ from streams.scorer.command import scorer_command
 from streams.scorer.evaluation import Evaluator, Prequential, UserHistories, padded_rows, quality_row
 from streams.scorer.service import ScorerOptions, ScorerService, _event, parse_score_request, running
 from streams.scorer.state import (
-    FixedPeriods,
     ModelHolder,
     ModelRecord,
     RecordError,
-    TumblingPeriods,
     parse_model_record,
-    periods_from_options,
 )
 from streams.wire.kafka_config import KafkaSettings
+from streams.wire.settings import periods_from_options
 from streams.wire.topics import TopicNames, ensure_topics
 
 USERS = np.arange(1, 11)
@@ -205,7 +204,7 @@ def test_pretrained_model_is_served_and_evaluated_on_the_next_period(tmp_path: P
     users, items, labels = rng.choice(USERS, 400), rng.choice(ITEMS, 400), rng.integers(0, 2, 400)
     ts = np.r_[2000 + np.arange(200), 3000 + np.arange(200)]  # period 3 (trained on), then period 4
     events = [Event(int(u), int(i), int(t), int(y)) for u, i, t, y in zip(users, items, ts, labels, strict=True)]
-    evaluator = Evaluator(TumblingPeriods(1000, 0), UserHistories(), Prequential())
+    evaluator = Evaluator(PeriodScheme(length=1000, origin=0), UserHistories(), Prequential())
     assert evaluator.process(events, holder.current) == 200
     row = evaluator.prequential.report()[4]
     assert row["n"] == 200 and row["model_versions"] == [1] and row["auc"] is not None
@@ -217,8 +216,6 @@ def test_pretrained_model_is_served_and_evaluated_on_the_next_period(tmp_path: P
 
 
 def test_periods_follow_the_windowing_role(tmp_path: Path) -> None:
-    from streams.windowing.core import PeriodScheme
-
     path = tmp_path / "bounds.json"
     path.write_text(json.dumps({"bounds": [0, 10, 20.5]}))
     ts = np.array([-5, -1, 0, 9, 10, 19, 20, 21, 35, 3600, 7300, 10_000])
@@ -309,7 +306,7 @@ def test_padded_rows_never_look_up_padding() -> None:
 def test_sampled_negatives_for_implicit_streams(tmp_path: Path) -> None:
     holder = ModelHolder()
     model = holder.offer([make_model(tmp_path, 1, period=5)])
-    evaluator = Evaluator(TumblingPeriods(1000, 0), UserHistories(), Prequential(), negatives=2, seed=1)
+    evaluator = Evaluator(PeriodScheme(length=1000, origin=0), UserHistories(), Prequential(), negatives=2, seed=1)
     events = [Event(int(u), int(100 + (u + k) % 5), 5000 + k) for k in range(20) for u in USERS]
     assert evaluator.process(events, model) == 3 * len(events)
     row = evaluator.prequential.report()[6]

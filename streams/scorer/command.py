@@ -16,9 +16,10 @@ from typing import Annotated
 
 import typer
 
+from asmg.config import HISTORY_LEN
+
 log = logging.getLogger(__name__)
 
-HISTORY_LEN = 30  # asmg.data.samples.HISTORY_LEN, not imported: that module pulls in pandas and pyarrow
 
 
 def scorer_command(
@@ -68,8 +69,8 @@ def scorer_command(
 ) -> None:
     """Serve scores from the newest model and evaluate it online (prequential AUC/logloss vs the IU shadow)."""
     from asmg import logs
-    from streams.scorer.state import periods_from_options
     from streams.wire.kafka_config import KafkaConfigError, KafkaSettings
+    from streams.wire.settings import periods_from_options
 
     try:
         logs.configure(log_level, log_format, role="scorer")

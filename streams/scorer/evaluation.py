@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from asmg.batches import PeriodTensors
+from asmg.data.periods import PeriodScheme
 from asmg.data.samples import HISTORY_LEN, NEGATIVE_DRAWS
 from asmg.events import Event
 from asmg.metrics import auc, logloss
 from asmg.vocab import Vocabulary
-from streams.scorer.state import LoadedModel, PeriodSpec
+from streams.scorer.state import LoadedModel
 
 # --- user histories -----------------------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class Evaluator:
     on build histories but are not scored.
     """
 
-    def __init__(self, periods: PeriodSpec | None, histories: UserHistories, prequential: Prequential,
+    def __init__(self, periods: PeriodScheme | None, histories: UserHistories, prequential: Prequential,
                  negatives: int = 0, seed: int = 0) -> None:
         self.periods = periods
         self.histories = histories

@@ -30,11 +30,12 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from asmg.data.samples import HISTORY_LEN
+from asmg.config import HISTORY_LEN
+from asmg.data.periods import PeriodScheme
 from asmg.events import Event, EventError, id_value, parse_event
 from streams.metrics import request_timer, scorer_registry
 from streams.scorer.evaluation import Evaluator, Prequential, UserHistories
-from streams.scorer.state import ModelHolder, PeriodSpec, RecordError, parse_model_record
+from streams.scorer.state import ModelHolder, RecordError, parse_model_record
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.topics import TopicNames
 
@@ -52,7 +53,7 @@ MAX_BODY = 1024 * 1024
 class ScorerOptions:
     """Everything the role can be told (the CLI maps flags and ASMG_* variables onto these)."""
 
-    periods: PeriodSpec | None
+    periods: PeriodScheme | None
     model_name: str | None = None
     device: str = "cpu"
     history_len: int = HISTORY_LEN

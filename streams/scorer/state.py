@@ -15,9 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from asmg.artifacts import ModelArtifact, load_model
 from asmg.serving import Scorer
@@ -224,79 +222,3 @@ class ModelHolder:
             return {**{k: self.counts.get(k, 0) for k in
                        ("models_loaded", "load_failures", "records_stale", "records_invalid")},
                     "last_error": self.last_error}
-
-
-# --- periods ------------------------------------------------------------------------------------------------
-
-
-class PeriodSpec(Protocol):
-    """Event time (whole seconds) -> period number, 1-based, 0 outside every period.
-
-    Numbering is the windowing role's (streams/windowing/core.py ``PeriodScheme``): the trainer's record says
-    which period a model was trained through, so both must count periods the same way.
-    """
-
-    def assign(self, ts: np.ndarray) -> np.ndarray: ...
-
-    def describe(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class FixedPeriods:
-    """Boundaries given up front (a dataset split as the paper does it): period p holds b[p-1] <= ts < b[p]."""
-
-    bounds: tuple[float, ...]
-
-    def assign(self, ts: np.ndarray) -> np.ndarray:
-        ts = np.asarray(ts, dtype=np.float64)
-        bounds = np.asarray(self.bounds, dtype=np.float64)
-        period = np.searchsorted(bounds, ts, side="right").astype(np.int64)
-        period[(ts < bounds[0]) | (ts >= bounds[-1])] = 0
-        return period
-
-    def describe(self) -> str:
-        return f"{len(self.bounds) - 1} fixed periods in [{self.bounds[0]}, {self.bounds[-1]})"
-
-
-@dataclass(frozen=True)
-class TumblingPeriods:
-    """Windows of ``length`` seconds; period 1 starts at ``origin``; at most ``count`` periods when given."""
-
-    length: float
-    origin: float
-    count: int | None = None
-
-    def assign(self, ts: np.ndarray) -> np.ndarray:
-        ts = np.asarray(ts, dtype=np.float64)
-        period = np.floor_divide(ts - self.origin, self.length).astype(np.int64) + 1
-        period[ts < self.origin] = 0
-        if self.count is not None:
-            period[period > self.count] = 0
-        return period
-
-    def describe(self) -> str:
-        count = f", {self.count} periods" if self.count is not None else ""
-        return f"tumbling periods of {self.length:g}s from {self.origin:g}{count}"
-
-
-def periods_from_options(bounds: str | None = None, length: str | None = None, origin: float | None = None,
-                         count: int | None = None) -> PeriodSpec | None:
-    """The windowing role's period options (ASMG_PERIOD_BOUNDS, or _LENGTH + _ORIGIN [+ _COUNT]); None: unset.
-
-    Bounds are a JSON list or a path/URI of a JSON file (a list or ``{"bounds": [...]}``), parsed by the same
-    code as the windowing role's. Raises ValueError naming the variable at fault.
-    """
-    from streams.wire.settings import load_bounds, parse_duration
-
-    if bounds and length:
-        raise ValueError("give either ASMG_PERIOD_BOUNDS or ASMG_PERIOD_LENGTH, not both")
-    if bounds:
-        return FixedPeriods(tuple(load_bounds(bounds)))
-    if length:
-        if origin is None:
-            raise ValueError("tumbling periods (ASMG_PERIOD_LENGTH) need ASMG_PERIOD_ORIGIN, the unix time where "
-                             "period 1 starts")
-        if count is not None and count < 1:
-            raise ValueError("ASMG_PERIOD_COUNT must be >= 1")
-        return TumblingPeriods(parse_duration(length), float(origin), count)
-    return None

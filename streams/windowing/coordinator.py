@@ -31,7 +31,7 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from streams.windowing.core import PeriodScheme
+from asmg.data.periods import PeriodScheme
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.period_store import PeriodStore
 from streams.wire.records import (
@@ -45,7 +45,7 @@ from streams.wire.records import (
     period_record,
     read_topic,
 )
-from streams.wire.settings import StreamSettings
+from streams.wire.settings import StreamSettings, period_scheme
 from streams.wire.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class CoordinatorLoop:
         self.settings = settings
         self.kafka = kafka
         self.names = names
-        self.coordinator = Coordinator(PeriodScheme.from_settings(settings), PeriodStore(settings.period_store),
+        self.coordinator = Coordinator(period_scheme(settings), PeriodStore(settings.period_store),
                                        kafka, names, partitions)
         self.table: dict[str, Any] = {}
         self.owned = False

@@ -48,7 +48,6 @@ records after it come again: the same files, byte for byte (tests/test_windowing
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
@@ -59,6 +58,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from asmg.config import HISTORY_LEN
+from asmg.data.periods import PeriodScheme, watermark
 from asmg.data.samples import history_matrix
 from asmg.event_batch import parse_events_fast
 from asmg.events import EventError, parse_event
@@ -66,7 +67,7 @@ from asmg.ragged import gather_rows, select_rows
 from streams.windowing.facts import Facts
 from streams.wire.period_store import PeriodStore, ragged_samples_table
 from streams.wire.records import CONTROL_KINDS, dlq_key, dlq_record, dumps, watermark_record
-from streams.wire.settings import SettingsError, StreamSettings, load_bounds, parse_duration
+from streams.wire.settings import StreamSettings, period_scheme
 
 log = logging.getLogger(__name__)
 
@@ -78,115 +79,6 @@ MASK64 = (1 << 64) - 1
 
 
 # --- periods ------------------------------------------------------------------------------------------------
-
-
-class PeriodScheme:
-    """Event time -> period number (1-based; 0 = outside every period), and period bounds.
-
-    Fixed bounds: period p holds bounds[p-1] <= ts < bounds[p] (as asmg.data.periods.PeriodBounds).
-    Tumbling: period p holds origin + (p-1)*length <= ts < origin + p*length, p <= count when given.
-    """
-
-    def __init__(self, bounds: list[float] | None = None, length: float | None = None,
-                 origin: float | None = None, count: int | None = None) -> None:
-        if (bounds is None) == (length is None):
-            raise SettingsError("periods need either fixed bounds (ASMG_PERIOD_BOUNDS) or a length "
-                                "(ASMG_PERIOD_LENGTH)")
-        if length is not None and origin is None:
-            raise SettingsError("tumbling periods (ASMG_PERIOD_LENGTH) need ASMG_PERIOD_ORIGIN: the unix time "
-                                "where period 1 starts (period numbers must start at 1 for pretraining)")
-        if count is not None and count < 1:
-            raise SettingsError("ASMG_PERIOD_COUNT must be >= 1")
-        self.bounds = list(bounds) if bounds is not None else None
-        self.length = length
-        self.origin = origin
-        self.count = count
-
-    @classmethod
-    def from_settings(cls, settings: StreamSettings) -> PeriodScheme:
-        if settings.period_bounds:
-            return cls(bounds=load_bounds(settings.period_bounds))
-        if settings.period_length:
-            return cls(length=parse_duration(settings.period_length), origin=settings.period_origin,
-                       count=settings.period_count)
-        raise SettingsError("set the periods: --period-bounds (ASMG_PERIOD_BOUNDS, e.g. written by "
-                            "`asmg worker bounds`) or --period-length with --period-origin")
-
-    @property
-    def fixed(self) -> bool:
-        return self.bounds is not None
-
-    @property
-    def n_periods(self) -> int | None:
-        return len(self.bounds) - 1 if self.bounds is not None else self.count
-
-    def period_of(self, ts: float) -> int:
-        if self.bounds is not None:
-            if ts < self.bounds[0] or ts >= self.bounds[-1]:
-                return 0
-            return bisect.bisect_right(self.bounds, ts)
-        if ts < self.origin:
-            return 0
-        period = int((ts - self.origin) // self.length) + 1
-        return 0 if self.count is not None and period > self.count else period
-
-    def start(self, period: int) -> float:
-        if self.bounds is not None:
-            return self.bounds[period - 1] if period <= len(self.bounds) - 1 else INF
-        if self.count is not None and period > self.count:
-            return INF
-        return self.origin + (period - 1) * self.length
-
-    def end(self, period: int) -> float:
-        if self.bounds is not None:
-            return self.bounds[period] if period <= len(self.bounds) - 1 else INF
-        return self.origin + period * self.length
-
-    def closable_through(self, watermark: float | None) -> int:
-        """The last period whose end is <= the watermark (0 when none)."""
-        if watermark is None:
-            return 0
-        if self.bounds is not None:
-            return max(0, min(bisect.bisect_right(self.bounds, watermark) - 1, len(self.bounds) - 1))
-        through = max(0, int((watermark - self.origin) // self.length))
-        return min(through, self.count) if self.count is not None else through
-
-    def end_of_stream(self) -> float | None:
-        """The watermark an end-of-stream marker without a time stands for (fixed bounds only)."""
-        return self.bounds[-1] if self.bounds is not None else None
-
-    def period_of_many(self, ts: np.ndarray) -> np.ndarray:
-        """:meth:`period_of` of every element (0 for NaN and -inf)."""
-        ts = np.asarray(ts, dtype=np.float64)
-        finite = np.isfinite(ts)
-        if self.bounds is not None:
-            bounds = np.asarray(self.bounds, dtype=np.float64)
-            inside = finite & (ts >= bounds[0]) & (ts < bounds[-1])
-            return np.where(inside, np.searchsorted(bounds, np.where(finite, ts, 0), side="right"), 0)
-        period = np.floor((np.where(finite, ts, self.origin) - self.origin) / self.length).astype(np.int64) + 1
-        ok = finite & (ts >= self.origin)
-        if self.count is not None:
-            ok &= period <= self.count
-        return np.where(ok, period, 0)
-
-    def closable_through_many(self, watermark: np.ndarray) -> np.ndarray:
-        """:meth:`closable_through` of every element (-inf or NaN: no watermark yet)."""
-        watermark = np.asarray(watermark, dtype=np.float64)
-        known = ~np.isnan(watermark) & (watermark > -INF)
-        if self.bounds is not None:
-            bounds = np.asarray(self.bounds, dtype=np.float64)
-            through = np.searchsorted(bounds, np.where(known, watermark, bounds[0] - 1), side="right") - 1
-            return np.where(known, np.clip(through, 0, len(bounds) - 1), 0)
-        finite = np.where(np.isfinite(watermark), watermark, np.where(watermark > 0, 1e300, self.origin))
-        through = np.floor(np.clip((finite - self.origin) / self.length, 0, 2**62)).astype(np.int64)
-        if self.count is not None:
-            through = np.minimum(through, self.count)
-        return np.where(known, through, 0)
-
-    def describe(self) -> dict[str, Any]:
-        if self.bounds is not None:
-            return {"bounds": self.bounds}
-        return {"length": self.length, "origin": self.origin, "count": self.count}
 
 
 # --- per-partition state ------------------------------------------------------------------------------------
@@ -214,9 +106,9 @@ class Progress:
                 "r": self.refused, "a": self.applied}
 
     def watermark(self, lateness: float) -> float | None:
-        candidates = [v for v in (None if self.max_ts is None else self.max_ts - lateness, self.marker)
-                      if v is not None]
-        return max(candidates) if candidates else None
+        mark = float(watermark(-INF if self.max_ts is None else self.max_ts, -INF if self.marker is None
+                               else self.marker, lateness))
+        return None if mark == -INF else mark
 
 
 @dataclass
@@ -300,7 +192,7 @@ def _fact_chunks(facts: Facts, limit: int = CHUNK_BYTES) -> list[Facts]:
 class WindowingCore:
     """The windowing logic for the partitions a worker owns, with no Kafka in it (tests drive it directly)."""
 
-    def __init__(self, scheme: PeriodScheme, history_len: int = 30, implicit: bool = False, seed: int = 0,
+    def __init__(self, scheme: PeriodScheme, history_len: int = HISTORY_LEN, implicit: bool = False, seed: int = 0,
                  lateness: float = 0.0) -> None:
         self.scheme = scheme
         self.history_len = history_len
@@ -311,7 +203,7 @@ class WindowingCore:
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> WindowingCore:
-        return cls(PeriodScheme.from_settings(settings), settings.history_len, settings.implicit, settings.seed,
+        return cls(period_scheme(settings), settings.history_len, settings.implicit, settings.seed,
                    settings.allowed_lateness)
 
     @property
@@ -398,8 +290,8 @@ class WindowingCore:
         max_ts = np.maximum.accumulate(np.r_[-INF if progress.max_ts is None else progress.max_ts, event_ts])[1:]
         marks = np.where(is_control & np.isfinite(rows["control_ts"]), rows["control_ts"], -INF)
         marker = np.maximum.accumulate(np.r_[-INF if progress.marker is None else progress.marker, marks])[1:]
-        watermark = np.maximum(max_ts - self.lateness, marker)
-        closed = np.maximum(progress.closed, self.scheme.closable_through_many(watermark))
+        marks = watermark(max_ts, marker, self.lateness)
+        closed = np.maximum(progress.closed, self.scheme.closable_through_many(marks))
         period = np.where(is_event, self.scheme.period_of_many(event_ts), 0)
         accepted = is_event & (period > closed)
         late = is_event & (period > 0) & (period <= closed)
@@ -410,7 +302,7 @@ class WindowingCore:
         for i in np.flatnonzero(late | outside).tolist():
             if late[i]:
                 refusals[i] = ("late", f"period {int(period[i])} (ends {self.scheme.end(int(period[i]))}) was closed "
-                                       f"by this partition's watermark {float(watermark[i])}")
+                                       f"by this partition's watermark {float(marks[i])}")
             else:
                 refusals[i] = ("outside periods", f"ts {int(event_ts[i])} is outside every period "
                                                   f"({self._describe_range()})")
