@@ -31,17 +31,13 @@ from asmg.data.samples import history_matrix
 from asmg.events import Event, EventError, stable_id
 from asmg.metrics import auc, logloss
 from asmg.model import init_params, serving_copy
+from asmg.records import ModelRecord, RecordError, parse_model_record
 from asmg.serving import Scorer
 from asmg.vocab import Vocabularies
 from streams.scorer.command import scorer_command
 from streams.scorer.evaluation import Evaluator, Prequential, UserHistories, padded_rows, quality_row
 from streams.scorer.service import ScorerOptions, ScorerService, _event, parse_score_request, running
-from streams.scorer.state import (
-    ModelHolder,
-    ModelRecord,
-    RecordError,
-    parse_model_record,
-)
+from streams.scorer.state import ModelHolder
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.settings import periods_from_options
 from streams.wire.topics import TopicNames, ensure_topics

@@ -32,11 +32,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from asmg.config import HISTORY_LEN
 from asmg.data.periods import PeriodScheme
-from asmg.events import Event, EventError, id_value, parse_event
+from asmg.events import Event, EventError, id_value
+from asmg.records import RecordError, parse_model_record
 from streams.metrics import request_timer, scorer_registry
 from streams.scorer.evaluation import Evaluator, Prequential, UserHistories
-from streams.scorer.state import ModelHolder, RecordError, parse_model_record
+from streams.scorer.state import ModelHolder
 from streams.wire.kafka_config import KafkaSettings
+from streams.wire.records import classify_record
 from streams.wire.topics import TopicNames
 
 if TYPE_CHECKING:
@@ -201,15 +203,8 @@ class InteractionFeed(_Feed):
 
 def _event(raw: bytes | None) -> Event | None:
     """An interaction event, or None for the windowing role's control records (watermark, end of stream)."""
-    if raw is None:
-        raise EventError("record has no value")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return parse_event(raw)  # raises EventError with the precise reason
-    if isinstance(obj, dict) and "control" in obj:
-        return None
-    return parse_event(obj)
+    kind, payload = classify_record(raw)
+    return payload if kind == "event" else None
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------

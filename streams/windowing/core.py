@@ -62,11 +62,11 @@ from asmg.config import HISTORY_LEN
 from asmg.data.periods import PeriodScheme, watermark
 from asmg.data.samples import history_matrix
 from asmg.event_batch import parse_events_fast
-from asmg.events import EventError, parse_event
+from asmg.events import EventError
 from asmg.ragged import gather_rows, select_rows
 from streams.windowing.facts import Facts
 from streams.wire.period_store import PeriodStore, ragged_samples_table
-from streams.wire.records import CONTROL_KINDS, dlq_key, dlq_record, dumps, watermark_record
+from streams.wire.records import classify_record, dlq_key, dlq_record, dumps, watermark_record
 from streams.wire.settings import StreamSettings, period_scheme
 
 log = logging.getLogger(__name__)
@@ -361,7 +361,7 @@ class WindowingCore:
         user, item, ts, label = fast.user, fast.item, fast.ts, fast.label
         for i in np.flatnonzero(~fast.ok).tolist():
             try:
-                what, payload = self._classify(values[i])
+                what, payload = classify_record(values[i])
             except EventError as exc:
                 kind[i] = REFUSED
                 refusals[i] = (exc.reason, "")
@@ -391,26 +391,6 @@ class WindowingCore:
             cat_values = merged
         return {"kind": kind, "user": user, "item": item, "ts": ts, "label": label, "control_ts": control_ts,
                 "refusals": refusals, "cat_lengths": cat_lengths, "cat_values": cat_values}
-
-    @staticmethod
-    def _classify(raw: bytes | None) -> tuple[str, Any]:
-        if raw is None:
-            raise EventError("record has no value")
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            parse_event(raw)  # raises EventError with the precise reason
-            raise EventError("invalid JSON") from None  # pragma: no cover - parse_event raised already
-        if isinstance(obj, dict) and "control" in obj:
-            kind, ts = obj.get("control"), obj.get("ts")
-            if obj.get("v", 1) != 1 or kind not in CONTROL_KINDS:
-                raise EventError(f"invalid control record: kind {kind!r}, v {obj.get('v')!r}")
-            if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
-                raise EventError(f"invalid control record: ts {ts!r}")
-            if kind == "watermark" and ts is None:
-                raise EventError("invalid control record: a watermark needs ts")
-            return "control", ts
-        return "event", parse_event(obj)
 
     # -- implicit negatives -------------------------------------------------------------------------------
     def _sample_negatives(self, memory: Memory, partition: int, facts: Facts, batch: Batch) -> Facts:
