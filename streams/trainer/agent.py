@@ -39,7 +39,6 @@ import logging
 import os
 import re
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,22 +61,13 @@ CHECKPOINT = re.compile(r"^p(\d{6})$")
 
 
 def run_config(settings: StreamSettings) -> RunConfig:
-    """The preset for the dataset (or the one named), with the settings' overrides."""
-    from asmg.presets import default_preset, override, preset
+    """The preset for the dataset (or the one named), with the settings' overrides (asmg/flags.py)."""
+    from asmg.flags import pick, run_config
 
     try:
-        cfg, _ = preset(settings.preset or default_preset(settings.dataset))
+        return run_config(settings.dataset, settings.preset, **pick(settings.to_dict()))[0]
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    cfg = override(cfg, {"lr": settings.lr, "batch_size": settings.batch_size, "epochs": settings.epochs,
-                         "pretrain_epochs": settings.pretrain_epochs},
-                   {"k": settings.k, "hidden": settings.hidden, "lr": settings.meta_lr,
-                    "epochs": settings.meta_epochs, "batch_size": settings.meta_batch_size,
-                    "output": settings.output})
-    protocol = {"n_periods": settings.periods, "pretrain_periods": settings.pretrain_periods,
-                "first_test_period": settings.first_test_period, "history_len": settings.history_len}
-    return replace(cfg, seed=settings.seed, device=settings.device,
-                   protocol=replace(cfg.protocol, **{k: v for k, v in protocol.items() if v is not None}))
 
 
 def _quality(model: ModelRecord) -> str:
