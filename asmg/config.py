@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `asmg` and the role settings read this module
+    import torch
 
 EMBEDDING_DIM = 8
 HIDDEN_LAYERS = (20, 10)
@@ -77,6 +78,8 @@ class RunConfig:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """CUDA when torch sees it, else CPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -84,6 +87,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def seeded(seed: int, period: int, purpose: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator that depends only on (seed, period, purpose): reruns and restarts repeat exactly."""
+    import torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + period * 1_009 + purpose) % (2**63 - 1))
     return gen

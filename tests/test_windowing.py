@@ -31,10 +31,11 @@ import pytest
 
 from asmg.config import ProtocolConfig
 from asmg.data.log import make_log
+from asmg.data.negatives import draw_uniform, draw_uniform_one
 from asmg.data.periods import PeriodScheme
 from asmg.events import events_from_log
 from asmg.prepare import prepare_periods
-from streams.windowing.core import Batch, WindowingCore, draw_uniform, draw_uniform_one
+from streams.windowing.core import Batch, WindowingCore
 from streams.windowing.facts import Facts
 from streams.wire.period_store import PeriodStore
 from streams.wire.records import control_record, dumps

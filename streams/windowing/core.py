@@ -59,6 +59,7 @@ import numpy as np
 import pyarrow as pa
 
 from asmg.config import HISTORY_LEN
+from asmg.data.negatives import counter_negative, draw_uniform
 from asmg.data.periods import PeriodScheme, watermark
 from asmg.data.samples import history_matrix
 from asmg.event_batch import parse_events_fast
@@ -71,11 +72,9 @@ from streams.wire.settings import StreamSettings, period_scheme
 
 log = logging.getLogger(__name__)
 
-NEGATIVE_DRAWS = 64
 CHUNK_BYTES = 512 * 1024  # a fact record stays well below Kafka's default 1 MB message limit
 INF = math.inf
 EVENT, CONTROL, REFUSED = 0, 1, 2
-MASK64 = (1 << 64) - 1
 
 
 # --- periods ------------------------------------------------------------------------------------------------
@@ -142,39 +141,6 @@ class Batch:
     records: int = 0  # records applied (not counting the skipped)
     skipped: int = 0  # records at or below the last applied offset (redelivered)
     last_offset: int | None = None  # the partition's last applied offset after the batch (None: no records)
-
-
-# --- hashing for negatives ------------------------------------------------------------------------------------
-
-
-def _mix_scalar(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-    return x ^ (x >> 31)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def draw_uniform(seed: int, partition: int, offsets: np.ndarray, draw: int = 0) -> np.ndarray:
-    """Uniform [0, 1) numbers from (seed, partition, offset, draw): the same whatever the batching."""
-    base = _mix_scalar(_mix_scalar(seed & MASK64) ^ (partition & MASK64))
-    keys = _mix(np.asarray(offsets, dtype=np.int64).astype(np.uint64) ^ np.uint64(base))
-    with np.errstate(over="ignore"):
-        bits = _mix(keys + np.uint64(draw))
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def draw_uniform_one(seed: int, partition: int, offset: int, draw: int) -> float:
-    base = _mix_scalar(_mix_scalar(seed & MASK64) ^ (partition & MASK64))
-    key = _mix_scalar((offset & MASK64) ^ base)
-    return (_mix_scalar((key + draw) & MASK64) >> 11) * 2.0**-53
 
 
 def _fact_chunks(facts: Facts, limit: int = CHUNK_BYTES) -> list[Facts]:
@@ -415,17 +381,11 @@ class WindowingCore:
                 new_categories.append(list(categories))
             had = memory.had.setdefault(user, set())
             if label == 1:
-                size = len(memory.catalogue)
-                u = float(first[j])
-                for draw in range(NEGATIVE_DRAWS):
-                    if draw:
-                        u = draw_uniform_one(self.seed, partition, offset, draw)
-                    candidate = min(int(u * size), size - 1)
-                    negative = memory.catalogue[candidate]
-                    if negative != item and negative not in had:
-                        neg[j], has_neg[j] = negative, True
-                        neg_categories.append(memory.catalogue_categories[candidate])
-                        break
+                candidate = counter_negative(memory.catalogue, item, had, float(first[j]), self.seed, partition,
+                                             offset)
+                if candidate is not None:
+                    neg[j], has_neg[j] = memory.catalogue[candidate], True
+                    neg_categories.append(memory.catalogue_categories[candidate])
             had.add(item)
         if new_items:
             batch.writes.append((f"c:{partition}:{int(facts.offset[0])}",

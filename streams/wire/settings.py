@@ -20,10 +20,12 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asmg.config import HISTORY_LEN, SettingsError
-from asmg.data.periods import PeriodScheme
+
+if TYPE_CHECKING:
+    from asmg.data.periods import PeriodScheme
 
 ENV_PREFIX = "ASMG_"
 
@@ -252,6 +254,8 @@ def periods_from_options(bounds: str | None = None, length: str | None = None, o
     Bounds are a JSON list or a path/URI of a JSON file (a list or ``{"bounds": [...]}``). Raises
     :class:`SettingsError` naming the variable at fault.
     """
+    from asmg.data.periods import PeriodScheme
+
     if bounds and length:
         raise SettingsError("give either ASMG_PERIOD_BOUNDS or ASMG_PERIOD_LENGTH, not both")
     if bounds:
