@@ -182,15 +182,13 @@ class WindowingMetrics:
                                     "mode adds one sampled negative per positive when the period is written).",
                                     labels=["partition"])
         now = self.clock()
-        for partition, memory in _snapshot(getattr(self.core, "_memory", {})):
-            progress = memory.progress
+        for partition, mark, closed_through, open_samples in self.core.partition_gauges():
             label = str(partition)
-            mark = progress.watermark(self.core.lateness)
             if mark is not None and math.isfinite(mark):
                 watermark.add_metric([label], mark)
                 lag.add_metric([label], now - mark)
-            closed.add_metric([label], progress.closed)
-            samples.add_metric([label], memory.open_samples())
+            closed.add_metric([label], closed_through)
+            samples.add_metric([label], open_samples)
         yield from (watermark, lag, closed, samples)
 
 
@@ -352,7 +350,7 @@ class ScorerCollector:
             loads.add_metric([outcome], stats[outcome])
         yield loads
         events = CounterMetricFamily("asmg_scorer_events", "Interaction events by outcome.", labels=["outcome"])
-        for outcome, n in {**service.evaluator.counts, "invalid": service.interactions.invalid}.items():
+        for outcome, n in service.event_counts().items():
             events.add_metric([outcome], n)
         yield events
         yield GaugeMetricFamily("asmg_scorer_users", "Users whose recent history is held.",
@@ -517,16 +515,6 @@ class _Callback:
 
     def collect(self) -> Iterator[Any]:
         return self._collect()
-
-
-def _snapshot(mapping: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
-    """A mapping's items, read from the scrape thread while the event loop may change it."""
-    for _ in range(5):
-        try:
-            return list(mapping.items())
-        except RuntimeError:  # changed size during the copy: try again
-            continue
-    return []
 
 
 def request_timer(histogram: Callable[[], Histogram]) -> Callable[..., Any]:

@@ -223,9 +223,8 @@ def _fake_scorer() -> Any:
     holder = SimpleNamespace(current=model, stats=lambda: {"models_loaded": 3, "load_failures": 1,
                                                            "records_stale": 0, "records_invalid": 0})
     row = {"auc": 0.7, "logloss": 0.6, "shadow_auc": 0.68, "shadow_logloss": 0.62}
-    return SimpleNamespace(holder=holder, evaluator=SimpleNamespace(counts={"events": 10, "scored": 8}),
-                           interactions=SimpleNamespace(invalid=1), histories=[1, 2],
-                           prequential=SimpleNamespace(report=lambda: {6: row}))
+    return SimpleNamespace(holder=holder, event_counts=lambda: {"events": 10, "scored": 8, "invalid": 1},
+                           histories=[1, 2], prequential=SimpleNamespace(report=lambda: {6: row}))
 
 
 # --- end to end ---------------------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ from asmg.experiment import ExperimentSpec, run_method
 from asmg.model import serving_copy
 from asmg.prepare import PreparedPeriods, prepare_periods
 from streams.trainer.agent import FAULT_ENV, FAULT_EXIT, run_config
-from streams.wire.period_store import PeriodStore, samples_table
+from streams.wire.period_store import PeriodStore
 from streams.wire.records import RecordProducer, dumps, period_record
 from streams.wire.topics import ensure_topics
-from tests.helpers import tiny_log
+from tests.helpers import samples_table, tiny_log
 from tests.test_windowing import PROTOCOL, Worker, read_json, stream_settings, wait_for, wait_records
 
 TRAIN = dict(preset="authors", method="asmg-gru-multi", pretrain_periods=PROTOCOL.pretrain_periods,

@@ -344,6 +344,10 @@ class ScorerService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
 
+    def event_counts(self) -> dict[str, int]:
+        """Interaction events by outcome (evaluated, skipped, ...; ``invalid``: refused records), for metrics."""
+        return {**self.evaluator.counts, "invalid": self.interactions.invalid}
+
     def describe_periods(self) -> str:
         periods = self.options.periods
         return periods.describe() if periods is not None else "none configured: online evaluation is off"

@@ -194,6 +194,20 @@ class WindowingCore:
     def progress(self, partition: int) -> Progress:
         return self.memory(partition).progress
 
+    def partition_gauges(self) -> list[tuple[int, float | None, int, int]]:
+        """Per owned partition (for metrics, from any thread): its watermark, the last period it closed and the
+        events accepted into its open periods."""
+        for _ in range(5):
+            try:  # the dict may change size while the batch thread works: try again
+                owned = sorted(self._memory.items())
+                break
+            except RuntimeError:
+                continue
+        else:
+            return []
+        return [(partition, memory.progress.watermark(self.lateness), memory.progress.closed, memory.open_samples())
+                for partition, memory in owned]
+
     # -- restoring from the state topic ------------------------------------------------------------------------
     def restore(self, partition: int, state: Mapping[str, bytes]) -> Memory:
         """Rebuild a partition's memory from its committed state records (key -> latest value)."""

@@ -47,19 +47,6 @@ def open_uri(uri: str) -> tuple[fs.FileSystem, str]:
     return fs.FileSystem.from_uri(uri)
 
 
-def _ragged(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
-    return lengths, np.fromiter((x for v in lists for x in v), dtype=np.int64, count=int(lengths.sum()))
-
-
-def samples_table(user: list[int], item: list[int], ts: list[int], label: list[float],
-                  history: list[list[int]], categories: list[list[int]], period: int) -> pa.Table:
-    """Columns with Python lists -> an Arrow table in the store's schema and canonical row order."""
-    return ragged_samples_table(np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64),
-                                np.asarray(ts, dtype=np.int64), np.asarray(label, dtype=np.float32),
-                                _ragged(history), _ragged(categories), period)
-
-
 def ragged_samples_table(user: np.ndarray, item: np.ndarray, ts: np.ndarray, label: np.ndarray,
                          history: tuple[np.ndarray, np.ndarray], categories: tuple[np.ndarray, np.ndarray],
                          period: int) -> pa.Table:
