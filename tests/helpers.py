@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from asmg.data.log import make_log
 from asmg.data.samples import build_samples
