@@ -98,30 +98,21 @@ def demo(
 def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: str, workdir: Path,
               scorer_port: int, rate: float | None, timeout: float, metrics_port: int | None, progress):
     from asmg.presets import default_preset, preset
-    from asmg_cli.pipeline import (
-        TopicWatch,
-        Workers,
-        load_log,
-        newly_live,
-        scorer_json,
-        start_kafka,
-        stream_env,
-        write_bounds,
-    )
+    from asmg_cli import pipeline
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
     from streams.windowing.coordinator import send_end_of_stream
     from streams.wire.topics import TopicNames, ensure_topics
 
-    log, synthetic = load_log(dataset, data_dir, console.print)
+    log, synthetic = pipeline.load_log(dataset, data_dir, console.print)
     protocol = preset(default_preset(log.name))[0].protocol
-    kafka, _ = start_kafka(stack, console.print)
+    kafka, _ = pipeline.start_kafka(stack, console.print)
     names = TopicNames(f"asmg.demo-{int(time.time())}.")
     ensure_topics(kafka, names, partitions=4)
     run_dir = workdir / names.prefix.strip(".")
-    bounds, _ = write_bounds(log, protocol.split, protocol.n_periods, run_dir)
-    env = stream_env(kafka, names.prefix, run_dir, bounds, log, 4, method=method, scorer_port=scorer_port)
-    workers = Workers(run_dir / "logs")
+    bounds, _ = pipeline.write_bounds(log, protocol.split, protocol.n_periods, run_dir)
+    env = pipeline.stream_env(kafka, names.prefix, run_dir, bounds, log, 4, method=method, scorer_port=scorer_port)
+    workers = pipeline.Workers(run_dir / "logs")
     stack.callback(workers.stop)
     ports = {"windowing": metrics_port, "trainer": None if metrics_port is None else metrics_port + 1}
     for role in ("windowing", "trainer", "scorer"):
@@ -134,7 +125,7 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
     # the pretrained model (period pretrain) goes live first, then one per later period (streams/trainer/agent.py)
     expected = protocol.n_periods - protocol.pretrain_periods + 1
     run = DemoRun(expected_models=expected)
-    watch = TopicWatch(kafka, names, f"{names.prefix}demo", stack)
+    watch = pipeline.TopicWatch(kafka, names, f"{names.prefix}demo", stack)
     deadline = time.monotonic() + timeout
     with progress:
         replay_task = progress.add_task(f"replay {log.name}", total=len(log.events))
@@ -155,8 +146,8 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
             with records_file.open("a") as out:
                 out.writelines(json.dumps(record) + "\n" for record in records)
             run.models = watch.models
-            _, served = scorer_json(scorer_port, "/model")
-            for period in newly_live(watch, (served or {}).get("version", -1), run.live_seconds, time.time()):
+            _, served = pipeline.scorer_json(scorer_port, "/model")
+            for period in pipeline.newly_live(watch, (served or {}).get("version", -1), run.live_seconds, time.time()):
                 record = run.models[period]
                 progress.advance(model_task)
                 metrics, shadow = record.get("metrics") or {}, record.get("shadow_metrics") or {}
