@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -72,25 +71,15 @@ def experiment(
     from asmg.data.log import DataError
     from asmg.data.registry import load_dataset
     from asmg.experiment import ExperimentSpec, markdown_table, run_experiment
+    from asmg.flags import pick, run_config
     from asmg.methods import parse_methods
     from asmg.prepare import prepare_periods
-    from asmg.presets import default_preset, override
-    from asmg.presets import preset as get_preset
 
-    if output not in (None, "direct", "residual"):
-        raise typer.BadParameter("--output must be 'direct' or 'residual'")
     try:
         names = parse_methods(methods)
-        cfg, note = get_preset(preset or default_preset(dataset))
+        cfg, note = run_config(dataset, preset, **pick(locals()))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    cfg = override(cfg, {"lr": lr, "batch_size": batch_size, "epochs": epochs, "pretrain_epochs": pretrain_epochs},
-                   {"k": k, "hidden": hidden, "lr": meta_lr, "epochs": meta_epochs, "batch_size": meta_batch_size,
-                    "output": output})
-    protocol = {"n_periods": periods, "split": split, "pretrain_periods": pretrain_periods,
-                "first_test_period": first_test_period}
-    cfg = replace(cfg, device=device,
-                  protocol=replace(cfg.protocol, **{k: v for k, v in protocol.items() if v is not None}))
     try:
         log = load_dataset(dataset, data_dir)
         data = prepare_periods(log, cfg.protocol, cache_dir=cache_dir)

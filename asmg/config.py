@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `asmg` and the role settings read this module
+    import torch
 
 EMBEDDING_DIM = 8
 HIDDEN_LAYERS = (20, 10)
+HISTORY_LEN = 30  # items in a sample's history: the user's most recent positives before the event
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the flag and the variable."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class ProtocolConfig:
     pretrain_periods: int = 10
     first_test_period: int = 25
     split: str = "equal"  # "equal" (N equal-count periods) or a pandas frequency such as "1D"
-    history_len: int = 30
+    history_len: int = HISTORY_LEN
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class RunConfig:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """CUDA when torch sees it, else CPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -101,6 +109,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def seeded(seed: int, period: int, purpose: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator that depends only on (seed, period, purpose): reruns and restarts repeat exactly."""
+    import torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + period * 1_009 + purpose) % (2**63 - 1))
     return gen

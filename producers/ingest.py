@@ -22,9 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from asmg.events import EventError, parse_event
 from producers.producer import make_producer
-from streams.kafka_config import KafkaSettings
 from streams.metrics import IngestMetrics, request_timer
-from streams.topics import TopicNames
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.topics import TopicNames
 
 log = logging.getLogger(__name__)
 MAX_BODY = 32 * 1024 * 1024

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from streams.kafka_config import KafkaSettings
+from streams.wire.kafka_config import KafkaSettings
 
 THROUGHPUT = {
     "enable.idempotence": True,

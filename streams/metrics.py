@@ -46,7 +46,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from streams.kafka_config import KafkaSettings
+    from streams.wire.kafka_config import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class IngestMetrics:
 
 
 class WindowingMetrics:
-    """The windowing worker (streams/windowing_worker.py): counters fed per committed batch, gauges read from
+    """The windowing worker (streams/windowing/worker.py): counters fed per committed batch, gauges read from
     the core at scrape time (the core's per-partition memory holds only the partitions this worker owns)."""
 
     def __init__(self, registry: CollectorRegistry, core: Any = None, clock: Callable[[], float] = time.time) -> None:
@@ -156,7 +156,7 @@ class WindowingMetrics:
             registry.register(_Callback(self._collect))
 
     def observe(self, partition: int, batch: Any) -> None:
-        """After a committed batch: its :class:`~streams.windowing.Batch`."""
+        """After a committed batch: its :class:`~streams.windowing.core.Batch`."""
         label = str(partition)
         for reason in batch.reasons:
             self.refused.labels(reason_label(reason)).inc()
@@ -182,20 +182,18 @@ class WindowingMetrics:
                                     "mode adds one sampled negative per positive when the period is written).",
                                     labels=["partition"])
         now = self.clock()
-        for partition, memory in _snapshot(getattr(self.core, "_memory", {})):
-            progress = memory.progress
+        for partition, mark, closed_through, open_samples in self.core.partition_gauges():
             label = str(partition)
-            mark = progress.watermark(self.core.lateness)
             if mark is not None and math.isfinite(mark):
                 watermark.add_metric([label], mark)
                 lag.add_metric([label], now - mark)
-            closed.add_metric([label], progress.closed)
-            samples.add_metric([label], memory.open_samples())
+            closed.add_metric([label], closed_through)
+            samples.add_metric([label], open_samples)
         yield from (watermark, lag, closed, samples)
 
 
 class CoordinatorMetrics:
-    """The period coordinator (streams/coordinator.py). Only the worker that owns the watermarks partition
+    """The period coordinator (streams/windowing/coordinator.py). Only the worker that owns the watermarks partition
     coordinates; the gauges read from it are exposed by that worker alone."""
 
     def __init__(self, registry: CollectorRegistry, coordinator: Any = None,
@@ -260,7 +258,7 @@ class CoordinatorMetrics:
 
 
 class TrainerMetrics:
-    """The trainer (streams/trainer.py): one observation per period record, one per published model."""
+    """The trainer (streams/trainer/agent.py): one observation per period record, one per published model."""
 
     def __init__(self, registry: CollectorRegistry, model: str) -> None:
         self.registry = registry
@@ -326,7 +324,7 @@ class TrainerMetrics:
 
 
 class ScorerCollector:
-    """Prometheus view of a :class:`streams.scorer_service.ScorerService`'s own counters, read at scrape time."""
+    """Prometheus view of a :class:`streams.scorer.service.ScorerService`'s own counters, read at scrape time."""
 
     def __init__(self, service: Any) -> None:
         self.service = service
@@ -352,7 +350,7 @@ class ScorerCollector:
             loads.add_metric([outcome], stats[outcome])
         yield loads
         events = CounterMetricFamily("asmg_scorer_events", "Interaction events by outcome.", labels=["outcome"])
-        for outcome, n in {**service.evaluator.counts, "invalid": service.interactions.invalid}.items():
+        for outcome, n in service.event_counts().items():
             events.add_metric([outcome], n)
         yield events
         yield GaugeMetricFamily("asmg_scorer_users", "Users whose recent history is held.",
@@ -486,7 +484,7 @@ def faust_sensors(app: Any, registry: CollectorRegistry) -> None:
 
 
 class RoleMetrics:
-    """What ``streams.app.create_app`` attaches to a faust app as ``app.asmg_metrics``."""
+    """What ``streams.trainer.app.create_app`` attaches to a faust app as ``app.asmg_metrics``."""
 
     def __init__(self, role: str, registry: CollectorRegistry | None = None) -> None:
         self.role = role
@@ -517,16 +515,6 @@ class _Callback:
 
     def collect(self) -> Iterator[Any]:
         return self._collect()
-
-
-def _snapshot(mapping: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
-    """A mapping's items, read from the scrape thread while the event loop may change it."""
-    for _ in range(5):
-        try:
-            return list(mapping.items())
-        except RuntimeError:  # changed size during the copy: try again
-            continue
-    return []
 
 
 def request_timer(histogram: Callable[[], Histogram]) -> Callable[..., Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from asmg.cli import app
+from asmg_cli.main import app
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 SMALL = ["--periods", "8", "--pretrain-periods", "3", "--first-test-period", "6", "--pretrain-epochs", "1"]

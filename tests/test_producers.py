@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from asmg.data.movielens import load_ml100k
 from asmg.events import events_from_log
-from streams.kafka_config import KafkaSettings
-from streams.topics import TopicNames, ensure_topics
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.topics import TopicNames, ensure_topics
 
 ML100K = "/work/shared/datasets/ml-100k"
 pytestmark = pytest.mark.kafka
@@ -43,7 +43,7 @@ def consume(settings: KafkaSettings, topic: str, expected: int, timeout: float =
 
 
 def test_replay_ml100k_slice_round_trips(kafka_settings: KafkaSettings, topic_names: TopicNames) -> None:
-    from asmg.cli import app
+    from asmg_cli.main import app
 
     n = 3000
     result = CliRunner().invoke(app, [

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from asmg.data.log import DataError, make_log
+from asmg.data.negatives import sample_negatives
 from asmg.data.periods import calendar_bounds, equal_count_bounds
-from asmg.data.samples import build_samples, history_matrix, padded_from_ragged, sample_negatives
+from asmg.data.samples import build_samples, history_matrix, padded_from_ragged
 
 
 def _log(rows, implicit=False, categories=None):

@@ -17,11 +17,11 @@ from asmg.artifacts import load_model
 from asmg.experiment import ExperimentSpec, run_method
 from asmg.model import serving_copy
 from asmg.prepare import PreparedPeriods, prepare_periods
-from streams.period_store import PeriodStore, samples_table
-from streams.records import RecordProducer, dumps, period_record
-from streams.topics import ensure_topics
-from streams.trainer import FAULT_ENV, FAULT_EXIT, run_config
-from tests.helpers import tiny_log
+from streams.trainer.agent import FAULT_ENV, FAULT_EXIT, run_config
+from streams.wire.period_store import PeriodStore
+from streams.wire.records import RecordProducer, dumps, period_record
+from streams.wire.topics import ensure_topics
+from tests.helpers import samples_table, tiny_log
 from tests.test_windowing import PROTOCOL, Worker, read_json, stream_settings, wait_for, wait_records
 
 TRAIN = dict(preset="authors", method="asmg-gru-multi", pretrain_periods=PROTOCOL.pretrain_periods,
@@ -113,8 +113,8 @@ def test_trainer_resumes_after_a_crash_at_every_stage(kafka_settings, topic_name
                                                       monkeypatch) -> None:
     """In-process trainers on the real topics: each one 'crashes' (an exception at a fault point) and a
     fresh one (nothing in memory) takes over from the models topic and the checkpoint store."""
-    from streams import trainer as trainer_module
-    from streams.records import parse_period, read_topic
+    from streams.trainer import agent as trainer_module
+    from streams.wire.records import parse_period, read_topic
 
     settings = stream_settings(topic_names, tmp_path, **TRAIN)
     ensure_topics(kafka_settings, topic_names, 1)

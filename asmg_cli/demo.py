@@ -1,5 +1,7 @@
 """`asmg demo`: the whole system on one machine, from an empty Kafka to live ASMG models.
 
+It drives the local-pipeline harness (asmg_cli/pipeline.py), as bench/bench_streaming.py does.
+
 Starts a local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), the windowing, trainer and scorer
 workers as processes, replays MovieLens-100K (or the synthetic drifting stream when no data is found)
 with the offline runner's period bounds, shows each model as it goes live and ends with a summary.
@@ -9,20 +11,13 @@ Everything it started is stopped on completion, on error and on Ctrl-C.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-SYNTHETIC = "synthetic"
 
 
 @dataclass
@@ -32,60 +27,6 @@ class DemoRun:
     expected_models: int
     models: dict[int, dict[str, Any]] = field(default_factory=dict)
     live_seconds: dict[int, float] = field(default_factory=dict)
-
-
-def _load_log(dataset: str, data_dir: Path, console):
-    from asmg.data.log import DataError
-    from asmg.data.registry import load_dataset
-    from asmg.data.synthetic import synthetic_log
-
-    if dataset != SYNTHETIC:
-        try:
-            return load_dataset(dataset, data_dir), False
-        except DataError as exc:
-            console.print(f"[yellow]No {dataset} data found ({exc}).[/]\n"
-                          f"Replaying the synthetic drifting stream instead; for MovieLens run "
-                          f"`asmg datasets download ml-100k --dest data` or set ASMG_DATA_DIR.")
-    return synthetic_log(n_users=800, n_items=600, n_categories=12, n_periods=31, events_per_period=2500,
-                         seed=0, implicit=False, name=SYNTHETIC), True
-
-
-def _worker(role: str, env: dict[str, str], logs: Path, metrics_port: int | None = None) -> subprocess.Popen:
-    log = open(logs / f"{role}.log", "ab")  # noqa: SIM115 - closed when the process is reaped
-    env = {k: v for k, v in env.items() if k != "ASMG_METRICS_PORT"}
-    if metrics_port is not None:
-        env["ASMG_METRICS_PORT"] = str(metrics_port)
-    return subprocess.Popen([sys.executable, "-m", "asmg.cli", "worker", role], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(processes: dict[str, subprocess.Popen], timeout: float = 20.0) -> None:
-    for proc in processes.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in processes.values():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _scorer_model(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=2) as response:
-            return json.loads(response.read())
-    except (OSError, ValueError):
-        return None
-
-
-def _check_workers(processes: dict[str, subprocess.Popen], logs: Path) -> None:
-    for role, proc in processes.items():
-        if proc.poll() is not None:
-            tail = (logs / f"{role}.log").read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"the {role} worker exited with code {proc.returncode}; its log "
-                               f"({logs / (role + '.log')}) ends with:\n" + "\n".join(tail))
 
 
 def _summary_table(run: DemoRun, first_test: int):
@@ -156,62 +97,35 @@ def demo(
 
 def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: str, workdir: Path,
               scorer_port: int, rate: float | None, timeout: float, metrics_port: int | None, progress):
-    from asmg.config import ProtocolConfig
-    from asmg.data.periods import period_bounds
     from asmg.presets import default_preset, preset
+    from asmg_cli import pipeline
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
-    from streams.broker import BrokerConfig, BrokerError, LocalBroker
-    from streams.coordinator import send_end_of_stream
-    from streams.kafka_config import KafkaSettings
-    from streams.records import parse_model, parse_period
-    from streams.topics import TopicNames, ensure_topics
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.topics import TopicNames, ensure_topics
 
-    log, synthetic = _load_log(dataset, data_dir, console)
-    protocol: ProtocolConfig = preset(default_preset(log.name))[0].protocol
-    kafka = KafkaSettings.from_env()
-    if not kafka.external:
-        broker = LocalBroker(BrokerConfig.from_env())
-        was_running = broker.pid() is not None
-        try:
-            broker.start(say=console.print)
-        except BrokerError as exc:
-            raise RuntimeError(str(exc)) from None
-        if not was_running:
-            stack.callback(broker.stop, say=console.print)
-        kafka = broker.config.settings()
+    log, synthetic = pipeline.load_log(dataset, data_dir, console.print)
+    protocol = preset(default_preset(log.name))[0].protocol
+    kafka, _ = pipeline.start_kafka(stack, console.print)
     names = TopicNames(f"asmg.demo-{int(time.time())}.")
     ensure_topics(kafka, names, partitions=4)
     run_dir = workdir / names.prefix.strip(".")
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    bounds = period_bounds(log.events["ts"].to_numpy(), protocol.split, protocol.n_periods)
-    (run_dir / "bounds.json").write_text(json.dumps({"bounds": bounds.to_list()}))
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ASMG_TOPIC_PREFIX": names.prefix,
-           "ASMG_PERIOD_BOUNDS": str(run_dir / "bounds.json"), "ASMG_PERIOD_STORE": str(run_dir / "periods"),
-           "ASMG_ARTIFACT_STORE": str(run_dir / "models"), "ASMG_CHECKPOINT_STORE": str(run_dir / "checkpoints"),
-           "ASMG_WORKER_DIR": str(run_dir / "faust"), "ASMG_METHOD": method, "ASMG_DATASET": log.name,
-           "ASMG_IMPLICIT": "1" if log.implicit else "0", "ASMG_SCORER_PORT": str(scorer_port),
-           "ASMG_PARTITIONS": "4"}
-    processes: dict[str, subprocess.Popen] = {}
-    stack.callback(_stop, processes)
+    bounds, _ = pipeline.write_bounds(log, protocol.split, protocol.n_periods, run_dir)
+    env = pipeline.stream_env(kafka, names.prefix, run_dir, bounds, log, 4, method=method, scorer_port=scorer_port)
+    workers = pipeline.Workers(run_dir / "logs")
+    stack.callback(workers.stop)
     ports = {"windowing": metrics_port, "trainer": None if metrics_port is None else metrics_port + 1}
     for role in ("windowing", "trainer", "scorer"):
-        processes[role] = _worker(role, env, logs, ports.get(role))
-    console.print(f"Workers started (logs in {logs}); topics {names.prefix}*; scorer on :{scorer_port}")
+        workers.start(role, role, env, metrics_port=ports.get(role))
+    console.print(f"Workers started (logs in {workers.logs}); topics {names.prefix}*; scorer on :{scorer_port}")
     if metrics_port is not None:
         console.print(f"Prometheus metrics: windowing :{metrics_port}/metrics, trainer :{metrics_port + 1}/metrics, "
                       f"scorer :{scorer_port}/metrics")
     records_file = run_dir / "models.jsonl"  # every model record seen, for `asmg report`
-    # the pretrained model (period pretrain) goes live first, then one per later period (streams/trainer.py)
+    # the pretrained model (period pretrain) goes live first, then one per later period (streams/trainer/agent.py)
     expected = protocol.n_periods - protocol.pretrain_periods + 1
     run = DemoRun(expected_models=expected)
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(kafka.confluent_config(**{"group_id": f"{names.prefix}demo", "auto_offset_reset": "earliest",
-                                                  "enable_auto_commit": False}))
-    stack.callback(consumer.close)
-    consumer.subscribe([names.periods, names.models])
+    watch = pipeline.TopicWatch(kafka, names, f"{names.prefix}demo", stack)
     deadline = time.monotonic() + timeout
     with progress:
         replay_task = progress.add_task(f"replay {log.name}", total=len(log.events))
@@ -223,33 +137,26 @@ def _run_demo(console, stack: ExitStack, data_dir: Path, dataset: str, method: s
         send_end_of_stream(kafka, names)
         progress.console.print(f"Replayed {result.summary()}")
         model_task = progress.add_task("models live", total=expected)
-        closed_at: dict[int, float] = {}
         while len(run.live_seconds) < expected:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(run.live_seconds)} of {expected} models went live within {timeout:.0f}s;"
-                                   f" see the worker logs in {logs}")
-            _check_workers(processes, logs)
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None and message.topic() == names.periods:
-                closed_at[parse_period(message.value())["period"]] = message.timestamp()[1] / 1000.0
-            elif message is not None and message.error() is None:
-                record = parse_model(message.value())
-                run.models[record["period"]] = record
-                with records_file.open("a") as out:
-                    out.write(json.dumps(record) + "\n")
-            served = _scorer_model(scorer_port)
-            version = (served or {}).get("version", -1)
-            for period, record in run.models.items():
-                if period not in run.live_seconds and record["version"] <= version:
-                    run.live_seconds[period] = time.time() - closed_at.get(period, time.time())
-                    progress.advance(model_task)
-                    metrics, shadow = record.get("metrics") or {}, record.get("shadow_metrics") or {}
-                    if metrics.get("auc") is not None and shadow.get("auc") is not None:
-                        progress.console.print(f"period {period:>2}: model v{record['version']} live — AUC "
-                                               f"{metrics['auc']:.4f} (IU shadow {shadow['auc']:.4f})")
-                    else:
-                        progress.console.print(f"period {period:>2}: model v{record['version']} live (pretrained; "
-                                               f"serves period {period + 1}, not tested yet)")
+                                   f" see the worker logs in {workers.logs}")
+            workers.check()
+            _, records = watch.poll(0.5)
+            with records_file.open("a") as out:
+                out.writelines(json.dumps(record) + "\n" for record in records)
+            run.models = watch.models
+            _, served = pipeline.scorer_json(scorer_port, "/model")
+            for period in pipeline.newly_live(watch, (served or {}).get("version", -1), run.live_seconds, time.time()):
+                record = run.models[period]
+                progress.advance(model_task)
+                metrics, shadow = record.get("metrics") or {}, record.get("shadow_metrics") or {}
+                if metrics.get("auc") is not None and shadow.get("auc") is not None:
+                    progress.console.print(f"period {period:>2}: model v{record['version']} live — AUC "
+                                           f"{metrics['auc']:.4f} (IU shadow {shadow['auc']:.4f})")
+                else:
+                    progress.console.print(f"period {period:>2}: model v{record['version']} live (pretrained; "
+                                           f"serves period {period + 1}, not tested yet)")
     if synthetic:
         console.print("(synthetic stream: numbers are not comparable with MovieLens)")
     console.print(f"Model records in {records_file}; plots: `asmg report {run_dir}`")

@@ -9,18 +9,8 @@ Schemas (v1; readers ignore unknown fields, refuse other versions):
      "parts": [{"partition": 0, "file": "part-00000.parquet", "rows": 800, "sha256": "<hex>"}, ...]}
 
   ``sha256`` covers the parts (:func:`combined_sha256`); every part's own sha256 covers its file's bytes.
-- model version (topic ``<prefix>models``, key = model name)::
-
-    {"v": 1, "model": "asmg", "version": 3, "period": 6, "method": "asmg-gru-multi",
-     "uri": "runs/stream/models/asmg/v000003-p0006", "sha256": "<manifest sha256>",
-     "metrics": {"auc": .., "logloss": .., "samples": ..}, "shadow_metrics": {...} | null,
-     "created": "2024-01-01T00:00:00+00:00", "seconds": 12.3}
-
-  ``metrics``: the served model (made after period t-1) tested on period t, exactly what the offline
-  runner reports for t; the artifact at ``uri`` is the model made after period t (it serves t+1).
-  Optional fields: ``phases`` (seconds per trainer phase) and ``pretrained: true`` on the record of the
-  period that completed pretraining (period == pretrain_periods), whose ``metrics`` and ``shadow_metrics``
-  are null: the pretrained model serves period pretrain_periods+1 before anything was tested.
+- model version (topic ``<prefix>models``, key = model name): :mod:`asmg.records` (the library's, since
+  ``asmg report`` reads it too).
 - watermark (topic ``<prefix>watermarks``, key = partition)::
 
     {"v": 1, "topic": "asmg.interactions", "partition": 2, "watermark": 878000000, "max_ts": 878000000,
@@ -48,19 +38,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streams.kafka_config import KafkaSettings
+from asmg.events import Event, EventError, parse_event
+from asmg.records import VERSION, RecordError, dumps
+from streams.wire.kafka_config import KafkaSettings
 
-VERSION = 1
+__all__ = ["VERSION", "RecordError", "dumps"]  # shared with the model record (asmg/records.py)
+
 CONTROL_KEY = b"__asmg_control__"
 CONTROL_KINDS = ("watermark", "end_of_stream")
-
-
-class RecordError(ValueError):
-    """A record that does not follow its schema."""
-
-
-def dumps(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
 
 
 def loads(raw: bytes | str, kind: str) -> dict[str, Any]:
@@ -104,25 +89,6 @@ def parse_period(raw: bytes | str) -> dict[str, Any]:
     return record
 
 
-# --- model version -----------------------------------------------------------------------------------------
-
-MODEL_FIELDS = ("model", "version", "period", "method", "uri", "sha256", "metrics", "shadow_metrics", "created",
-                "seconds")
-
-
-def model_record(**values: Any) -> dict[str, Any]:
-    missing = [n for n in MODEL_FIELDS if n not in values]
-    if missing:
-        raise RecordError(f"model record lacks {missing}")
-    return {"v": VERSION, **{n: values[n] for n in MODEL_FIELDS}}
-
-
-def parse_model(raw: bytes | str) -> dict[str, Any]:
-    record = loads(raw, "model")
-    _need(record, "model", MODEL_FIELDS)
-    return record
-
-
 # --- watermarks, DLQ, control ------------------------------------------------------------------------------
 
 
@@ -153,6 +119,29 @@ def control_record(kind: str, ts: float | None) -> dict[str, Any]:
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
         raise RecordError(f"control ts must be a finite number of unix seconds or null, got {ts!r}")
     return {"v": VERSION, "control": kind, "ts": ts}
+
+
+def classify_record(raw: bytes | None) -> tuple[str, Any]:
+    """THE reading of a raw interactions-topic value: ``("control", ts)`` for a control record (ts may be None:
+    end of stream without a time) or ``("event", Event)``; raises :class:`EventError` with the reason."""
+    if raw is None:
+        raise EventError("record has no value")
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        parse_event(raw)  # raises EventError with the precise reason
+        raise EventError("invalid JSON") from None  # pragma: no cover - parse_event raised already
+    if isinstance(obj, dict) and "control" in obj:
+        kind, ts = obj.get("control"), obj.get("ts")
+        if obj.get("v", 1) != 1 or kind not in CONTROL_KINDS:
+            raise EventError(f"invalid control record: kind {kind!r}, v {obj.get('v')!r}")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
+            raise EventError(f"invalid control record: ts {ts!r}")
+        if kind == "watermark" and ts is None:
+            raise EventError("invalid control record: a watermark needs ts")
+        return "control", ts
+    event: Event = parse_event(obj)
+    return "event", event
 
 
 # --- Kafka helpers (confluent-kafka, blocking: call from a thread inside async code) ----------------------

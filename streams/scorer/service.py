@@ -7,7 +7,7 @@ interactions in micro-batches, scores them with the served model and its shadow 
 users' histories (prequential evaluation), and keeps those histories for requests that bring none.
 
 HTTP (aiohttp): ``POST /score``, ``GET /model``, ``GET /quality``, ``GET /healthz``, ``GET /metrics``.
-The command (``asmg worker scorer``) is in streams/scorer.py, which imports this module only when it runs.
+The command (``asmg worker scorer``) is in streams/scorer/command.py, which imports this module only when it runs.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from asmg.data.samples import HISTORY_LEN
-from asmg.events import Event, EventError, id_value, parse_event
-from streams.kafka_config import KafkaSettings
+from asmg.config import HISTORY_LEN
+from asmg.data.periods import PeriodScheme
+from asmg.events import Event, EventError, id_value
+from asmg.records import RecordError, parse_model_record
 from streams.metrics import request_timer, scorer_registry
-from streams.scorer_eval import Evaluator, Prequential, UserHistories
-from streams.scorer_state import ModelHolder, PeriodSpec, RecordError, parse_model_record
-from streams.topics import TopicNames
+from streams.scorer.evaluation import Evaluator, Prequential, UserHistories
+from streams.scorer.state import ModelHolder
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.records import classify_record
+from streams.wire.topics import TopicNames
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, KafkaError
@@ -52,7 +55,7 @@ MAX_BODY = 1024 * 1024
 class ScorerOptions:
     """Everything the role can be told (the CLI maps flags and ASMG_* variables onto these)."""
 
-    periods: PeriodSpec | None
+    periods: PeriodScheme | None
     model_name: str | None = None
     device: str = "cpu"
     history_len: int = HISTORY_LEN
@@ -200,15 +203,8 @@ class InteractionFeed(_Feed):
 
 def _event(raw: bytes | None) -> Event | None:
     """An interaction event, or None for the windowing role's control records (watermark, end of stream)."""
-    if raw is None:
-        raise EventError("record has no value")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return parse_event(raw)  # raises EventError with the precise reason
-    if isinstance(obj, dict) and "control" in obj:
-        return None
-    return parse_event(obj)
+    kind, payload = classify_record(raw)
+    return payload if kind == "event" else None
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------
@@ -347,6 +343,10 @@ class ScorerService:
         self.registry, self.latency = scorer_registry(self)  # streams/metrics.py: every metric is defined there
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+
+    def event_counts(self) -> dict[str, int]:
+        """Interaction events by outcome (evaluated, skipped, ...; ``invalid``: refused records), for metrics."""
+        return {**self.evaluator.counts, "invalid": self.interactions.invalid}
 
     def describe_periods(self) -> str:
         periods = self.options.periods

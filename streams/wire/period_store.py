@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs
 
 from asmg.ragged import list_array
-from streams.records import combined_sha256
+from streams.wire.records import combined_sha256
 
 SORT_KEYS = ["ts", "user_id", "item_id", "label"]
 SCHEMA = pa.schema([
@@ -45,19 +45,6 @@ def open_uri(uri: str) -> tuple[fs.FileSystem, str]:
     if "://" not in uri:
         return fs.LocalFileSystem(), os.path.abspath(uri)
     return fs.FileSystem.from_uri(uri)
-
-
-def _ragged(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
-    return lengths, np.fromiter((x for v in lists for x in v), dtype=np.int64, count=int(lengths.sum()))
-
-
-def samples_table(user: list[int], item: list[int], ts: list[int], label: list[float],
-                  history: list[list[int]], categories: list[list[int]], period: int) -> pa.Table:
-    """Columns with Python lists -> an Arrow table in the store's schema and canonical row order."""
-    return ragged_samples_table(np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64),
-                                np.asarray(ts, dtype=np.int64), np.asarray(label, dtype=np.float32),
-                                _ragged(history), _ragged(categories), period)
 
 
 def ragged_samples_table(user: np.ndarray, item: np.ndarray, ts: np.ndarray, label: np.ndarray,
