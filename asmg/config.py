@@ -47,6 +47,9 @@ class MetaConfig:
     # newest model fed at a step and y the generated one, so the generator departs from IU only where
     # the next period's data pays for it
     correction_l2: float = 0.0
+    # residual output only: the correction is added to the newest model ("last") or to the mean of the
+    # window's models so far ("mean"), see asmg.generator.GruGenerator
+    anchor: Literal["last", "mean"] = "last"
 
 
 @dataclass(frozen=True)

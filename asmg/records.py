@@ -13,7 +13,10 @@ watch them. Schema v1 (readers ignore unknown fields and refuse other versions):
 reports for t; the artifact at ``uri`` is the model made after period t (it serves t+1). Optional fields:
 ``seconds`` (the trainer's time for the period), ``phases`` (seconds per trainer phase) and
 ``pretrained: true`` on the record of the period that completed pretraining, whose ``metrics`` and
-``shadow_metrics`` are null: the pretrained model serves period pretrain_periods+1 before anything was tested.
+``shadow_metrics`` are null: the pretrained model serves period pretrain_periods+1 before anything was tested;
+for the serving guard (method ``asmg-guarded``) ``candidate``, the candidate this artifact serves, and
+``candidates``, every candidate tested on period t (``{"iu": {"auc": .., "logloss": .., "samples": ..,
+"score": ..}, ...}``; ``score`` is the guard's running record that chose ``candidate``).
 
 :data:`VERSION` and :class:`RecordError` are those of every record on the wire (streams/wire/records.py).
 """
@@ -59,6 +62,10 @@ class ModelRecord:
     pretrained: bool = False  # the pretrained model: no metrics yet, it serves period pretrain_periods+1
     seconds: float | None = None
     phases: dict[str, float] | None = None
+    # the serving guard: the candidate whose model this artifact serves, and every candidate tested on
+    # ``period`` ({"asmg-gru-multi": {"auc": .., "logloss": .., "samples": .., "score": ..}, "iu": {...}})
+    candidate: str | None = None
+    candidates: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON values (untested metrics are null, as the schema says)."""
@@ -69,6 +76,10 @@ class ModelRecord:
             out["phases"] = self.phases
         if self.pretrained:
             out["pretrained"] = True
+        if self.candidate is not None:
+            out["candidate"] = self.candidate
+        if self.candidates is not None:
+            out["candidates"] = self.candidates
         return out
 
     def to_json(self) -> bytes:
@@ -149,8 +160,31 @@ def parse_model_record(value: bytes | str | Mapping[str, Any] | None, key: bytes
     phases = raw.get("phases")
     if phases is not None and not isinstance(phases, dict):
         raise RecordError(f"phases must be an object, got {type(phases).__name__}")
+    candidate = raw.get("candidate")
+    if candidate is not None:
+        candidate = _text(raw, "candidate")
+    candidates = _candidates(raw.get("candidates"))
     return ModelRecord(model=model, version=_int(raw, "version", 1), period=_int(raw, "period"),
                        method=_text(raw, "method"), uri=_text(raw, "uri"), sha256=sha,
                        metrics=_mapping(raw, "metrics"), shadow_metrics=_mapping(raw, "shadow_metrics"),
                        created=_created(raw), pretrained=_flag(raw, "pretrained"), seconds=_number(raw, "seconds"),
-                       phases=phases)
+                       phases=phases, candidate=candidate, candidates=candidates)
+
+
+def _candidates(value: Any) -> dict[str, dict[str, Any]] | None:
+    """The guard's per-candidate metrics: names to objects of numbers (or null)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RecordError(f"candidates must be an object, got {type(value).__name__}")
+    out = {}
+    for name, metrics in value.items():
+        if not isinstance(metrics, dict):
+            raise RecordError(f"candidates.{name} must be an object, got {type(metrics).__name__}")
+        for field_name in metrics:
+            try:
+                _number(metrics, field_name)
+            except RecordError as exc:
+                raise RecordError(f"candidates.{name}: {exc.reason}") from None
+        out[name] = dict(metrics)
+    return out

@@ -33,30 +33,48 @@ def _summary_table(run: DemoRun, first_test: int):
     from rich.table import Table
 
     table = Table(title="ASMG streaming demo: each period's served model, tested on that period")
-    for column in ("period", "version", "samples", "served AUC", "IU shadow AUC", "lift", "live after (s)"):
+    # the serving guard's other candidates (the IU candidate is the shadow column already)
+    others = list(dict.fromkeys(name for record in run.models.values() for name in (record.get("candidates") or {})
+                                if name != "iu"))
+    columns = ("period", "version", "samples", "served AUC", "IU shadow AUC", "lift",
+               *(f"{name} AUC" for name in others), *(("serves next",) if others else ()), "live after (s)")
+    for column in columns:
         table.add_column(column, justify="right")
     served, shadow = [], []
+    candidates: dict[str, list[float]] = {name: [] for name in others}
     for period in sorted(run.models):
         record = run.models[period]
         metrics, shadow_metrics = record.get("metrics") or {}, record.get("shadow_metrics") or {}
         auc, iu = metrics.get("auc"), shadow_metrics.get("auc")
+        tested = record.get("candidates") or {}
         if period >= first_test and auc is not None and iu is not None:
             served.append(auc)
             shadow.append(iu)
+            for name in others:
+                if (tested.get(name) or {}).get("auc") is not None:
+                    candidates[name].append(tested[name]["auc"])
         untested = "pretrained" if record.get("pretrained") else "-"
+        guard = [_auc((tested.get(name) or {}).get("auc")) for name in others]
+        if others:
+            guard.append(record.get("candidate") or "-")
         table.add_row(str(period), str(record["version"]), str(metrics.get("samples", "")),
                       f"{auc:.4f}" if auc is not None else untested, f"{iu:.4f}" if iu is not None else "-",
-                      f"{auc - iu:+.4f}" if auc is not None and iu is not None else "-",
+                      f"{auc - iu:+.4f}" if auc is not None and iu is not None else "-", *guard,
                       f"{run.live_seconds[period]:.1f}" if period in run.live_seconds else "-")
-    return table, served, shadow
+    return table, served, shadow, candidates
+
+
+def _auc(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
 
 
 def demo(
     data_dir: Annotated[Path, typer.Option(envvar="ASMG_DATA_DIR", help="MovieLens-100K folder")] = Path(
         "data/ml-100k"),
     dataset: Annotated[str, typer.Option(envvar="ASMG_DATASET", help="dataset to replay, or 'synthetic'")] = "ml-100k",
-    method: Annotated[str, typer.Option(envvar="ASMG_METHOD", help="update method the trainer runs")] = (
-        "asmg-gru-multi"),
+    method: Annotated[str, typer.Option(
+        envvar="ASMG_METHOD", help="update method the trainer runs: the serving guard by default; plain ASMG is "
+                                   "asmg-gru-multi")] = "asmg-guarded",
     workdir: Annotated[Path, typer.Option(envvar="ASMG_WORKDIR", help="period store, models, logs")] = Path(
         "runs/demo"),
     scorer_port: Annotated[int, typer.Option(envvar="ASMG_SCORER_PORT")] = 8090,
@@ -86,12 +104,17 @@ def demo(
         except RuntimeError as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1) from None
-    table, served, shadow = run
+    table, served, shadow, candidates = run
     console.print(table)
     if served:
         mean_served, mean_shadow = sum(served) / len(served), sum(shadow) / len(shadow)
         console.print(f"Test periods: served ({method}) mean AUC {mean_served:.4f}, plain IU {mean_shadow:.4f} "
                       f"({(mean_served / mean_shadow - 1) * 100:+.2f}% relative).")
+        for name, values in candidates.items():
+            if values:
+                mean = sum(values) / len(values)
+                console.print(f"  candidate {name}: mean AUC {mean:.4f} ({(mean / mean_shadow - 1) * 100:+.2f}% "
+                              "relative to IU)")
     console.print(f"Done in {time.monotonic() - started:.0f} s; everything the demo started is stopped.")
 
 

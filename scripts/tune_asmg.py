@@ -38,6 +38,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "residual, shrinkage 1": ("asmg-gru-multi", {"output": "residual", "correction_l2": 1.0}),
     "residual, shrinkage 10": ("asmg-gru-multi", {"output": "residual", "correction_l2": 10.0}),
     "linear (learned weights over k)": ("asmg-linear", {}),
+    "residual on the window mean": ("asmg-gru-multi", {"output": "residual", "anchor": "mean"}),
+    "residual on the window mean, 3 meta epochs": ("asmg-gru-multi", {"output": "residual", "anchor": "mean",
+                                                                       "epochs": 3}),
+    "residual on the window mean, k 4": ("asmg-gru-multi", {"output": "residual", "anchor": "mean", "k": 4}),
 }
 GUARD_GRID = [(decay, margin) for decay in (0.0, 0.5, 0.8) for margin in (0.0, 0.001, 0.003)]
 

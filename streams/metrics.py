@@ -289,6 +289,15 @@ class TrainerMetrics:
         self.below = Gauge("asmg_trainer_auc_below_iu_periods",
                            "Consecutive newest periods whose served AUC was below the IU shadow's.", ["model"],
                            registry=registry)
+        self.candidate_auc = Gauge("asmg_trainer_candidate_auc",
+                                   "Serving guard: AUC of each candidate's model on the newest period.",
+                                   ["model", "candidate"], registry=registry)
+        self.candidate_score = Gauge("asmg_trainer_candidate_score",
+                                     "Serving guard: each candidate's running record (exponentially weighted AUC) "
+                                     "that chooses the served one.", ["model", "candidate"], registry=registry)
+        self.served_candidate = Gauge("asmg_trainer_served_candidate",
+                                      "Serving guard: 1 for the candidate whose model is served next, else 0.",
+                                      ["model", "candidate"], registry=registry)
         self._streak = 0
 
     def period(self, period: int, outcome: str, phases: Mapping[str, float], total: float | None = None) -> None:
@@ -318,6 +327,13 @@ class TrainerMetrics:
             self.lift.labels(model).set(served - iu)
             self._streak = self._streak + 1 if served < iu else 0
         self.below.labels(model).set(self._streak)
+        candidates = record.get("candidates") or {}
+        for name, values in candidates.items():
+            for gauge, key in ((self.candidate_auc, "auc"), (self.candidate_score, "score")):
+                value = _finite(values.get(key))
+                if value is not None:
+                    gauge.labels(model, name).set(value)
+            self.served_candidate.labels(model, name).set(1.0 if name == record.get("candidate") else 0.0)
 
 
 # --- scorer -------------------------------------------------------------------------------------------------

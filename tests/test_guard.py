@@ -115,3 +115,41 @@ def test_guard_checkpoint_round_trip_continues_identically(periods):
     for period in order[6:]:
         a, b = updater.step(period, periods[period]), restored.step(period, periods[period])
         assert a.metrics == b.metrics and a.candidates == b.candidates
+
+
+def test_model_record_carries_the_guard_fields_and_refuses_bad_ones():
+    from asmg.records import ModelRecord, RecordError, parse_model_record
+
+    record = ModelRecord(model="asmg", version=3, period=12, method="asmg-guarded", uri="runs/x", sha256="a" * 64,
+                         metrics={"auc": 0.7}, candidate="iu",
+                         candidates={"asmg-gru-multi": {"auc": 0.69, "score": 0.695},
+                                     "iu": {"auc": 0.71, "score": 0.7}})
+    parsed = parse_model_record(record.to_json())
+    assert parsed.candidate == "iu" and parsed.candidates == record.candidates
+    assert "candidate" not in ModelRecord(model="asmg", version=1, period=1, method="iu", uri="u",
+                                          sha256="a" * 64).to_dict()
+    for bad in ({"candidates": []}, {"candidates": {"iu": 0.7}}, {"candidates": {"iu": {"auc": "high"}}},
+                {"candidate": ""}):
+        with pytest.raises(RecordError, match="candidate"):
+            parse_model_record({**record.to_dict(), **bad})
+
+
+def test_trainer_metrics_show_every_candidate_and_the_served_one():
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import TrainerMetrics
+
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics(registry, "asmg")
+    metrics.published({"model": "asmg", "version": 2, "period": 11, "metrics": {"auc": 0.7},
+                       "shadow_metrics": {"auc": 0.71}, "candidate": "iu",
+                       "candidates": {"asmg-gru-multi": {"auc": 0.70, "score": 0.70},
+                                      "iu": {"auc": 0.71, "score": 0.705}}})
+
+    def value(name: str, candidate: str) -> float | None:
+        return registry.get_sample_value(name, {"model": "asmg", "candidate": candidate})
+
+    assert value("asmg_trainer_candidate_auc", "asmg-gru-multi") == 0.70
+    assert value("asmg_trainer_candidate_score", "iu") == 0.705
+    assert value("asmg_trainer_served_candidate", "iu") == 1.0
+    assert value("asmg_trainer_served_candidate", "asmg-gru-multi") == 0.0

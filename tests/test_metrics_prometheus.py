@@ -203,7 +203,8 @@ def test_every_referenced_name_is_defined_in_streams_metrics(tmp_path: Path) -> 
     trainer = TrainerMetrics(new_registry(process=False), "asmg")
     trainer.period(4, "published", {"evaluate": 0.1}, 0.2)
     trainer.published({"model": "asmg", "version": 1, "period": 4, "metrics": {"auc": 0.7, "logloss": 0.6},
-                       "shadow_metrics": {"auc": 0.69, "logloss": 0.61}})
+                       "shadow_metrics": {"auc": 0.69, "logloss": 0.61}, "candidate": "iu",
+                       "candidates": {"iu": {"auc": 0.69, "score": 0.69}}})
     names |= set(exposed(trainer.registry))
 
     from streams.metrics import scorer_registry
@@ -370,7 +371,8 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
     prepared = prepare_periods(log, PROTOCOL)
     bounds = prepared.bounds.to_list()
     settings = stream_settings(topic_names, tmp_path, period_bounds=json.dumps(bounds), log_level="info",
-                               log_format="json", **{**TRAIN, "batch_size": 256, "meta_batch_size": 256})
+                               log_format="json", **{**TRAIN, "method": "asmg-guarded", "batch_size": 256,
+                                                     "meta_batch_size": 256})
     ensure_topics(kafka_settings, topic_names, settings.partitions)
     ports = {"windowing": free_port(), "trainer": free_port(), "scorer": free_port(), "ingest": free_port()}
     bad_input_after = 5  # bad, late and malformed records once periods 1..5 are closed

@@ -53,7 +53,8 @@ class AsmgMethod(UpdateMethod):
             self.generator = LinearGenerator(meta.k).to(self.device)
         else:
             shapes = {n: tuple(t.shape) for n, t in self.base.items()}
-            self.generator = GruGenerator(shapes, meta.hidden, meta.output == "residual", gen).to(self.device)
+            self.generator = GruGenerator(shapes, meta.hidden, meta.output == "residual", gen,
+                                          meta.anchor).to(self.device)
         self.models = [self.base]
         self.periods = []
         self.hidden = self.generator.zero_state(self.base)

@@ -298,7 +298,17 @@ async def get_quality(request: web.Request) -> web.Response:
                               "events": dict(service.evaluator.counts), "invalid_events": service.interactions.invalid,
                               "control_records": service.interactions.control,
                               "negatives_per_positive": service.options.negatives,
-                              "periods_spec": service.describe_periods()})
+                              "periods_spec": service.describe_periods(), "guard": _guard(service)})
+
+
+def _guard(service: ScorerService) -> dict[str, Any] | None:
+    """The serving guard's view from the served model's record: which candidate serves, and every candidate's
+    metrics on the record's period (None for a method without a guard)."""
+    model = service.holder.current
+    if model is None or model.record.candidate is None:
+        return None
+    return {"served_candidate": model.record.candidate, "period": model.record.period,
+            "candidates": model.record.candidates}
 
 
 async def get_healthz(request: web.Request) -> web.Response:

@@ -45,7 +45,8 @@ class LoadedModel:
         record = self.record
         return {"model": record.model, "version": record.version, "period": record.period,
                 "method": record.method, "pretrained": record.pretrained, "metrics": record.metrics,
-                "shadow_metrics": record.shadow_metrics,
+                "shadow_metrics": record.shadow_metrics, "candidate": record.candidate,
+                "candidates": record.candidates,
                 "uri": record.uri, "sha256": record.sha256, "created": record.created,
                 "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 4),
                 "vocab_sizes": self.scorer.artifact.meta.get("vocab_sizes")}

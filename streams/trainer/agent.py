@@ -77,6 +77,13 @@ def _quality(model: ModelRecord) -> str:
     return f"auc {model.metrics.get('auc', float('nan')):.4f}"
 
 
+def guard_fields(report: dict[str, Any] | None) -> dict[str, Any]:
+    """The serving guard's choice and every candidate's metrics, for the model record (absent otherwise)."""
+    if not report:
+        return {}
+    return {"candidate": report["served"], "candidates": report["candidates"]}
+
+
 def _fault(stage: str, period: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     if spec and spec == f"{stage}@{period}":
@@ -218,7 +225,8 @@ class Trainer:
                                 uri=uri, sha256=sha, metrics=result.metrics or {}, shadow_metrics=result.shadow or {},
                                 created=datetime.now(UTC).isoformat(timespec="seconds"), seconds=seconds,
                                 phases={name: round(s, 4) for name, s in phases.items()},
-                                pretrained=pretrained)  # pretrained: metrics are null, nothing was tested yet
+                                pretrained=pretrained,  # pretrained: metrics are null, nothing was tested yet
+                                **guard_fields(result.candidates))
         _fault("after-artifact", period)
         clock = time.perf_counter()
         tensors, info = updater.state()

@@ -70,7 +70,8 @@ class StreamSettings:
     checkpoint_store: str = _opt("runs/stream/checkpoints", "Where trainer checkpoints go.")
     keep_checkpoints: int = _opt(2, "Checkpoints kept per model (older ones are deleted).")
     model_name: str = _opt("asmg", "Model name: key of the model records.")
-    method: str = _opt("asmg-gru-multi", "Update method (see `asmg experiment --help`).")
+    method: str = _opt("asmg-guarded", "Update method (see `asmg experiment --help`); the default serving guard "
+                                       "runs ASMG and IU side by side and serves the better recent record.")
     dataset: str = _opt("ml-100k", "Dataset whose preset is the default hyper-parameter set.")
     preset: str | None = _opt(None, "Hyper-parameter preset (default: the dataset's, else authors).")
     pretrain_periods: int | None = _opt(None, "Periods collected to pretrain the base model (default: the preset's).")
