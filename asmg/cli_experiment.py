@@ -32,7 +32,9 @@ def experiment(
     out: Annotated[Path, typer.Option(envvar=_env("out"), help="folder for results.json/.md and plots")] = Path(
         "runs/experiment"),
     preset: Annotated[str | None, typer.Option(envvar=_env("preset"),
-                                               help="hyper-parameter set: authors, or the dataset's tuned one")] = None,
+                                               help="hyper-parameter set: authors, a dataset's tuned one, or auto "
+                                                    "(base chosen on this dataset's validation periods; the default "
+                                                    "for datasets without a preset)")] = None,
     lr: Annotated[float | None, typer.Option(envvar=_env("lr"), help="base-model learning rate")] = None,
     batch_size: Annotated[int | None, typer.Option(envvar=_env("batch-size"))] = None,
     epochs: Annotated[int | None, typer.Option(envvar=_env("epochs"), help="base epochs per period")] = None,
@@ -86,6 +88,15 @@ def experiment(
     except DataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    from asmg.presets import AUTO, default_preset
+
+    if (preset or default_preset(dataset)) == AUTO:
+        if any(value is not None for value in (lr, epochs, batch_size)):
+            note += "; base settings from the flags given (no search)"
+        else:
+            from asmg.tuning import auto_base
+
+            cfg, note = auto_base(data, cfg, _ints(seeds)[:1], workers, say=typer.echo)
     spec = ExperimentSpec(dataset, names, _ints(seeds), cfg, last_period=last_period, note=note,
                           pretrain_cache=str(cache_dir.parent / "pretrained"))
     results = run_experiment(data, spec, out=out, workers=workers)

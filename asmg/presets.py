@@ -8,7 +8,13 @@ from dataclasses import replace
 from asmg.config import MetaConfig, ProtocolConfig, RunConfig, TrainConfig
 
 AUTHORS = RunConfig()
-ML100K = RunConfig(meta=MetaConfig(output="residual", batch_size=256))
+# Chosen on ml-100k's validation periods (scripts: asmg.tuning.choose_base, scripts/tune_asmg.py; README):
+CHOSEN_BASE = TrainConfig(lr=1e-2, batch_size=256, epochs=3)
+CHOSEN_META = MetaConfig(output="residual")
+ML100K = RunConfig(train=CHOSEN_BASE, meta=CHOSEN_META)
+GENERAL = ML100K  # what `auto` starts from, and serves as is where no validation periods exist up front
+GENERAL_NOTE = ("--preset auto: ml-100k's chosen settings (base lr 1e-2, batch 256, 3 epochs per period; residual "
+                "generator), the base to be re-chosen on the dataset's own validation periods")
 # 17 periods of 100,000 samples: pretrain on 1-5 (3 epochs: 500k samples need fewer passes than ml-100k's
 # 32k), update on 6-16, test on 11-17 (seven test periods, as the paper), validate on 6-9
 SYNTHETIC_LARGE_PROTOCOL = ProtocolConfig(n_periods=17, pretrain_periods=5, first_test_period=11)
@@ -25,13 +31,21 @@ PRESETS: dict[str, tuple[RunConfig, str]] = {
 
 
 def preset(name: str) -> tuple[RunConfig, str]:
+    """A named preset; ``auto`` starts from GENERAL and gets its base settings where data is at hand (the
+    offline commands); a streaming trainer, which has no validation periods up front, keeps GENERAL's."""
+    if name == AUTO:
+        return GENERAL, GENERAL_NOTE
     if name not in PRESETS:
-        raise ValueError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset '{name}'; known: {', '.join([*PRESETS, AUTO])}")
     return PRESETS[name]
 
 
+AUTO = "auto"  # base settings chosen on the dataset's own validation periods (asmg.tuning.auto_base)
+
+
 def default_preset(dataset: str) -> str:
-    return dataset if dataset in PRESETS else "authors"
+    """A dataset's own preset, else ``auto``: no comparison runs against an untuned base by accident."""
+    return dataset if dataset in PRESETS else AUTO
 
 
 def override(cfg: RunConfig, train: dict, meta: dict) -> RunConfig:

@@ -118,6 +118,6 @@ def auto_base(data: PreparedPeriods, cfg: RunConfig, seeds: Sequence[int], worke
                                  on_candidate=lambda c, auc: say(f"  {c.label}: IU validation AUC {auc:.4f}"))
     best = max(scores, key=lambda pair: pair[1])
     note = (f"--preset auto: base training chosen by IU's AUC on validation periods {first}-{last} among "
-            f"{len(scores)} candidates ({best[0].label}: {best[1]:.4f}); generator settings are the authors'")
+            f"{len(scores)} candidates ({best[0].label}: {best[1]:.4f}); generator: the default ASMG configuration")
     say(f"chosen: {best[0].label}")
     return chosen, note
