@@ -87,7 +87,7 @@ class PeriodUpdater:
             seconds.update(getattr(self.method, "seconds", {}))  # finer phases where a method times them
         self.last_period = period
         report = getattr(self.method, "candidate_report", None)
-        candidates = report() if report is not None and "update" in seconds else None
+        candidates = report() if report is not None and metrics is not None else None
         return PeriodResult(period, len(data), metrics, shadow, seconds, candidates)
 
     def pretrain(self) -> Params:

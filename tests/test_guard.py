@@ -153,3 +153,20 @@ def test_trainer_metrics_show_every_candidate_and_the_served_one():
     assert value("asmg_trainer_candidate_score", "iu") == 0.705
     assert value("asmg_trainer_served_candidate", "iu") == 1.0
     assert value("asmg_trainer_served_candidate", "asmg-gru-multi") == 0.0
+
+
+def test_experiment_table_shows_the_guards_candidates_as_rows(tmp_path):
+    from asmg.experiment import ExperimentSpec, markdown_table, run_experiment
+
+    log = synthetic_log(n_users=120, n_items=80, n_categories=5, n_periods=10, events_per_period=250,
+                        implicit=False, seed=3)
+    data = prepare_periods(log, CFG.protocol)
+    results = run_experiment(data, ExperimentSpec("tiny", ["iu", "asmg-gru-multi", "asmg-guarded"], [0], CFG),
+                             out=tmp_path, show_progress=False)
+    summary = results["summary"]
+    # the guard's candidates are the very models the separate runs train: same test AUCs
+    assert summary["asmg-guarded/iu"]["auc_mean"] == pytest.approx(summary["iu"]["auc_mean"], abs=1e-12)
+    assert summary["asmg-guarded/asmg-gru-multi"]["auc_mean"] == pytest.approx(
+        summary["asmg-gru-multi"]["auc_mean"], abs=1e-12)
+    assert "| asmg-guarded/iu |" in markdown_table(results)
+    assert (tmp_path / "auc_by_period.png").is_file()

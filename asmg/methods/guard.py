@@ -59,10 +59,11 @@ class GuardedMethod(UpdateMethod):
     """Candidates from ``cfg.guard.candidates``: an ASMG method (its IU base is the "iu" candidate) and,
     optionally, BU-w methods trained alongside."""
 
-    def __init__(self, cfg: RunConfig, device: torch.device, name: str = "asmg-guarded") -> None:
+    def __init__(self, cfg: RunConfig, device: torch.device,
+                 make_method: Callable[[str, RunConfig, torch.device], UpdateMethod],
+                 name: str = "asmg-guarded") -> None:
+        """``make_method``: the registry's constructor of the candidates (passed in: the registry imports this)."""
         super().__init__(cfg, device)
-        from asmg.methods.registry import make_method  # the registry imports this module
-
         self.name = name
         self.members: dict[str, UpdateMethod] = {}
         self.views: dict[str, Callable[[], Params]] = {}

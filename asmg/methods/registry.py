@@ -42,7 +42,7 @@ def make_method(name: str, cfg: RunConfig, device: torch.device) -> UpdateMethod
     if match := re.fullmatch(r"bu-(\d+)", name):
         return BatchUpdate(cfg, device, int(match.group(1)))
     if name == "asmg-guarded":
-        return GuardedMethod(cfg, device)
+        return GuardedMethod(cfg, device, make_method)
     if name == "asmg-linear":
         return AsmgMethod(cfg, device, "linear")
     if (match := re.fullmatch(r"asmg-gru-(\w+)", name)) and match.group(1) in GRU_VARIANTS:
