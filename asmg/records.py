@@ -29,7 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from asmg.safejson import UntrustedJSONError, has_surrogate
+from asmg.safejson import loads as untrusted_loads
+
 VERSION = 1
+MAX_INT = 2**63 - 1  # versions and periods are int64 wherever they are stored
+MAX_TEXT = 4096  # characters of a text field (a URI is the longest)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -92,14 +97,18 @@ def _int(raw: Mapping[str, Any], name: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RecordError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise RecordError(f"{name} must be >= {minimum}, got {value}")
+        raise RecordError(f"{name} must be >= {minimum}, got {str(value)[:40]}")
+    if value > MAX_INT:
+        raise RecordError(f"{name} must be <= 2^63-1, got {str(value)[:40]}")
     return value
 
 
 def _text(raw: Mapping[str, Any], name: str) -> str:
     value = raw.get(name)
     if not isinstance(value, str) or not value.strip():
-        raise RecordError(f"{name} must be a non-empty string, got {value!r}")
+        raise RecordError(f"{name} must be a non-empty string, got {str(value)[:80]!r}")
+    if len(value) > MAX_TEXT or has_surrogate(value):
+        raise RecordError(f"{name} must be at most {MAX_TEXT} characters of valid Unicode")
     return value
 
 
@@ -137,16 +146,17 @@ def _created(raw: Mapping[str, Any]) -> float | str | None:
 
 def parse_model_record(value: bytes | str | Mapping[str, Any] | None, key: bytes | None = None) -> ModelRecord:
     """Validate a model record (wire bytes, or a JSON object already read); raise :class:`RecordError` with the
-    reason for anything unusable. ``key``: the Kafka key, which must name the record's model."""
+    reason for anything unusable (and nothing else, whatever the bytes). ``key``: the Kafka key, which must
+    name the record's model."""
     if value is None:
         raise RecordError("tombstone (no value)")
     if isinstance(value, Mapping):
         raw = value
     else:
         try:
-            raw = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError(f"value is not JSON: {exc}") from None
+            raw = untrusted_loads(value)
+        except UntrustedJSONError as exc:
+            raise RecordError(f"value is not JSON: {exc.reason}") from None
     if not isinstance(raw, Mapping):
         raise RecordError(f"value must be a JSON object, got {type(raw).__name__}")
     if raw.get("v", VERSION) != VERSION or isinstance(raw.get("v"), bool):

@@ -173,8 +173,8 @@ def synth(
 
 def ingest(
     port: Annotated[int, typer.Option("--port", envvar="ASMG_INGEST_PORT", help="HTTP port.")] = 8081,
-    host: Annotated[str, typer.Option("--host", envvar="ASMG_INGEST_HOST", help="Address to bind.")]
-    = "0.0.0.0",
+    host: Annotated[str, typer.Option("--host", envvar="ASMG_INGEST_HOST",
+                                      help="Address to bind (0.0.0.0: every interface).")] = "127.0.0.1",
     bootstrap_servers: BootstrapOpt = None,
     topic_prefix: PrefixOpt = "asmg.",
     partitions: PartitionsOpt = 4,

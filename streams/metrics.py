@@ -72,7 +72,7 @@ def new_registry(process: bool = True) -> CollectorRegistry:
     return registry
 
 
-def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> int:
+def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
     """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread; returns the bound port."""
     server, _ = start_http_server(port, host, registry)
     bound = int(server.server_port)
@@ -515,7 +515,7 @@ class RoleMetrics:
         self.lag = ConsumerLag(kafka, list(groups), self.registry, interval).start()
         return self.lag
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
         self.port = serve(self.registry, port, host)
         return self.port
 

@@ -84,7 +84,7 @@ def test_replay_rate_paces_the_stream(kafka_settings: KafkaSettings, topic_names
 
 
 async def _post(client: Any, body: bytes | str) -> tuple[int, dict[str, Any]]:
-    response = await client.post("/events", data=body)
+    response = await client.post("/events", data=body, headers={"Content-Type": "application/x-ndjson"})
     return response.status, await response.json()
 
 

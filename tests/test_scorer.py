@@ -379,7 +379,7 @@ def test_http_contract(kafka_settings: KafkaSettings, topic_names: TopicNames, t
     with running(service) as url:
         assert call(f"{url}/score", {"user_id": 1, "items": [100]}) == (503, {"error": "no model yet"})
         assert call(f"{url}/model")[0] == 503
-        assert call(f"{url}/healthz")[0] == 200
+        assert call(f"{url}/healthz")[0] == 503 and call(f"{url}/healthz")[1]["status"] == "no model yet"
         publish_records(kafka_settings, topic_names, v1)
         wait_for(lambda: served_version(url) == 1, what="v1 served")
 

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def scorer_command(
     port: Annotated[int, typer.Option("--port", envvar="ASMG_SCORER_PORT", help="HTTP port.")] = 8090,
-    host: Annotated[str, typer.Option("--host", envvar="ASMG_SCORER_HOST", help="Address to bind.")] = "0.0.0.0",
+    host: Annotated[str, typer.Option("--host", envvar="ASMG_SCORER_HOST",
+                                      help="Address to bind (0.0.0.0: every interface).")] = "127.0.0.1",
     period_bounds: Annotated[str | None, typer.Option(
         "--period-bounds", envvar="ASMG_PERIOD_BOUNDS",
         help="Fixed period boundaries: a JSON list, or a path/URI of a JSON file (as the windowing role).")] = None,

@@ -13,7 +13,6 @@ The command (``asmg worker scorer``) is in streams/scorer/command.py, which impo
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import threading
@@ -34,6 +33,9 @@ from asmg.config import HISTORY_LEN
 from asmg.data.periods import PeriodScheme
 from asmg.events import Event, EventError, id_value
 from asmg.records import RecordError, parse_model_record
+from asmg.safejson import UntrustedJSONError
+from asmg.safejson import loads as untrusted_loads
+from streams.http_security import guard, load_token, metrics_protected
 from streams.metrics import request_timer, scorer_registry
 from streams.scorer.evaluation import Evaluator, Prequential, UserHistories
 from streams.scorer.state import ModelHolder
@@ -152,9 +154,10 @@ class ModelFeed(_Feed):
                 continue
             try:
                 records.append(parse_model_record(message.value(), message.key()))
-            except RecordError as exc:
+            except Exception as exc:  # noqa: BLE001 - one poison record must not cost the batch's others
                 self.holder.count("records_invalid")
-                log.warning("models topic offset %d: refused record: %s", message.offset(), exc.reason)
+                reason = exc.reason if isinstance(exc, RecordError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+                log.warning("models topic [%d]@%d: refused record: %s", message.partition(), message.offset(), reason)
         if records:
             self.holder.offer(records)
         if not self.caught_up.is_set() and self.assigned and self.assigned <= self.at_end:
@@ -247,9 +250,9 @@ class ScoreRequest:
 def parse_score_request(raw: bytes) -> ScoreRequest:
     """Validate a /score body; raise :class:`RequestError` with the reason."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"body is not JSON: {exc}") from None
+        body = untrusted_loads(raw)
+    except UntrustedJSONError as exc:
+        raise RequestError(f"body is not JSON: {exc.reason}") from None
     if not isinstance(body, dict):
         raise RequestError(f"body must be a JSON object, got {type(body).__name__}")
     if body.get("user_id") is None:
@@ -315,8 +318,9 @@ async def get_healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     model = service.holder.current
     alive = {"models": service.models.is_alive(), "interactions": service.interactions.is_alive()}
-    ok = all(alive.values())
-    return web.json_response({"status": "ok" if ok else "feed stopped", "model_version": model and model.version,
+    ok = all(alive.values()) and model is not None  # ready means: a verified model is served
+    status = "feed stopped" if not all(alive.values()) else "no model yet" if model is None else "ok"
+    return web.json_response({"status": status, "model_version": model and model.version,
                               "feeds": alive, "models_caught_up": service.models.caught_up.is_set(),
                               "users": len(service.histories), **service.holder.stats()},
                              status=200 if ok else 503)
@@ -363,7 +367,9 @@ class ScorerService:
         return periods.describe() if periods is not None else "none configured: online evaluation is off"
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[request_timer(lambda: self.latency)])
+        token, protected = load_token(), ["/score", *(["/metrics"] if metrics_protected() else [])]
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[
+            guard(token, protected, ["/score"]), request_timer(lambda: self.latency)])
         app[SERVICE] = self
         app.router.add_post("/score", post_score)
         app.router.add_get("/model", get_model)

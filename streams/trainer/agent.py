@@ -48,8 +48,8 @@ from asmg.logs import bind, log_context
 from asmg.records import ModelRecord, RecordError, parse_model_record
 from asmg.updater import PeriodUpdater
 from streams.wire.kafka_config import KafkaSettings
-from streams.wire.period_store import open_uri, read_period_record
-from streams.wire.records import RecordProducer, parse_period, read_topic
+from streams.wire.period_store import PeriodStoreError, open_uri, read_period_record, within_store
+from streams.wire.records import RecordProducer, dlq_key, dlq_record, dumps, parse_period, read_topic
 from streams.wire.settings import SettingsError, StreamSettings
 from streams.wire.topics import TopicNames
 
@@ -203,6 +203,9 @@ class Trainer:
             log.warning("period %d follows period %d: periods in between were never closed", period,
                         updater.last_period)
         started = time.perf_counter()
+        if not within_store(record["uri"], self.settings.period_store):
+            raise PeriodStoreError(f"period {period}: uri {record['uri'][:200]!r} is outside the configured period "
+                                   f"store {self.settings.period_store!r}")
         samples = read_period_record(record)
         phases = {"read": time.perf_counter() - started}  # seconds per phase (metrics, the record's "phases")
         _fault("before-step", period)
@@ -250,6 +253,19 @@ class Trainer:
         self._observe(period, outcome, phases, time.perf_counter() - started)
         return model
 
+    def quarantine(self, raw: bytes | None, reason: str, detail: str, partition: int, offset: int) -> None:
+        """A period record the trainer cannot use (unreadable, or its files missing, tampered or outside the
+        store): log it, count it and write it to the DLQ with the reason, then go on with the next period
+        (exiting would only meet the same record again after every restart)."""
+        log.error("quarantined the period record at %s[%d]@%d: %s: %s", self.names.periods, partition, offset,
+                  reason, detail)
+        if self.metrics is not None:
+            self.metrics.periods.labels("quarantined").inc()
+        if self._producer is None:
+            self._producer = RecordProducer(self.kafka)
+        self._producer.send(self.names.dlq, dlq_key(self.names.periods, partition, offset),
+                            dumps(dlq_record(reason, raw or b"", self.names.periods, partition, offset, detail)))
+
     def _observe(self, period: int, outcome: str, phases: dict[str, float], total: float | None = None) -> None:
         if self.metrics is not None:
             self.metrics.period(period, outcome, phases, total)
@@ -293,15 +309,18 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
     @app.agent(topic, name=f"{settings.role_app_id('trainer')}-trainer", concurrency=1)
     async def train(stream):
         async for event in stream.events():
+            where = (event.message.partition, event.message.offset)
             try:
                 record = parse_period(event.value)
             except RecordError as exc:
-                log.error("ignoring a period record at offset %d: %s", event.message.offset, exc)
+                await asyncio.to_thread(trainer.quarantine, event.value, "invalid period record", exc.reason, *where)
                 continue
             try:
                 with log_context(period=record.get("period")):  # follows the call into the thread
                     await asyncio.to_thread(trainer.handle, record)
-            except Exception as exc:  # fail-stop: never skip a period silently
+            except (PeriodStoreError, RecordError) as exc:  # this record's files: skipped loudly, never silently
+                await asyncio.to_thread(trainer.quarantine, event.value, "unreadable period", str(exc), *where)
+            except Exception as exc:  # fail-stop: a bug or a failing store; the restarted worker redoes the period
                 fail_stop(exc, f"trainer, period {record.get('period')}")
 
     @app.on_partitions_revoked.connect

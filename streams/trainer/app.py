@@ -56,7 +56,7 @@ def create_app(settings: StreamSettings, kafka: KafkaSettings | None = None):
 
     agent.register(app, settings, names, kafka)
     if app.asmg_metrics is not None:
-        app.asmg_metrics.serve(settings.metrics_port)
+        app.asmg_metrics.serve(settings.metrics_port, settings.metrics_host)
     return app
 
 

@@ -346,6 +346,11 @@ class WindowingCore:
                 kind[i] = REFUSED
                 refusals[i] = (exc.reason, "")
                 continue
+            except Exception as exc:  # noqa: BLE001 - a poison record must never stop the role: DLQ it
+                log.warning("unreadable record at row %d of a batch: %s: %s", i, type(exc).__name__, exc)
+                kind[i] = REFUSED
+                refusals[i] = ("unreadable record", f"{type(exc).__name__}: {str(exc)[:200]}")
+                continue
             if what == "control":
                 kind[i] = CONTROL
                 at = payload if payload is not None else self.scheme.end_of_stream()

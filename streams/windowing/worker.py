@@ -298,7 +298,7 @@ def run_windowing(settings: StreamSettings, kafka: KafkaSettings) -> None:
         coordinator.coordinator.metrics = metrics.coordinator
         metrics.watch_lag(kafka, [worker.app_id])
         worker.metrics = metrics.windowing
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -32,14 +32,16 @@ Schemas (v1; readers ignore unknown fields, refuse other versions):
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from asmg.events import Event, EventError, parse_event
 from asmg.records import VERSION, RecordError, dumps
+from asmg.safejson import UntrustedJSONError
+from asmg.safejson import loads as untrusted_loads
 from streams.wire.kafka_config import KafkaSettings
 
 __all__ = ["VERSION", "RecordError", "dumps"]  # shared with the model record (asmg/records.py)
@@ -48,11 +50,14 @@ CONTROL_KEY = b"__asmg_control__"
 CONTROL_KINDS = ("watermark", "end_of_stream")
 
 
-def loads(raw: bytes | str, kind: str) -> dict[str, Any]:
+def loads(raw: bytes | str | None, kind: str) -> dict[str, Any]:
+    """A record from a topic: untrusted JSON, refused with :class:`RecordError` (and nothing else)."""
+    if raw is None:
+        raise RecordError(f"{kind} record has no value")
     try:
-        record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{kind} record is not JSON: {exc}") from None
+        record = untrusted_loads(raw)
+    except UntrustedJSONError as exc:
+        raise RecordError(f"{kind} record is not JSON: {exc.reason}") from None
     if not isinstance(record, dict):
         raise RecordError(f"{kind} record must be a JSON object")
     if record.get("v") != VERSION:
@@ -83,9 +88,51 @@ def period_record(period: int, start: float, end: float, uri: str, parts: list[d
             "partitions": len(parts), "parts": parts}
 
 
-def parse_period(raw: bytes | str) -> dict[str, Any]:
+PART_FILE = re.compile(r"part-\d{5}\.parquet")  # PeriodStore.part_name: never a path, never ".."
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_PARTS = 4096
+
+
+def _count(record: dict[str, Any], name: str, kind: str, minimum: int = 0) -> int:
+    value = record.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= 2**63 - 1:
+        raise RecordError(f"{kind} record: {name} must be an integer between {minimum} and 2^63-1, "
+                          f"got {str(value)[:40]!r}")
+    return value
+
+
+def parse_period(raw: bytes | str | None) -> dict[str, Any]:
+    """A period-closed record, checked field by field (types, ranges, part file names that cannot leave the
+    period's folder); raises :class:`RecordError` with the reason, and nothing else, whatever the bytes."""
     record = loads(raw, "period")
     _need(record, "period", PERIOD_FIELDS)
+    _count(record, "period", "period", 1)
+    _count(record, "samples", "period")
+    _count(record, "partitions", "period")
+    for name in ("start", "end"):
+        value = record[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            raise RecordError(f"period record: {name} must be a number, got {str(value)[:40]!r}")
+    if not isinstance(record["uri"], str) or not record["uri"].strip():
+        raise RecordError("period record: uri must be a non-empty string")
+    if not isinstance(record["sha256"], str) or not SHA256_HEX.fullmatch(record["sha256"]):
+        raise RecordError("period record: sha256 must be 64 lowercase hex digits")
+    parts = record.get("parts")
+    if parts is not None:
+        if not isinstance(parts, list) or len(parts) > MAX_PARTS:
+            raise RecordError(f"period record: parts must be a list of at most {MAX_PARTS} entries")
+        for part in parts:
+            if not isinstance(part, dict):
+                raise RecordError("period record: every part must be an object")
+            file = part.get("file")
+            if not isinstance(file, str) or not PART_FILE.fullmatch(file):
+                raise RecordError(f"period record: part file {str(file)[:80]!r} is not a part-NNNNN.parquet name")
+            _count(part, "partition", "period")
+            if "rows" in part:
+                _count(part, "rows", "period")
+            if "sha256" in part and (not isinstance(part["sha256"], str) or not SHA256_HEX.fullmatch(part["sha256"])):
+                raise RecordError("period record: a part's sha256 must be 64 lowercase hex digits")
     return record
 
 
@@ -104,9 +151,18 @@ def parse_watermark(raw: bytes | str) -> dict[str, Any]:
     return record
 
 
+MAX_DLQ_RAW = 16 * 1024  # bytes of the refused value kept in its DLQ record (the record must fit Kafka's limit)
+
+
 def dlq_record(reason: str, raw: bytes, topic: str, partition: int, offset: int, detail: str = "") -> dict[str, Any]:
-    return {"v": VERSION, "reason": reason, "detail": detail, "raw": raw.decode("utf-8", errors="backslashreplace"),
-            "topic": topic, "partition": partition, "offset": offset}
+    """``raw`` is cut to :data:`MAX_DLQ_RAW` bytes (``raw_bytes`` says how long it was): a refused value near the
+    broker's message size limit would otherwise give a DLQ record over it, and a batch that never commits."""
+    record = {"v": VERSION, "reason": reason, "detail": detail[:1000],
+              "raw": raw[:MAX_DLQ_RAW].decode("utf-8", errors="backslashreplace"),
+              "topic": topic, "partition": partition, "offset": offset}
+    if len(raw) > MAX_DLQ_RAW:
+        record["raw_bytes"] = len(raw)
+    return record
 
 
 def dlq_key(topic: str, partition: int, offset: int) -> bytes:
@@ -127,8 +183,8 @@ def classify_record(raw: bytes | None) -> tuple[str, Any]:
     if raw is None:
         raise EventError("record has no value")
     try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        obj = untrusted_loads(raw)
+    except UntrustedJSONError:
         parse_event(raw)  # raises EventError with the precise reason
         raise EventError("invalid JSON") from None  # pragma: no cover - parse_event raised already
     if isinstance(obj, dict) and "control" in obj:

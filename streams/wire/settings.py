@@ -46,6 +46,8 @@ class StreamSettings:
     log_format: str = _opt("text", "Log format: text, or json (one JSON object per line, asmg/logs.py).")
     metrics_port: int | None = _opt(None, "Serve Prometheus metrics on this port at /metrics (0: any free port) "
                                           "(default: off).")
+    metrics_host: str = _opt("127.0.0.1", "Address the metrics server binds (0.0.0.0: every interface, as in "
+                                          "docker-compose).")
     session_timeout: float = _opt(10.0, "Seconds after which the consumer group drops a worker that stopped "
                                         "heartbeating (how long a crashed worker's partitions wait).")
     # -- periods and samples (windowing, coordinator) --------------------------------------------------
