@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asmg.config import RunConfig, TrainConfig
+from asmg.config import RunConfig
 from asmg.data.registry import load_dataset
 from asmg.prepare import prepare_periods
+from asmg.presets import PRESETS, preset
 from asmg.tuning import simulate_guard, validation_runs, validation_window
 
 # name -> (method, meta overrides)
@@ -42,6 +43,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "residual on the window mean, 3 meta epochs": ("asmg-gru-multi", {"output": "residual", "anchor": "mean",
                                                                        "epochs": 3}),
     "residual on the window mean, k 4": ("asmg-gru-multi", {"output": "residual", "anchor": "mean", "k": 4}),
+    "residual, meta lr 1e-3": ("asmg-gru-multi", {"output": "residual", "lr": 1e-3}),
+    "residual, meta lr 3e-3, k 4": ("asmg-gru-multi", {"output": "residual", "lr": 3e-3, "k": 4}),
+    "residual on the window mean, meta lr 3e-3": ("asmg-gru-multi", {"output": "residual", "anchor": "mean",
+                                                                      "lr": 3e-3}),
 }
 GUARD_GRID = [(decay, margin) for decay in (0.0, 0.5, 0.8) for margin in (0.0, 0.001, 0.003)]
 
@@ -60,7 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    base = RunConfig(train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size))
+    protocol_of = preset(args.dataset)[0] if args.dataset in PRESETS else RunConfig()
+    base = RunConfig(train=replace(protocol_of.train, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size),
+                     protocol=protocol_of.protocol)
     first, last = validation_window(base.protocol)
     data = prepare_periods(load_dataset(args.dataset, args.data_dir), base.protocol, cache_dir=".cache/samples")
     out = Path(args.out)
