@@ -69,10 +69,11 @@ class GuardConfig:
 
     ``decay`` weighs the record (score = decay * score + (1 - decay) * newest AUC); a challenger takes
     over only when its score leads the champion's by more than ``margin`` (AUC points), against flapping.
-    The first candidate serves until a record says otherwise.
+    The first candidate serves until a record says otherwise: plain IU, so ASMG has to earn serving.
+    Decay and margin were chosen on validation periods (docs/asmg-candidates.md).
     """
 
-    candidates: tuple[str, ...] = ("asmg-gru-multi", "iu")
+    candidates: tuple[str, ...] = ("iu", "asmg-gru-multi")
     decay: float = 0.5
     margin: float = 0.001
 

@@ -1,5 +1,7 @@
-"""Named hyper-parameter sets. ``authors`` is the paper's; dataset presets were chosen on validation
-periods only (tested on D_18..D_23, never on D_25..D_31): see scripts/tune_ml100k.py and README."""
+"""Named hyper-parameter sets. ``authors`` is the paper's, kept as it is; dataset presets were chosen on
+validation periods only (ml-100k: tested on D_18..D_23, never on D_25..D_31): the base training by IU's
+validation AUC (docs/base-settings.md, asmg.tuning.choose_base), the generator among the candidates of
+docs/asmg-candidates.md (scripts/tune_asmg.py), the serving guard's settings in asmg.config.GuardConfig."""
 
 from __future__ import annotations
 
@@ -10,23 +12,25 @@ from asmg.config import MetaConfig, ProtocolConfig, RunConfig, TrainConfig
 AUTHORS = RunConfig()
 # Chosen on ml-100k's validation periods (scripts: asmg.tuning.choose_base, scripts/tune_asmg.py; README):
 CHOSEN_BASE = TrainConfig(lr=1e-2, batch_size=256, epochs=3)
-CHOSEN_META = MetaConfig(output="residual")
+CHOSEN_META = MetaConfig(output="residual", lr=3e-3)
 ML100K = RunConfig(train=CHOSEN_BASE, meta=CHOSEN_META)
 GENERAL = ML100K  # what `auto` starts from, and serves as is where no validation periods exist up front
 GENERAL_NOTE = ("--preset auto: ml-100k's chosen settings (base lr 1e-2, batch 256, 3 epochs per period; residual "
-                "generator), the base to be re-chosen on the dataset's own validation periods")
+                "generator, meta lr 3e-3), the base to be re-chosen on the dataset's own validation periods")
 # 17 periods of 100,000 samples: pretrain on 1-5 (3 epochs: 500k samples need fewer passes than ml-100k's
 # 32k), update on 6-16, test on 11-17 (seven test periods, as the paper), validate on 6-9
 SYNTHETIC_LARGE_PROTOCOL = ProtocolConfig(n_periods=17, pretrain_periods=5, first_test_period=11)
-SYNTHETIC_LARGE = RunConfig(train=TrainConfig(pretrain_epochs=3), protocol=SYNTHETIC_LARGE_PROTOCOL)
+SYNTHETIC_LARGE = RunConfig(train=TrainConfig(lr=1e-2, batch_size=256, epochs=1, pretrain_epochs=3), meta=CHOSEN_META,
+                            protocol=SYNTHETIC_LARGE_PROTOCOL)
 
 PRESETS: dict[str, tuple[RunConfig, str]] = {
-    "authors": (AUTHORS, "the authors' hyper-parameters (base lr 1e-3, batch 1024, k=3, H=4, meta lr 1e-2)"),
-    "ml-100k": (ML100K, "authors' base settings (lr 1e-3, batch 1024, k=3, H=4, meta lr 1e-2) with a residual "
-                "generator output (starts as IU) and meta batch 256: the best ASMG-GRU multi lift over IU among 19 "
-                "candidates on validation periods 18-23 (seeds 0,1; scripts/tune_ml100k.py); test periods unseen"),
-    "synthetic-large": (SYNTHETIC_LARGE, "synthetic-large protocol (17 periods: pretrain 1-5 for 3 epochs, "
-                        "test 11-17) with the authors' other settings"),
+    "authors": (AUTHORS, "the authors' hyper-parameters (base lr 1e-3, batch 1024, 1 epoch; k=3, H=4, meta lr 1e-2, "
+                "direct generator output)"),
+    "ml-100k": (ML100K, "base lr 1e-2, batch 256, 3 epochs per period (IU's best of 10 on validation periods 18-23); "
+                "generator: residual output, meta lr 3e-3 (the best ASMG-GRU multi of 13 candidates there; seeds 0,1); "
+                "test periods unseen"),
+    "synthetic-large": (SYNTHETIC_LARGE, "17 periods of 100k samples (pretrain 1-5 for 3 epochs, test 11-17); base lr "
+                        "1e-2, batch 256, 1 epoch (IU's best of 3 on validation periods 6-9); generator as ml-100k's"),
 }
 
 

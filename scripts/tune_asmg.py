@@ -124,7 +124,7 @@ def markdown(record: dict, first: int, last: int) -> str:
         seeds = window_mean(record, entry["auc"], first, last)
         lift = (np.mean(seeds) / iu - 1) * 100
         lines.append(f"| {name} | {np.mean(seeds):.4f} ± {np.std(seeds):.4f} | {lift:+.2f}% |")
-    lines += ["", "Serving guard over {IU, each candidate} (decay, margin): validation AUC vs IU", "",
+    lines += ["", "Serving guard over {IU (serves first), each candidate} (decay, margin): validation AUC vs IU", "",
               "| candidate | " + " | ".join(f"{d:g}, {m:g}" for d, m in GUARD_GRID) + " |",
               "|---|" + "---|" * len(GUARD_GRID)]
     periods = record["iu"]["periods"]
@@ -134,7 +134,7 @@ def markdown(record: dict, first: int, last: int) -> str:
         for decay, margin in GUARD_GRID:
             means = []
             for seed in entry["auc"]:
-                served = simulate_guard({"asmg": entry["auc"][seed], "iu": record["iu"]["auc"][seed]}, decay, margin)
+                served = simulate_guard({"iu": record["iu"]["auc"][seed], "asmg": entry["auc"][seed]}, decay, margin)
                 means.append(np.mean([served[i] for i in keep]))
             cells.append(f"{(np.mean(means) / iu - 1) * 100:+.2f}%")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
