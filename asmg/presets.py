@@ -27,7 +27,7 @@ PRESETS: dict[str, tuple[RunConfig, str]] = {
     "authors": (AUTHORS, "the authors' hyper-parameters (base lr 1e-3, batch 1024, 1 epoch; k=3, H=4, meta lr 1e-2, "
                 "direct generator output)"),
     "ml-100k": (ML100K, "base lr 1e-2, batch 256, 3 epochs per period (IU's best of 10 on validation periods 18-23); "
-                "generator: residual output, meta lr 3e-3 (the best ASMG-GRU multi of 13 candidates there; seeds 0,1); "
+                "generator: residual output, meta lr 3e-3 (the best ASMG-GRU multi of 12 candidates there; seeds 0,1); "
                 "test periods unseen"),
     "synthetic-large": (SYNTHETIC_LARGE, "17 periods of 100k samples (pretrain 1-5 for 3 epochs, test 11-17); base lr "
                         "1e-2, batch 256, 1 epoch (IU's best of 3 on validation periods 6-9); generator as ml-100k's"),
