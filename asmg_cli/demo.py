@@ -37,7 +37,7 @@ def _summary_table(run: DemoRun, first_test: int):
     others = list(dict.fromkeys(name for record in run.models.values() for name in (record.get("candidates") or {})
                                 if name != "iu"))
     columns = ("period", "version", "samples", "served AUC", "IU shadow AUC", "lift",
-               *(f"{name} AUC" for name in others), *(("serves next",) if others else ()), "live after (s)")
+               *(f"{_short(name)} AUC" for name in others), *(("serves next",) if others else ()), "live after (s)")
     for column in columns:
         table.add_column(column, justify="right")
     served, shadow = [], []
@@ -56,12 +56,17 @@ def _summary_table(run: DemoRun, first_test: int):
         untested = "pretrained" if record.get("pretrained") else "-"
         guard = [_auc((tested.get(name) or {}).get("auc")) for name in others]
         if others:
-            guard.append(record.get("candidate") or "-")
+            guard.append(_short(record.get("candidate") or "-"))
         table.add_row(str(period), str(record["version"]), str(metrics.get("samples", "")),
                       f"{auc:.4f}" if auc is not None else untested, f"{iu:.4f}" if iu is not None else "-",
                       f"{auc - iu:+.4f}" if auc is not None and iu is not None else "-", *guard,
                       f"{run.live_seconds[period]:.1f}" if period in run.live_seconds else "-")
     return table, served, shadow, candidates
+
+
+def _short(candidate: str) -> str:
+    """A candidate's name in a narrow column: 'asmg-gru-multi' -> 'ASMG'."""
+    return "ASMG" if candidate.startswith("asmg") else candidate.upper() if candidate == "iu" else candidate
 
 
 def _auc(value: float | None) -> str:
