@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from asmg.batches import BatchMaker, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
 from asmg.generator import CoordinateGRU, GruGenerator
-from asmg.methods.meta import AsmgMethod
+from asmg.methods.meta import AsmgMethod, _compact_all
 from asmg.model import compact_batch, grow_params, init_params, logits, mlp_shapes
 from asmg.train import train_base
 from asmg.vocab import Vocabularies, Vocabulary
@@ -80,9 +80,26 @@ def test_unknown_ids_fall_back_to_row_zero():
     _, vocabs, data = _encoded()
     small = {k: max(2, v // 2) for k, v in vocabs.sizes().items()}
     params = init_params(small, seed=0)
-    batch = BatchMaker(vocabs.item_categories.table, small, torch.device("cpu")).batch(data, slice(0, 200))
-    assert int(batch.user.max()) < small["user"] and int(batch.item.max()) < small["item"]
-    assert torch.isfinite(logits(params, batch)).all()
+    n = 200
+    batch = BatchMaker(vocabs.item_categories.table, small, torch.device("cpu")).batch(data, slice(0, n))
+    user, item, history = data.user[:n], data.item[:n], data.history[:n]
+    unknown_user, unknown_item = user >= small["user"], item >= small["item"]
+    unknown_history = (history >= small["item"]) & (history > 0)
+    assert unknown_user.any() and (~unknown_user).any() and unknown_item.any() and (~unknown_item).any()
+    assert torch.equal(batch.user, torch.where(unknown_user, 0, user))
+    assert torch.equal(batch.item, torch.where(unknown_item, 0, item))
+    assert torch.equal(batch.history, torch.where(history >= small["item"], 0, history))
+    assert torch.equal(batch.history_mask, history > 0)  # an unknown history item still counts, as row 0
+    base = logits(params, batch)
+    assert torch.isfinite(base).all()
+    # row 0 of a table moves exactly the scores of the events that use an unknown id of it
+    for name, uses_row_zero in (("user_emb", unknown_user),
+                                ("item_emb", unknown_item | unknown_history.any(1))):
+        moved = dict(params)
+        moved[name] = params[name].clone()
+        moved[name][0] += 1.0
+        changed = (logits(moved, batch) - base).abs() > 1e-7
+        assert torch.equal(changed, uses_row_zero), name
 
 
 def test_gru_step_equals_direct_computation():
@@ -111,7 +128,11 @@ def test_residual_generator_starts_as_the_last_input():
 
 
 def _asmg_with_window(row_gather: bool, output="direct", normalize=False):
-    samples, vocabs, data = _encoded(n_events=900)
+    # a vocabulary much larger than the batches: each batch touches a scattered few rows of every table, so
+    # the gathered rows are not 0..n-1 and a wrong re-indexing reads other rows than the full-table path
+    samples = tiny_samples(n_events=1000, n_users=300, n_items=400, category_mods=(37, 23))
+    vocabs = Vocabularies()
+    data = encode_period(samples, vocabs, period=1, history_len=30)
     cfg = RunConfig(meta=MetaConfig(row_gather=row_gather, output=output, normalize=normalize))
     method = AsmgMethod(cfg, torch.device("cpu"), "multi")
     params = init_params(vocabs.sizes(), seed=0)
@@ -123,7 +144,8 @@ def _asmg_with_window(row_gather: bool, output="direct", normalize=False):
     gen = torch.Generator().manual_seed(5)
     method.hidden = {n: torch.randn(h.shape, generator=gen) * 0.1 for n, h in method.hidden.items()}
     maker = BatchMaker(cats, vocabs.sizes(), torch.device("cpu"))
-    batches = {i: maker.batch(data, torch.arange(i * 100, i * 100 + 128)) for i in range(3)}
+    picks = torch.randperm(len(data), generator=torch.Generator().manual_seed(3))
+    batches = {i: maker.batch(data, picks[i * 6:(i + 1) * 6]) for i in range(3)}  # later events: long histories
     return method, batches
 
 
@@ -132,6 +154,12 @@ def test_row_gather_equals_full_table_loss_and_gradients(output, normalize):
     results = []
     for row_gather in (True, False):
         method, batches = _asmg_with_window(row_gather, output, normalize)
+        if row_gather:  # the gather is not the identity: a strict, scattered subset of every table
+            rows, _ = _compact_all(batches)
+            for name, picked in rows.items():
+                size = method.base[name].shape[0]
+                assert 1 < len(picked) < size, (name, len(picked), size)
+                assert not torch.equal(picked, torch.arange(len(picked))), name
         torch.manual_seed(0)
         for p in method.generator.parameters():  # non-trivial output layer in both cases
             torch.nn.init.uniform_(p, -0.3, 0.3, generator=torch.Generator().manual_seed(p.numel()))
@@ -140,17 +168,25 @@ def test_row_gather_equals_full_table_loss_and_gradients(output, normalize):
         results.append((loss.item(), {n: p.grad.clone() for n, p in method.generator.named_parameters()}))
     (loss_rows, grads_rows), (loss_full, grads_full) = results
     assert math.isfinite(loss_rows)
-    assert loss_rows == pytest.approx(loss_full, abs=1e-5)
+    assert loss_rows == pytest.approx(loss_full, abs=1e-6)
     for name, grad in grads_full.items():
-        assert torch.allclose(grads_rows[name], grad, atol=1e-5), name
-    assert any(g.abs().sum() > 0 for g in grads_full.values())
+        assert torch.allclose(grads_rows[name], grad, atol=1e-6), name
+        assert grad.abs().sum() > 0, name  # every table's generator takes part in the loss
 
 
 def test_compact_batch_keeps_row_zero_first():
-    _, vocabs, data = _encoded()
-    batch = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu")).batch(data, slice(0, 64))
+    samples = tiny_samples(n_events=600, n_users=300, n_items=400, category_mods=(37, 23))
+    vocabs = Vocabularies()
+    data = encode_period(samples, vocabs, period=1, history_len=30)
+    batch = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu")).batch(data, slice(300, 310))
     rows, local = compact_batch(batch)
-    for name in rows:
+    for name, kind in (("user_emb", "user"), ("item_emb", "item"), ("cat_emb", "category")):
         assert rows[name][0] == 0
+        assert torch.equal(rows[name], torch.unique(rows[name]))  # sorted, each row once
+        assert len(rows[name]) < vocabs.sizes()[kind]  # a real subset: the re-indexing is not the identity
+    assert torch.equal(rows["user_emb"][local.user], batch.user)
     assert torch.equal(rows["item_emb"][local.item], batch.item)
+    assert torch.equal(rows["item_emb"][local.history], batch.history)
+    assert torch.equal(rows["cat_emb"][local.item_cats], batch.item_cats)
     assert torch.equal(rows["cat_emb"][local.history_cats], batch.history_cats)
+    assert not torch.equal(local.item, batch.item)
