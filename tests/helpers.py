@@ -1,9 +1,13 @@
-"""Small synthetic period data shared by the library tests."""
+"""Small synthetic period data shared by the library tests, and where the shared ML-100K copy is."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from asmg.data.log import make_log
 from asmg.data.samples import build_samples
@@ -27,3 +31,24 @@ def tiny_log(n_events: int = 3000, n_users: int = 40, n_items: int = 60, seed: i
 
 def tiny_samples(**kwargs) -> pd.DataFrame:
     return build_samples(tiny_log(**kwargs))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ml100k_dir() -> Path | None:
+    """The ML-100K folder (holding u.data): ``ASMG_DATA_DIR`` when set (the folder itself, or a folder holding
+    ``ml-100k``), else ``../shared/datasets/ml-100k`` beside the repository; None when neither has it."""
+    configured = os.environ.get("ASMG_DATA_DIR", "").strip()
+    candidates = [Path(configured), Path(configured) / "ml-100k"] if configured else \
+        [REPO.parent / "shared" / "datasets" / "ml-100k"]
+    return next((c for c in candidates if (c / "u.data").is_file()), None)
+
+
+def require_ml100k() -> Path:
+    """The ML-100K folder, or skip the calling test with the reason."""
+    found = ml100k_dir()
+    if found is None:
+        where = os.environ.get("ASMG_DATA_DIR") or str(REPO.parent / "shared" / "datasets" / "ml-100k")
+        pytest.skip(f"ML-100K not found (looked in {where}; set ASMG_DATA_DIR to the folder holding u.data)")
+    return found

@@ -16,9 +16,8 @@ from asmg.data.log import DataError, stable_ids
 from asmg.data.registry import DATASETS, describe, load_dataset
 from asmg.data.sobazaar import load_sobazaar
 from asmg.data.tmall import load_tmall
+from tests.helpers import require_ml100k
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-ML100K = SHARED / "ml-100k"
 OCT1 = 1412121600  # 2014-10-01 00:00 UTC
 DAY = 86_400
 
@@ -39,9 +38,9 @@ def assert_schema(log) -> None:
 # ---------------------------------------------------------------- MovieLens
 
 
-@pytest.mark.skipif(not ML100K.is_dir(), reason="shared ml-100k copy not present")
 def test_ml100k_counts() -> None:
-    log = load_dataset("ml-100k", ML100K)
+    ml100k = require_ml100k()
+    log = load_dataset("ml-100k", ml100k)
     assert_schema(log)
     assert len(log.events) == 100_000
     assert log.n_users == 943
@@ -50,15 +49,14 @@ def test_ml100k_counts() -> None:
     assert int(log.events["label"].sum()) == 55_375
     assert not log.implicit
     # the parent folder works too (a download destination)
-    assert len(load_dataset("ml-100k", SHARED).events) == 100_000
+    assert len(load_dataset("ml-100k", ml100k.parent).events) == 100_000
     stats = describe(log)
     assert stats["first_event"].startswith("1997-09-20") and stats["last_event"].startswith("1998-04-22")
     assert stats["positive_rate"] == pytest.approx(0.55375)
 
 
-@pytest.mark.skipif(not ML100K.is_dir(), reason="shared ml-100k copy not present")
 def test_cli_info_ml100k() -> None:
-    result = CliRunner().invoke(app, ["info", "ml-100k"], env={"ASMG_DATA_DIR": str(ML100K)})
+    result = CliRunner().invoke(app, ["info", "ml-100k"], env={"ASMG_DATA_DIR": str(require_ml100k())})
     assert result.exit_code == 0, result.output
     assert "100,000" in result.output and "943" in result.output and "0.5537" in result.output
 

@@ -53,8 +53,6 @@ from tests.prom_server import (
     referenced_names,
 )
 
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
-
 
 def exposed(registry) -> dict[str, dict]:
     """sample name -> {labels tuple: value} of a registry's exposition."""
@@ -285,11 +283,13 @@ def get_json(url: str) -> Any:
 
 def _stream_log():
     from asmg.data.log import make_log
+    from tests.helpers import ml100k_dir
 
-    if (ML100K / "u.data").is_file():
+    ml100k = ml100k_dir()
+    if ml100k is not None:
         from asmg.data.movielens import load_ml100k
 
-        full = load_ml100k(ML100K)
+        full = load_ml100k(ml100k)
         return make_log("ml-100k-head", full.events.iloc[:3200], full.item_categories, implicit=False)
     from asmg.data.synthetic import synthetic_log
 

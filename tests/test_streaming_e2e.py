@@ -22,19 +22,17 @@ from producers.replay import replay_log
 from streams.coordinator import send_end_of_stream
 from streams.period_store import read_period_record
 from streams.topics import ensure_topics
+from tests.helpers import require_ml100k
 from tests.test_trainer import MODEL_PERIODS, TRAIN, assert_models_match, offline_metrics
 from tests.test_windowing import PROTOCOL, Worker, assert_same_samples, read_json, stream_settings, wait_records
 
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 EVENTS = 8000
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_replayed_ml100k_gives_the_offline_models(kafka_settings, topic_names, tmp_path: Path) -> None:
-    if not (ML100K / "u.data").is_file():
-        pytest.skip(f"ml-100k not found at {ML100K}")
-    full = load_ml100k(ML100K)
+    full = load_ml100k(require_ml100k())
     log = make_log("ml-100k-head", full.events.iloc[:EVENTS], full.item_categories, implicit=False)
     prepared = prepare_periods(log, PROTOCOL)
     settings = stream_settings(topic_names, tmp_path, period_bounds=json.dumps(prepared.bounds.to_list()),

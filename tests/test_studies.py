@@ -1,7 +1,6 @@
 """`--methods all`, the ablation and the sensitivity study on a tiny protocol (8 periods, tests on 6..8)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,10 @@ from asmg.methods import parse_methods
 from asmg.methods.registry import ALL_METHODS
 from asmg.prepare import PreparedPeriods
 from asmg.studies import run_ablation, run_sensitivity
+from tests.helpers import require_ml100k
 from tests.test_updater import CFG, _periods
 
 PNG = b"\x89PNG\r\n\x1a\n"
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +67,11 @@ def test_sensitivity_sweeps_k_and_hidden_sharing_the_default_setting(tiny, tmp_p
         assert (tmp_path / name).read_bytes()[:8] == PNG
 
 
-@pytest.mark.skipif(not (ML100K / "u.data").exists(), reason="needs the shared ml-100k copy")
 def test_study_cli(tmp_path):
+    ml100k = require_ml100k()
     app = typer.Typer()
     register(app)
-    small = ["--data-dir", str(ML100K), "--seeds", "0", "--workers", "1", "--cache-dir", str(tmp_path / "cache"),
+    small = ["--data-dir", str(ml100k), "--seeds", "0", "--workers", "1", "--cache-dir", str(tmp_path / "cache"),
              "--periods", "8", "--pretrain-periods", "3", "--first-test-period", "6", "--pretrain-epochs", "1",
              "--preset", "authors"]
     result = CliRunner().invoke(app, ["study", "sensitivity", "--out", str(tmp_path / "s"), "--ks", "2",
