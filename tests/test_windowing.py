@@ -77,6 +77,8 @@ class Committed:
     def __init__(self) -> None:
         self.state: dict[str, bytes] = {}
         self.dead: list[dict[str, Any]] = []
+        self.lost: Batch | None = None
+        self.kinds: list[tuple[bool, bool]] = []  # per applied batch: (closed a period, refused a record)
 
     def apply(self, batch: Batch) -> None:
         for key, value in batch.writes:
@@ -85,6 +87,7 @@ class Committed:
             else:
                 self.state[key] = value
         self.dead.extend(json.loads(value) for _, value in batch.dead)
+        self.kinds.append((bool(batch.closed), bool(batch.dead)))
 
     def copy(self) -> Committed:
         other = Committed()
@@ -93,9 +96,13 @@ class Committed:
 
 
 def run_core(core: WindowingCore, records: Iterable[tuple[int, int, bytes]], root: Path,
-             committed: Committed | None = None, batch_size: int = 100, stop_after: int | None = None) -> Committed:
+             committed: Committed | None = None, batch_size: int = 100, stop_after: int | None = None,
+             in_flight: bool = False) -> Committed:
     """Feed each partition's records in batches of ``batch_size``, partitions taking turns (as a consumer
-    interleaves them); ``stop_after`` batches: stop there (a crash after that commit)."""
+    interleaves them); ``stop_after`` batches: stop there (a crash after that commit). With ``in_flight`` the
+    crash comes one batch later, after the core applied that batch (its memory changed, the period files it
+    closed are in the store) but before its transaction committed: its state writes, DLQ records and offsets
+    are lost (``committed.lost`` keeps the lost batch)."""
     committed = committed if committed is not None else Committed()
     store = PeriodStore(str(root))
     queues: dict[int, list[tuple[int, bytes]]] = {}
@@ -107,9 +114,13 @@ def run_core(core: WindowingCore, records: Iterable[tuple[int, int, bytes]], roo
             if not queue:
                 continue
             chunk, queue[:] = queue[:batch_size], queue[batch_size:]
-            committed.apply(core.process(partition, [o for o, _ in chunk], [v for _, v in chunk], store, TOPIC))
+            batch = core.process(partition, [o for o, _ in chunk], [v for _, v in chunk], store, TOPIC)
+            if in_flight and stop_after is not None and done >= stop_after:
+                committed.lost = batch  # the process dies before the transaction commits
+                return committed
+            committed.apply(batch)
             done += 1
-            if stop_after is not None and done >= stop_after:
+            if not in_flight and stop_after is not None and done >= stop_after:
                 return committed
     return committed
 
@@ -208,9 +219,13 @@ def file_state(committed: Committed) -> dict[str, Any]:
     return out
 
 
-def test_core_restored_after_any_commit_writes_the_same_files(tmp_path: Path) -> None:
-    """A crash loses the batch in flight; the worker restores the last committed state and the records after
-    it come again, cut into other batches: the files, the DLQ and the state equal an uninterrupted run's."""
+@pytest.mark.parametrize("in_flight", [False, True], ids=["after-commit", "batch-in-flight-lost"])
+def test_core_restored_after_any_commit_writes_the_same_files(tmp_path: Path, in_flight: bool) -> None:
+    """A crash right after a commit (a new process restores), or a batch in flight whose transaction aborts:
+    the core had applied it (memory, period files it closed) but its state writes, DLQ records and offsets are
+    lost, and the same core forgets and restores the last commit (the worker's abort path). The records after
+    the commit come again, cut into other batches: the files, the DLQ and the state equal an uninterrupted
+    run's, byte for byte."""
     log = implicit_log(n_events=1200)
     bounds = prepare_periods(log, PROTOCOL).bounds.to_list()
     records = partitioned_records(log, 2)
@@ -222,11 +237,24 @@ def test_core_restored_after_any_commit_writes_the_same_files(tmp_path: Path) ->
     straight = run_core(core(), records, tmp_path / "straight", batch_size=40)
     expected = file_bytes(tmp_path / "straight")
     assert len(expected) == PROTOCOL.n_periods * 2 and straight.dead
-    total_batches = sum(-(-len([r for r in records if r[0] == p]) // 40) for p in (0, 1))
-    for stop_after in (1, 5, 17, total_batches // 2, total_batches - 1):
+    total_batches = len(straight.kinds)
+    closing = [i for i, (closed, _) in enumerate(straight.kinds) if closed]  # batches that closed a period
+    refusing = [i for i, (_, dead) in enumerate(straight.kinds) if dead]
+    lost_files = lost_dead = 0
+    cuts = {0, 1, 5, 17, total_batches // 2, total_batches - 2, closing[0], closing[len(closing) // 2], refusing[0]}
+    for stop_after in sorted(cuts):
         root = tmp_path / f"crashed-{stop_after}"
-        committed = run_core(core(), records, root, batch_size=40, stop_after=stop_after)
-        restarted = core()
+        crashed = core()
+        committed = run_core(crashed, records, root, batch_size=40, stop_after=stop_after, in_flight=in_flight)
+        if in_flight:  # the lost batch did change the core's state: losing it is a real loss
+            assert committed.lost is not None and committed.lost.writes, f"nothing in flight at {stop_after}"
+            lost_files += bool(committed.lost.closed)  # its period files are in the store, uncommitted
+            lost_dead += len(committed.lost.dead)
+        if in_flight:  # the worker's abort path: the same core forgets and restores the last commit
+            restarted = crashed
+            restarted.forget()
+        else:  # a new process
+            restarted = core()
         for partition in (0, 1):
             restarted.restore(partition, committed.state)
         # Kafka redelivers from the committed offsets; an older one too, to show replays are skipped
@@ -235,6 +263,8 @@ def test_core_restored_after_any_commit_writes_the_same_files(tmp_path: Path) ->
         assert file_bytes(root) == expected, f"crash after {stop_after} batches"
         assert file_state(committed) == file_state(straight)
         assert committed.dead == straight.dead
+    if in_flight:
+        assert lost_files and lost_dead, "no lost batch had closed a period or refused a record"
 
 
 def test_core_refuses_late_malformed_and_outside_events(tmp_path: Path) -> None:
