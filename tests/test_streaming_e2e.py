@@ -21,8 +21,16 @@ from streams.coordinator import send_end_of_stream
 from streams.period_store import read_period_record
 from streams.topics import ensure_topics
 from tests.helpers import require_ml100k
-from tests.test_trainer import MODEL_PERIODS, TRAIN, assert_models_match, offline_reference, wait_consumed
-from tests.test_windowing import PROTOCOL, Worker, assert_same_samples, read_json, stream_settings, wait_records
+from tests.test_trainer import MODEL_PERIODS, TRAIN, assert_models_match, offline_reference
+from tests.test_windowing import (
+    PROTOCOL,
+    Worker,
+    assert_same_samples,
+    read_json,
+    stream_settings,
+    wait_consumed,
+    wait_records,
+)
 
 EVENTS = 8000
 

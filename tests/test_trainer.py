@@ -26,11 +26,19 @@ from asmg.prepare import PreparedPeriods, prepare_periods
 from asmg.presets import preset
 from asmg.updater import PeriodUpdater
 from streams.period_store import PeriodStore, samples_table
-from streams.records import RecordProducer, dumps, period_record, read_topic
+from streams.records import RecordProducer, dumps, period_record
 from streams.topics import ensure_topics
 from streams.trainer import FAULT_ENV, FAULT_EXIT
 from tests.helpers import tiny_log
-from tests.test_windowing import PROTOCOL, Worker, read_json, stream_settings, wait_for, wait_records
+from tests.test_windowing import (
+    PROTOCOL,
+    Worker,
+    read_json,
+    stream_settings,
+    wait_consumed,
+    wait_for,
+    wait_records,
+)
 
 TRAIN = dict(preset="authors", method="asmg-gru-multi", pretrain_periods=PROTOCOL.pretrain_periods,
              periods=PROTOCOL.n_periods, first_test_period=PROTOCOL.first_test_period, batch_size=128,
@@ -128,26 +136,6 @@ def assert_models_match(models: list[dict], expected: dict[int, OfflineModel]) -
                 (model["period"], key)
         assert model["metrics"]["samples"] == want.metrics["samples"]
         assert artifact.meta["metrics"] == model["metrics"]
-
-
-def wait_consumed(kafka_settings, group: str, topic: str, timeout: float, workers=()) -> None:
-    """Wait until ``group`` committed offsets past the last record of every partition of ``topic``: the
-    worker has handled (and published whatever it publishes for) every record, so nothing more comes."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    last: dict[int, int] = {}
-    for record in read_topic(kafka_settings, topic):
-        last[record.partition] = max(last.get(record.partition, -1), record.offset)
-
-    def caught_up() -> bool:
-        consumer = Consumer(kafka_settings.confluent_config(group_id=group, enable_auto_commit=False))
-        try:
-            committed = consumer.committed([TopicPartition(topic, p) for p in last], timeout=10)
-        finally:
-            consumer.close()
-        return all(tp.offset > last[tp.partition] for tp in committed)
-
-    wait_for(caught_up, timeout, workers, f"{group} to commit its offsets on {topic}")
 
 
 @pytest.fixture(scope="module")

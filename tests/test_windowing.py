@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -446,6 +447,34 @@ def wait_records(kafka_settings, topic: str, count: int, timeout: float, workers
     return wait_for(enough, timeout, workers, what or f"{count} records on {topic}")
 
 
+def assigned_partitions(worker: Worker) -> set[int]:
+    """The partitions of a windowing worker's last assignment (from its info log line)."""
+    match = re.search(r"assigned partitions \[([\d, ]*)\]", worker.assigned())
+    return {int(p) for p in match.group(1).split(",") if p.strip()} if match else set()
+
+
+def wait_consumed(kafka_settings, group: str, topic: str, timeout: float, workers: Iterable[Worker] = ()) -> None:
+    """Wait until ``group`` committed offsets past the last record of every partition of ``topic``: its worker
+    has handled every record (and published whatever it publishes for them), so nothing more comes."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.records import read_topic
+
+    last: dict[int, int] = {}
+    for record in read_topic(kafka_settings, topic):
+        last[record.partition] = max(last.get(record.partition, -1), record.offset)
+
+    def caught_up() -> bool:
+        consumer = Consumer(kafka_settings.confluent_config(group_id=group, enable_auto_commit=False))
+        try:
+            committed = consumer.committed([TopicPartition(topic, p) for p in last], timeout=10)
+        finally:
+            consumer.close()
+        return all(tp.offset > last[tp.partition] for tp in committed)
+
+    wait_for(caught_up, timeout, workers, f"{group} to commit its offsets on {topic}")
+
+
 def stream_settings(topic_names, tmp_path: Path, **changes: Any) -> StreamSettings:
     base = dict(topic_prefix=topic_names.prefix, partitions=3, worker_dir=str(tmp_path / "faust"),
                 period_store=str(tmp_path / "periods"), artifact_store=str(tmp_path / "models"),
@@ -480,10 +509,13 @@ def test_worker_sends_late_and_malformed_events_to_the_dlq(kafka_settings, topic
     send_end_of_stream(kafka_settings, topic_names)
     worker = Worker("windowing", settings, kafka_settings, tmp_path)
     try:
-        periods = wait_records(kafka_settings, topic_names.periods, 3, 90, [worker])
-        dead = wait_records(kafka_settings, topic_names.dlq, 4, 30, [worker])
-        time.sleep(1)  # nothing more may come
-        assert len(read_json(kafka_settings, topic_names.periods)) == 3
+        wait_records(kafka_settings, topic_names.periods, 3, 90, [worker])
+        wait_records(kafka_settings, topic_names.dlq, 4, 30, [worker])
+        # every record handled and committed (with its outputs, one transaction): nothing more can come
+        wait_consumed(kafka_settings, settings.role_app_id("windowing"), topic_names.interactions, 60, [worker])
+        periods = read_json(kafka_settings, topic_names.periods)
+        dead = read_json(kafka_settings, topic_names.dlq)
+        assert len(periods) == 3 and len(dead) == 4
     finally:
         worker.stop()
     reasons = sorted(d["reason"] for d in dead)
@@ -509,12 +541,15 @@ def test_killed_windowing_worker_writes_the_same_samples(kafka_settings, topic_n
     log = implicit_log(n_events=3000, n_users=60, n_items=150)
     bounds = prepare_periods(log, PROTOCOL).bounds.to_list()
     records = event_records(log)
+    half = len(records) // 2
     runs = {}
     for name in ("straight", "killed"):
         names = TopicNames(f"{topic_names.prefix}{name}.")
         ensure_topics(kafka_settings, names, 3)
-        produce(kafka_settings, names.interactions, records)
-        send_end_of_stream(kafka_settings, names)
+        # the killed worker gets the first half only until it is killed: the kill is mid-stream for sure
+        produce(kafka_settings, names.interactions, records if name == "straight" else records[:half])
+        if name == "straight":
+            send_end_of_stream(kafka_settings, names)
         # small batches, so that the kill lands between commits in the middle of the stream
         runs[name] = (names, stream_settings(names, tmp_path / name, period_bounds=json.dumps(bounds),
                                              implicit=True, seed=5, batch_max=40))
@@ -523,10 +558,12 @@ def test_killed_windowing_worker_writes_the_same_samples(kafka_settings, topic_n
     workers = [straight, killed]
     try:
         killed_store = Path(runs["killed"][1].period_store)
-        # kill as soon as the first files appear: the worker is in the middle of the stream
+        # kill once the first files appear (mid-stream: the second half was not even produced yet)
         wait_for(lambda: list(killed_store.rglob("*.parquet")), 90, [killed], "the first period files")
         killed.kill()
         written_before = len(list(killed_store.rglob("*.parquet")))
+        produce(kafka_settings, runs["killed"][0].interactions, records[half:])
+        send_end_of_stream(kafka_settings, runs["killed"][0])
         restarted = Worker("windowing", runs["killed"][1], kafka_settings, tmp_path)
         workers.append(restarted)
         done = {}
@@ -567,11 +604,16 @@ def test_windowing_workers_share_partitions(kafka_settings, topic_names, tmp_pat
     try:
         wait_records(kafka_settings, topic_names.periods, 2, 90, workers, "the first worker's first periods")
         workers.append(Worker("windowing", settings, kafka_settings, tmp_path))
-        time.sleep(4)  # let the second one join: the group rebalances
+
+        def shared() -> bool:  # the group rebalanced: each worker holds some partitions, together all of them
+            first, second = (assigned_partitions(w) for w in workers)
+            return bool(first) and bool(second) and not first & second and first | second == {0, 1, 2}
+
+        wait_for(shared, 90, workers, "the two workers to share the partitions")
         produce(kafka_settings, topic_names.interactions, records[half:])
         send_end_of_stream(kafka_settings, topic_names)
-        periods = wait_records(kafka_settings, topic_names.periods, PROTOCOL.n_periods, 120, workers)
-        time.sleep(1.5)
+        wait_records(kafka_settings, topic_names.periods, PROTOCOL.n_periods, 120, workers)
+        wait_consumed(kafka_settings, settings.role_app_id("windowing"), topic_names.interactions, 60, workers)
         periods = read_json(kafka_settings, topic_names.periods)
     finally:
         for worker in workers:
