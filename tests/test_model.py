@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from asmg.batches import BatchMaker, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
-from asmg.generator import CoordinateGRU, GruGenerator
+from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator
 from asmg.methods.meta import AsmgMethod, _compact_all
 from asmg.model import compact_batch, grow_params, init_params, logits, mlp_shapes
 from asmg.train import train_base
@@ -117,6 +117,25 @@ def test_gru_step_equals_direct_computation():
             hn = (1 - z) * h[r, c] + z * g
             assert torch.allclose(h_next[r, c], hn, atol=1e-6)
             assert y[r, c].item() == pytest.approx((hn @ cell.w_hy[c] + cell.b_y[c]).item(), abs=1e-6)
+
+
+def test_linear_generator_is_a_weighted_sum_of_the_window():
+    generator = LinearGenerator(k=3)
+    assert torch.equal(generator.alpha.detach(), torch.full((3,), 1 / 3))  # starts as the window's mean
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 8, generator=gen) for _ in range(3)]
+    with torch.no_grad():
+        generator.alpha.copy_(torch.tensor([0.2, -0.5, 1.5]))
+    outputs, state = generator.run({"item_emb": xs, "mlp.0.bias": [x[0] for x in xs]}, {})
+    assert state == {} and outputs[:2] == [{}, {}]  # only the last step has an output
+    expected = 0.2 * xs[0] - 0.5 * xs[1] + 1.5 * xs[2]
+    assert torch.allclose(outputs[-1]["item_emb"], expected, atol=1e-6)
+    assert torch.allclose(outputs[-1]["mlp.0.bias"], expected[0], atol=1e-6)
+    # a window not yet full uses the newest weights
+    short, _ = generator.run({"item_emb": xs[1:]}, {})
+    assert torch.allclose(short[-1]["item_emb"], -0.5 * xs[1] + 1.5 * xs[2], atol=1e-6)
+    with pytest.raises(ValueError):  # more inputs than weights is an error, not a silent truncation
+        generator.run({"item_emb": [*xs, xs[0]]}, {})
 
 
 def test_residual_generator_starts_as_the_last_input():

@@ -13,6 +13,7 @@ tests/test_trainer.py and tests/test_streaming_e2e.py.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -307,6 +308,43 @@ def test_lateness_keeps_a_period_open(tmp_path: Path) -> None:
         assert files[1].item_id.tolist() == [1, 3]
         # the out-of-order positive at 195 is in the history of the events at 220 and 240, as offline
         assert [list(h) for h in files[2].history] == [[1, 3], [1, 3, 2]]
+
+
+def test_period_starts_and_ends() -> None:
+    """What period records and the coordinator say a period spans (mutation testing found these unchecked)."""
+    fixed = PeriodScheme(bounds=[10, 20, 35])
+    assert [(fixed.start(p), fixed.end(p)) for p in (1, 2)] == [(10, 20), (20, 35)]
+    assert fixed.start(3) == fixed.end(3) == math.inf  # past the last period: never starts, never ends
+    assert fixed.end_of_stream() == 35 and fixed.n_periods == 2
+    tumbling = PeriodScheme(length=60, origin=1_000, count=3)
+    assert [(tumbling.start(p), tumbling.end(p)) for p in (1, 3)] == [(1_000, 1_060), (1_120, 1_180)]
+    assert tumbling.start(4) == math.inf and tumbling.end_of_stream() is None and tumbling.n_periods == 3
+    for scheme in (fixed, tumbling):  # a period holds [start, end): its own first second, not its end
+        for p in (1, 2):
+            assert scheme.period_of(scheme.start(p)) == p and scheme.period_of(scheme.end(p) - 1) == p
+            assert scheme.closable_through(scheme.end(p)) == p and scheme.closable_through(scheme.end(p) - 1) == p - 1
+
+
+def test_progress_round_trips_through_its_state_record() -> None:
+    from streams.windowing import Progress
+
+    progress = Progress(offset=41, max_ts=1_234, marker=1_300.5, closed=2, late=3, refused=4, applied=37)
+    assert Progress.load(json.loads(json.dumps(progress.dump()))) == progress
+    assert Progress.load(None) == Progress()
+
+
+def test_forget_drops_only_the_partitions_named(tmp_path: Path) -> None:
+    """A rebalance that takes partition 0 away keeps partition 1's memory (and forget() drops them all)."""
+    log = implicit_log(n_events=300)
+    core = WindowingCore(PeriodScheme(bounds=prepare_periods(log, PROTOCOL).bounds.to_list()), implicit=True)
+    run_core(core, partitioned_records(log, 2)[:200], tmp_path, batch_size=50)
+    kept = core.progress(1)
+    assert core.partitions == [0, 1] and kept.offset > 0
+    core.forget({0})
+    assert core.partitions == [1] and core.progress(1) is kept and not core.owns(0)
+    assert core.progress(0).offset == -1  # a partition not owned starts from nothing
+    core.forget()
+    assert core.partitions == []
 
 
 def test_period_schemes_and_settings(tmp_path: Path) -> None:
