@@ -11,7 +11,7 @@ from asmg.batches import BatchMaker, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
 from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator
 from asmg.methods.meta import AsmgMethod, _compact_all
-from asmg.model import compact_batch, grow_params, init_params, logits, mlp_shapes
+from asmg.model import compact_batch, grow_params, init_params, logits, mlp_shapes, table_sizes
 from asmg.train import train_base
 from asmg.vocab import Vocabularies, Vocabulary
 from tests.helpers import tiny_samples
@@ -191,6 +191,27 @@ def test_row_gather_equals_full_table_loss_and_gradients(output, normalize):
     for name, grad in grads_full.items():
         assert torch.allclose(grads_rows[name], grad, atol=1e-6), name
         assert grad.abs().sum() > 0, name  # every table's generator takes part in the loss
+
+
+def test_asmg_grow_extends_every_window_model_with_the_same_seeded_rows():
+    """New ids: every model of the window gets the same fresh rows (drawn from the period's seeded generator,
+    so a stream replay and the offline run grow alike), the window keeps its length, new hidden rows are 0."""
+    method, _ = _asmg_with_window(True)
+    method.base = method.models[-1]
+    before, hidden = [dict(m) for m in method.models], dict(method.hidden)
+    sizes = {kind: n + 4 for kind, n in table_sizes(method.base).items()}
+    added = method.grow(sizes, seeded(0, 9, 3))
+    _, expected = grow_params(before[-1], sizes, seeded(0, 9, 3))
+    assert added.keys() == expected.keys() == {"user_emb", "item_emb", "cat_emb"}
+    assert all(torch.equal(added[n], expected[n]) for n in expected)
+    assert len(method.models) == len(before) and method.models[-1] is method.base
+    for old, new in zip(before, method.models, strict=True):
+        for name, rows in expected.items():
+            assert torch.equal(new[name], torch.cat([old[name], rows])), name
+    for name, rows in expected.items():
+        assert torch.equal(method.hidden[name][: hidden[name].shape[0]], hidden[name])
+        assert method.hidden[name].shape[0] == hidden[name].shape[0] + rows.shape[0]
+        assert not method.hidden[name][hidden[name].shape[0]:].any()
 
 
 def test_compact_batch_keeps_row_zero_first():
