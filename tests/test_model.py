@@ -11,7 +11,15 @@ from asmg.batches import BatchMaker, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
 from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator
 from asmg.methods.meta import AsmgMethod, _compact_all
-from asmg.model import compact_batch, grow_params, init_params, logits, mlp_shapes, table_sizes
+from asmg.model import (
+    compact_batch,
+    grow_params,
+    init_params,
+    logits,
+    mlp_shapes,
+    serving_copy,
+    table_sizes,
+)
 from asmg.train import train_base
 from asmg.vocab import Vocabularies, Vocabulary
 from tests.helpers import tiny_samples
@@ -100,6 +108,16 @@ def test_unknown_ids_fall_back_to_row_zero():
         moved[name][0] += 1.0
         changed = (logits(moved, batch) - base).abs() > 1e-7
         assert torch.equal(changed, uses_row_zero), name
+
+
+def test_serving_copy_sets_the_fallback_row_to_the_mean_of_the_known_rows():
+    params = init_params({"user": 5, "item": 1, "category": 3}, seed=0)  # no item known yet: row 0 only
+    served = serving_copy(params)
+    assert torch.equal(served["user_emb"][0], params["user_emb"][1:].mean(0))
+    assert torch.equal(served["user_emb"][1:], params["user_emb"][1:])
+    assert torch.equal(served["item_emb"], params["item_emb"])  # nothing to average: kept, never NaN
+    assert torch.equal(served["cat_emb"], params["cat_emb"])  # categories have no fallback row of their own
+    assert served["user_emb"] is not params["user_emb"] and not served["user_emb"].requires_grad
 
 
 def test_gru_step_equals_direct_computation():

@@ -73,6 +73,17 @@ def test_negatives_avoid_items_the_user_had_by_then():
     assert negatives.iloc[2]["item_id"] == 4
 
 
+def test_negatives_repeat_with_the_seed_and_change_with_it():
+    rng = np.random.default_rng(0)
+    rows = [(int(u), int(i), int(t), 1) for u, i, t in zip(rng.integers(1, 20, 400), rng.integers(1, 50, 400),
+                                                            np.sort(rng.integers(0, 1000, 400)), strict=True)]
+    log = _log(rows, implicit=True)
+    first, again, other = (build_samples(log, seed=s) for s in (5, 5, 6))
+    negatives = lambda frame: frame.loc[frame.label == 0, "item_id"].tolist()  # noqa: E731
+    assert negatives(first) == negatives(again)  # a replay of the same log draws the same negatives
+    assert negatives(first) != negatives(other)
+
+
 def test_negative_sampling_is_uniform_over_unseen_items():
     rng = np.random.default_rng(0)
     n = 20000
