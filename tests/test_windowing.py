@@ -294,6 +294,38 @@ def test_core_refuses_late_malformed_and_outside_events(tmp_path: Path) -> None:
         assert files[1].item_id.tolist() == [1] and files[2].item_id.tolist() == [3]
 
 
+def test_control_records_are_checked(tmp_path: Path) -> None:
+    ctl = lambda **kw: json.dumps({"v": 1, **kw}).encode()  # noqa: E731
+    values = [ctl(control="watermark", ts=True), ctl(control="watermark", ts="soon"),
+              b'{"v": 1, "control": "watermark", "ts": NaN}', ctl(control="watermark"), ctl(control="end_of_stream"),
+              ctl(control="watermark", ts=150), ctl(control="watermark", ts=120.5)]
+    core = WindowingCore(PeriodScheme(length=100, origin=100))  # tumbling: an end of stream needs its time
+    committed = run_core(core, [(0, o, v) for o, v in enumerate(values)], tmp_path)
+    dead = {d["offset"]: d for d in committed.dead}
+    assert dead[0]["reason"] == "invalid control record: ts True"
+    assert dead[1]["reason"] == "invalid control record: ts 'soon'"
+    assert dead[2]["reason"] == "invalid control record: ts nan"
+    assert dead[3]["reason"] == "invalid control record: a watermark needs ts"
+    assert dead[4]["reason"] == "invalid control record" and "fixed period bounds" in dead[4]["detail"]
+    assert set(dead) == {0, 1, 2, 3, 4}
+    assert core.progress(0).marker == 150 and core.progress(0).closed == 0  # markers only move forward
+
+
+def test_watermark_never_goes_back(tmp_path: Path) -> None:
+    """An event older than the partition's newest (still within the lateness) leaves the watermark where it
+    was, in this batch, in the next one and after a restore: the coordinator closes periods on it."""
+    ev = lambda i, t: json.dumps({"user_id": 1, "item_id": i, "ts": t}).encode()  # noqa: E731
+    core = WindowingCore(PeriodScheme(bounds=[100, 200, 300]), lateness=30)
+    committed = run_core(core, [(0, 0, ev(1, 150)), (0, 1, ev(2, 190)), (0, 2, ev(3, 170))], tmp_path, batch_size=2)
+    assert core.progress(0).max_ts == 190 and core.watermark_of(TOPIC, 0)["watermark"] == 160
+    restored = WindowingCore(PeriodScheme(bounds=[100, 200, 300]), lateness=30)
+    restored.restore(0, committed.state)
+    run_core(restored, [(0, 3, ev(4, 180))], tmp_path, committed)
+    assert restored.progress(0).max_ts == 190 and restored.watermark_of(TOPIC, 0)["watermark"] == 160
+    assert not committed.dead  # all four within the lateness: period 1 holds them
+    assert restored.progress(0).closed == 0
+
+
 def test_lateness_keeps_a_period_open(tmp_path: Path) -> None:
     ev = lambda u, i, t: json.dumps({"user_id": u, "item_id": i, "ts": t}).encode()  # noqa: E731
     # ts 220 leaves the watermark at 190: the event at 195 still counts; 240 closes period 1
