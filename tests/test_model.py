@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from asmg.batches import BatchMaker, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
-from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator
+from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator, as_rows
 from asmg.methods.meta import AsmgMethod, _compact_all
 from asmg.model import (
     compact_batch,
@@ -154,6 +154,37 @@ def test_linear_generator_is_a_weighted_sum_of_the_window():
     assert torch.allclose(short[-1]["item_emb"], -0.5 * xs[1] + 1.5 * xs[2], atol=1e-6)
     with pytest.raises(ValueError):  # more inputs than weights is an error, not a silent truncation
         generator.run({"item_emb": [*xs, xs[0]]}, {})
+
+
+def test_gru_generator_layout_init_and_carried_state():
+    """The coordinate layout is the canonical parameter order (checkpoints restore generators by position),
+    GRU weights start within +-1/sqrt(H) and the residual output layer at 0, and the state kept for the next
+    period is the one after the FIRST step of the window."""
+    shapes = {"mlp.1.bias": (10,), "mlp.0.weight": (20, 40), "item_emb": (6, 8), "mlp.0.bias": (20,),
+              "user_emb": (5, 8)}
+    hidden = 4
+    generator = GruGenerator(shapes, hidden=hidden, residual=True, gen=torch.Generator().manual_seed(0))
+    assert generator.names == ["user_emb", "item_emb", "mlp.0.weight", "mlp.0.bias", "mlp.1.bias"]
+    assert generator.dense == ["mlp.0.weight", "mlp.0.bias", "mlp.1.bias"]
+    for cell in generator.cells.values():
+        for weights in (cell.u, cell.w):
+            assert weights.abs().max() <= 1 / math.sqrt(hidden) and weights.min() < 0 < weights.max()
+        assert not cell.w_hy.any() and not cell.b_y.any()
+    gen = torch.Generator().manual_seed(1)
+    params = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+    inputs = {n: [torch.randn(as_rows(n, p).shape, generator=gen) for _ in range(3)] for n, p in params.items()}
+    h0 = {g: torch.randn(h.shape, generator=gen) for g, h in generator.zero_state(params).items()}
+    outputs, first = generator.run(inputs, h0)
+    _, after_first = generator.cells["user_emb"].step(inputs["user_emb"][0], h0["user_emb"])
+    assert torch.equal(first["user_emb"], after_first)
+    dense_x = torch.cat([inputs[n][0] for n in generator.dense], dim=1)
+    assert torch.equal(first["dense"], generator.cells["dense"].step(dense_x, h0["dense"])[1])
+    # with scales: the GRU sees x / s and its output is scaled back by s, per parameter
+    scales = {n: 0.5 + i for i, n in enumerate(generator.names)}
+    scaled_out, _ = generator.run(inputs, h0, scales)
+    plain_out, _ = generator.run({n: [x / scales[n] for x in xs] for n, xs in inputs.items()}, h0)
+    for name in generator.names:
+        assert torch.allclose(scaled_out[-1][name], plain_out[-1][name] * scales[name], atol=1e-6), name
 
 
 def test_residual_generator_starts_as_the_last_input():
