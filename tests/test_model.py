@@ -47,17 +47,18 @@ def test_forward_equals_a_direct_computation():
     _, vocabs, data = _encoded()
     params = init_params(vocabs.sizes(), seed=1)
     maker = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu"))
-    batch = maker.batch(data, slice(0, 5))
+    rows = torch.tensor([0, 1, *torch.nonzero(data.history.gt(0).sum(1) >= 3).flatten()[-6:].tolist()])
+    batch = maker.batch(data, rows)  # two events without a history, six with three items or more
     out = logits(params, batch)
     table = vocabs.item_categories.table
-    for b in range(5):
+    for b, row in enumerate(rows.tolist()):
         def item_vec(i):
             cats = [c for c in table[i] if c > 0]
             cat = params["cat_emb"][cats].mean(0) if cats else torch.zeros(8)
             return torch.cat([params["item_emb"][i], cat])
-        hist = [int(h) for h in data.history[b] if h > 0]
+        hist = [int(h) for h in data.history[row] if h > 0]
         hv = torch.stack([item_vec(h) for h in hist]).mean(0) if hist else torch.zeros(16)
-        x = torch.cat([params["user_emb"][data.user[b]], hv, item_vec(int(data.item[b]))])
+        x = torch.cat([params["user_emb"][data.user[row]], hv, item_vec(int(data.item[row]))])
         for layer in range(3):
             x = F.linear(x, params[f"mlp.{layer}.weight"], params[f"mlp.{layer}.bias"])
             x = F.relu(x) if layer < 2 else x

@@ -2,11 +2,18 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from asmg.data.log import DataError, make_log
 from asmg.data.periods import calendar_bounds, equal_count_bounds
-from asmg.data.samples import build_samples, history_matrix, padded_from_ragged, sample_negatives
+from asmg.data.samples import (
+    build_samples,
+    history_matrix,
+    padded_from_ragged,
+    ragged_from_padded,
+    sample_negatives,
+)
 
 
 def _log(rows, implicit=False, categories=None):
@@ -50,6 +57,8 @@ def test_history_matrix_matches_a_direct_loop_on_random_data():
         expected = [item[j] for j in range(n) if user[j] == user[i] and ts[j] < ts[i] and label[j] > 0][-5:]
         assert lengths[i] == len(expected)
         assert list(hist[i, 5 - lengths[i]:]) == expected
+        assert not hist[i, : 5 - lengths[i]].any()  # left-padded with 0
+    assert hist.dtype == np.int64 and (lengths < 5).any()
 
 
 def test_padded_ragged_round_trip_survives_slicing():
@@ -58,6 +67,9 @@ def test_padded_ragged_round_trip_survives_slicing():
     padded, lengths = padded_from_ragged(part["history"], 30)
     assert list(lengths) == [3, 4, 5, 6]
     assert list(padded[-1, -6:]) == [1, 2, 3, 4, 5, 6]
+    assert padded.dtype == np.int64 and not padded[:, :24].any()
+    empty = ragged_from_padded(np.zeros((3, 30), np.int64), np.zeros(3, np.int64))  # no history at all
+    assert str(pa.array(empty).type) == "list<item: int64>" and [list(h) for h in empty] == [[], [], []]
 
 
 def test_negatives_avoid_items_the_user_had_by_then():
