@@ -186,16 +186,23 @@ def test_trainer_killed_at_every_stage(kafka_settings, topic_names, tmp_path: Pa
     checkpoint = Path(settings.checkpoint_store, "asmg")
     faults = [
         ({FAULT_ENV: "after-step@3"}, FAULT_EXIT, [], None),
-        ({FAULT_ENV: "after-artifact@3"}, FAULT_EXIT, [],
-         lambda: not (checkpoint / "p000003").exists() or pytest.fail("checkpoint 3 written before the crash")),
+        ({FAULT_ENV: "after-artifact@3"}, FAULT_EXIT, [], lambda: is_missing(checkpoint / "p000003")),
         ({FAULT_ENV: "after-checkpoint@4"}, FAULT_EXIT, [3],
-         lambda: (checkpoint / "p000004" / "manifest.json").is_file() or pytest.fail("no checkpoint 4")),
+         lambda: is_present(checkpoint / "p000004" / "manifest.json")),
         ({FAULT_ENV: "before-step@6"}, FAULT_EXIT, [3, 4, 5], None),  # 4 published from its checkpoint
         ({FAULT_ENV: "after-publish@7"}, FAULT_EXIT, [3, 4, 5, 6, 7], None),
     ]
     models = run_crashing_trainers(kafka_settings, topic_names, settings, tmp_path, faults)
     assert_models_match(models, reference)
     assert len(list(checkpoint.iterdir())) == settings.keep_checkpoints
+
+
+def is_missing(path: Path) -> None:
+    assert not path.exists(), f"{path} was written before the crash"
+
+
+def is_present(path: Path) -> None:
+    assert path.is_file(), f"{path} is missing after the crash"
 
 
 def half_written(folder: Path, name: str) -> None:
