@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +32,9 @@ def experiment(
     out: Annotated[Path, typer.Option(envvar=_env("out"), help="folder for results.json/.md and plots")] = Path(
         "runs/experiment"),
     preset: Annotated[str | None, typer.Option(envvar=_env("preset"),
-                                               help="hyper-parameter set: authors, or the dataset's tuned one")] = None,
+                                               help="hyper-parameter set: authors, a dataset's tuned one, or auto "
+                                                    "(base chosen on this dataset's validation periods; the default "
+                                                    "for datasets without a preset)")] = None,
     lr: Annotated[float | None, typer.Option(envvar=_env("lr"), help="base-model learning rate")] = None,
     batch_size: Annotated[int | None, typer.Option(envvar=_env("batch-size"))] = None,
     epochs: Annotated[int | None, typer.Option(envvar=_env("epochs"), help="base epochs per period")] = None,
@@ -72,32 +73,32 @@ def experiment(
     from asmg.data.log import DataError
     from asmg.data.registry import load_dataset
     from asmg.experiment import ExperimentSpec, markdown_table, run_experiment
+    from asmg.flags import pick, run_config
     from asmg.methods import parse_methods
     from asmg.prepare import prepare_periods
-    from asmg.presets import default_preset, override
-    from asmg.presets import preset as get_preset
 
-    if output not in (None, "direct", "residual"):
-        raise typer.BadParameter("--output must be 'direct' or 'residual'")
     try:
         names = parse_methods(methods)
-        cfg, note = get_preset(preset or default_preset(dataset))
+        cfg, note = run_config(dataset, preset, **pick(locals()))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    cfg = override(cfg, {"lr": lr, "batch_size": batch_size, "epochs": epochs, "pretrain_epochs": pretrain_epochs},
-                   {"k": k, "hidden": hidden, "lr": meta_lr, "epochs": meta_epochs, "batch_size": meta_batch_size,
-                    "output": output})
-    protocol = {"n_periods": periods, "split": split, "pretrain_periods": pretrain_periods,
-                "first_test_period": first_test_period}
-    cfg = replace(cfg, device=device,
-                  protocol=replace(cfg.protocol, **{k: v for k, v in protocol.items() if v is not None}))
     try:
         log = load_dataset(dataset, data_dir)
         data = prepare_periods(log, cfg.protocol, cache_dir=cache_dir)
     except DataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    spec = ExperimentSpec(dataset, names, _ints(seeds), cfg, last_period=last_period, note=note)
+    from asmg.presets import AUTO, default_preset
+
+    if (preset or default_preset(dataset)) == AUTO:
+        if any(value is not None for value in (lr, epochs, batch_size)):
+            note += "; base settings from the flags given (no search)"
+        else:
+            from asmg.tuning import auto_base
+
+            cfg, note = auto_base(data, cfg, _ints(seeds)[:1], workers, say=typer.echo)
+    spec = ExperimentSpec(dataset, names, _ints(seeds), cfg, last_period=last_period, note=note,
+                          pretrain_cache=str(cache_dir.parent / "pretrained"))
     results = run_experiment(data, spec, out=out, workers=workers)
     typer.echo(markdown_table(results))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'auc_by_period.png'}")

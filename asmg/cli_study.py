@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -55,30 +55,26 @@ class Prepared:
     note: str
 
 
-def _prepare(dataset: str, data_dir: Path, seeds: str, preset: str | None, train: dict, meta: dict, output: str | None,
-             protocol: dict, device: str, cache_dir: Path) -> Prepared:
-    """Preset + explicit flags -> RunConfig, and the dataset cut into periods (as `asmg experiment`)."""
+def _prepare(options: dict[str, Any]) -> Prepared:
+    """Preset + explicit flags -> RunConfig (asmg/flags.py), and the dataset cut into periods (as `asmg
+    experiment`); ``options``: the command's."""
     from asmg.data.log import DataError
     from asmg.data.registry import load_dataset
+    from asmg.flags import pick, run_config
     from asmg.prepare import prepare_periods
-    from asmg.presets import default_preset, override
-    from asmg.presets import preset as get_preset
 
-    if output not in (None, "direct", "residual"):
-        raise typer.BadParameter("--output must be 'direct' or 'residual'")
+    dataset = options["dataset"]
     try:
-        cfg, note = get_preset(preset or default_preset(dataset))
+        cfg, note = run_config(dataset, options["preset"], **pick(options))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    cfg = override(cfg, train, {**meta, "output": output})
-    cfg = replace(cfg, device=device,
-                  protocol=replace(cfg.protocol, **{k: v for k, v in protocol.items() if v is not None}))
     try:
-        data = prepare_periods(load_dataset(dataset, data_dir), cfg.protocol, cache_dir=cache_dir)
+        data = prepare_periods(load_dataset(dataset, options["data_dir"]), cfg.protocol,
+                               cache_dir=options["cache_dir"])
     except DataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    return Prepared(data, cfg, _ints(seeds), note)
+    return Prepared(data, cfg, _ints(options["seeds"]), note)
 
 
 def _methods(text: str) -> list[str]:
@@ -113,11 +109,7 @@ def ablation(
     if not names or any(v not in GRU_VARIANTS for v in names):
         raise typer.BadParameter(f"--variants must be among {', '.join(GRU_VARIANTS)}")
     base = _methods(baselines)
-    prep = _prepare(dataset, data_dir, seeds, preset,
-                    {"lr": lr, "batch_size": batch_size, "epochs": epochs, "pretrain_epochs": pretrain_epochs},
-                    {"k": k, "hidden": hidden, "lr": meta_lr, "epochs": meta_epochs, "batch_size": meta_batch_size},
-                    output, {"n_periods": periods, "split": split, "pretrain_periods": pretrain_periods,
-                             "first_test_period": first_test_period}, device, cache_dir)
+    prep = _prepare(locals())
     out = out or Path("runs/ablation")
     study = run_ablation(prep.data, dataset, prep.cfg, prep.seeds, out=out, workers=workers, variants=names,
                          baselines=base, last_period=last_period, note=prep.note)
@@ -150,11 +142,7 @@ def sensitivity(
     if not k_values or not h_values or min(k_values + h_values) < 1:
         raise typer.BadParameter("--ks and --hiddens need positive integers")
     base = _methods(baselines)
-    prep = _prepare(dataset, data_dir, seeds, preset,
-                    {"lr": lr, "batch_size": batch_size, "epochs": epochs, "pretrain_epochs": pretrain_epochs},
-                    {"k": k, "hidden": hidden, "lr": meta_lr, "epochs": meta_epochs, "batch_size": meta_batch_size},
-                    output, {"n_periods": periods, "split": split, "pretrain_periods": pretrain_periods,
-                             "first_test_period": first_test_period}, device, cache_dir)
+    prep = _prepare(locals())
     out = out or Path("runs/sensitivity")
     study = run_sensitivity(prep.data, dataset, prep.cfg, prep.seeds, out=out, workers=workers, ks=k_values,
                             hiddens=h_values, method=swept[0], baselines=base, last_period=last_period,

@@ -30,12 +30,15 @@ import numpy as np
 import pandas as pd
 
 from asmg.data.log import InteractionLog
+from asmg.safejson import UntrustedJSONError, has_surrogate
+from asmg.safejson import loads as untrusted_loads
 
 SCHEMA_VERSION = 1
 MAX_ID = 2**63 - 1
 MAX_TS = 10**11  # year 5138: larger values are almost surely milliseconds
 MAX_CATEGORIES = 256
 MAX_EVENT_ID = 256
+MAX_ID_TEXT = 1024  # characters of a string id
 
 
 class EventError(ValueError):
@@ -101,6 +104,10 @@ def id_value(value: Any, name: str) -> int:
     if isinstance(value, str):
         if not value.strip():
             raise EventError(f"{name} must not be an empty string")
+        if len(value) > MAX_ID_TEXT:
+            raise EventError(f"{name} is {len(value)} characters; at most {MAX_ID_TEXT} allowed")
+        if has_surrogate(value):
+            raise EventError(f"{name} holds a lone surrogate (\\ud800-\\udfff): not valid Unicode")
         return stable_id(value)
     raise EventError(f"{name} must be an integer or a string, got {type(value).__name__}")
 
@@ -146,21 +153,25 @@ def _event_id(event: Mapping[str, Any]) -> str | None:
         raise EventError("event_id must be a non-empty string")
     if len(value) > MAX_EVENT_ID:
         raise EventError(f"event_id is {len(value)} characters; at most {MAX_EVENT_ID} allowed")
+    if has_surrogate(value):
+        raise EventError("event_id holds a lone surrogate (\\ud800-\\udfff): not valid Unicode")
     return value
 
 
+def _json_reason(reason: str) -> str:
+    if reason.startswith("not UTF-8"):
+        return f"event is {reason}"
+    return reason if reason.startswith("invalid JSON") else f"invalid JSON: {reason}"
+
+
 def parse_event(raw: bytes | str | Mapping[str, Any]) -> Event:
-    """Validate one event (JSON text or a decoded object); raise :class:`EventError` with the reason."""
-    if isinstance(raw, bytes | bytearray | memoryview):
+    """Validate one event (JSON text or a decoded object); raise :class:`EventError` with the reason, and
+    nothing else, whatever the input (tests/test_untrusted_input.py checks it on arbitrary bytes)."""
+    if isinstance(raw, bytes | bytearray | memoryview | str):
         try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise EventError(f"event is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise EventError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            raw = untrusted_loads(raw)
+        except UntrustedJSONError as exc:
+            raise EventError(_json_reason(exc.reason)) from None
     if not isinstance(raw, Mapping):
         raise EventError(f"event must be a JSON object, got {type(raw).__name__}")
     version = raw.get("v", SCHEMA_VERSION)

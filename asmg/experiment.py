@@ -36,12 +36,13 @@ class ExperimentSpec:
     cfg: RunConfig
     last_period: int | None = None  # stop early (hyper-parameter search on validation periods)
     note: str = ""
+    pretrain_cache: str | None = None  # keep pretrained models here (see PeriodUpdater)
 
 
 def run_method(method: str, seed: int, data: PreparedPeriods, spec: ExperimentSpec,
                on_period=None) -> dict[str, Any]:
     cfg = spec.cfg.with_seed(seed)
-    updater = PeriodUpdater(method, cfg)
+    updater = PeriodUpdater(method, cfg, pretrain_cache=spec.pretrain_cache)
     last = spec.last_period or max(data.periods)
     started = time.perf_counter()
     evaluated = []
@@ -50,7 +51,8 @@ def run_method(method: str, seed: int, data: PreparedPeriods, spec: ExperimentSp
             result = updater.step(period, data.periods[period], train=period < last)
             if result.metrics is not None:
                 evaluated.append({"period": period, **{k: result.metrics[k] for k in ("auc", "logloss", "samples")},
-                                  "seconds": result.seconds})
+                                  "seconds": result.seconds,
+                                  **({"candidates": result.candidates} if result.candidates else {})})
                 log.info("period %d: AUC %.4f, logloss %.4f", period, result.metrics["auc"],
                          result.metrics["logloss"], extra={"auc": result.metrics["auc"],
                                                            "logloss": result.metrics["logloss"],
@@ -124,6 +126,7 @@ def run_experiment(data: PreparedPeriods, spec: ExperimentSpec, out: Path | None
         "protocol": {**spec.cfg.to_dict()["protocol"], "bounds": data.bounds.to_list(),
                      "period_samples": {str(p): n for p, n in data.sizes().items()},
                      "train": spec.cfg.to_dict()["train"], "meta": spec.cfg.to_dict()["meta"],
+                     "guard": spec.cfg.to_dict()["guard"],
                      "device": str(resolve_device(spec.cfg.device)), "last_period": spec.last_period,
                      "hyperparameter_note": spec.note},
         "runs": runs,
@@ -153,10 +156,32 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         summary[method] = {"auc_mean": _mean(aucs), "auc_std": _std(aucs), "logloss_mean": _mean(lls),
                            "logloss_std": _std(lls), "seconds_mean": _mean(secs),
                            "update_seconds_per_period": _mean(per_period)}
+    for method, candidate_runs in candidate_runs_of(runs).items():
+        summary[method] = {**summarise(candidate_runs)[method], "seconds_mean": float("nan"),
+                           "update_seconds_per_period": float("nan")}
     iu = summary.get("iu", {}).get("auc_mean")
     for stats in summary.values():
         stats["auc_rel_impr_vs_iu"] = (stats["auc_mean"] / iu - 1.0) * 100 if iu else float("nan")
     return summary
+
+
+def candidate_runs_of(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The serving guard's candidates as runs of their own ("asmg-guarded/iu"): each candidate's model was
+    tested on every test period inside the guard's run (the same models a separate run of that method would
+    train), so the table can show them without training them twice."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        if not run["periods"] or not all("candidates" in p for p in run["periods"]):
+            continue
+        for name in run["periods"][0]["candidates"]["candidates"]:
+            tested = [p["candidates"]["candidates"][name] for p in run["periods"]]
+            label = f"{run['method']}/{name}"
+            out.setdefault(label, []).append({
+                "method": label, "seed": run["seed"], "seconds": float("nan"),
+                "periods": [{"period": p["period"], "auc": t["auc"], "logloss": t["logloss"], "samples": t["samples"]}
+                            for p, t in zip(run["periods"], tested, strict=True)],
+                "mean_auc": _mean([t["auc"] for t in tested]), "mean_logloss": _mean([t["logloss"] for t in tested])})
+    return out
 
 
 def _update_seconds(run: dict[str, Any]) -> float:
@@ -173,13 +198,33 @@ def markdown_table(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     for method, s in results["summary"].items():
         impr = "-" if method == "iu" or math.isnan(s["auc_rel_impr_vs_iu"]) else f"{s['auc_rel_impr_vs_iu']:+.2f}%"
+        seconds, update = s["seconds_mean"], s.get("update_seconds_per_period", float("nan"))
         lines.append(f"| {method} | {s['auc_mean']:.4f} ± {s['auc_std']:.4f} | {s['logloss_mean']:.4f} ± "
-                     f"{s['logloss_std']:.4f} | {impr} | {s['seconds_mean']:.1f} | "
-                     f"{s.get('update_seconds_per_period', float('nan')):.2f} |")
+                     f"{s['logloss_std']:.4f} | {impr} | {_cell(seconds, '.1f')} | {_cell(update, '.2f')} |")
+    lines += ["", f"Hyper-parameters used: {settings_line(results['protocol'])}"]
     note = results["protocol"].get("hyperparameter_note")
     if note:
-        lines += ["", f"Hyper-parameters: {note}"]
+        lines += ["", f"Where they come from: {note}"]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float, spec: str) -> str:
+    """A table cell; '-' where a row has no such figure (a guard's candidate has no time of its own)."""
+    return "-" if math.isnan(value) else format(value, spec)
+
+
+def settings_line(protocol: dict[str, Any]) -> str:
+    """The settings a run actually used (preset plus every override), as one line."""
+    train, meta, guard = protocol["train"], protocol["meta"], protocol.get("guard")
+    line = (f"base lr {train['lr']:g}, batch {train['batch_size']}, {train['epochs']} epoch(s) per period, "
+            f"{train['pretrain_epochs']} to pretrain; generator k {meta['k']}, hidden {meta['hidden']}, "
+            f"meta lr {meta['lr']:g}, meta batch {meta['batch_size']}, {meta['epochs']} meta epoch(s), "
+            f"{meta['output']} output")
+    if meta.get("correction_l2"):
+        line += f", shrinkage {meta['correction_l2']:g}"
+    if guard:
+        line += f"; guard {'+'.join(guard['candidates'])}, decay {guard['decay']:g}, margin {guard['margin']:g}"
+    return line
 
 
 def plot_auc_by_period(results: dict[str, Any], path: Path) -> None:
@@ -189,8 +234,9 @@ def plot_auc_by_period(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    every_run = [*results["runs"], *(r for runs in candidate_runs_of(results["runs"]).values() for r in runs)]
     for method in results["summary"]:
-        runs = [r for r in results["runs"] if r["method"] == method]
+        runs = [r for r in every_run if r["method"] == method]
         periods = [p["period"] for p in runs[0]["periods"]]
         aucs = np.array([[p["auc"] for p in r["periods"]] for r in runs])
         mean, std = aucs.mean(0), aucs.std(0)

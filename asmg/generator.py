@@ -50,15 +50,18 @@ class CoordinateGRU(nn.Module):
         self.w_hy = nn.Parameter(torch.zeros(coords, hidden)) if residual else uniform(coords, hidden)
         self.b_y = nn.Parameter(torch.zeros(coords))
 
-    def step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [R, c], h [R, c, H] -> (y [R, c], h' [R, c, H])."""
+    def step(self, x: torch.Tensor, h: torch.Tensor, anchor: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [R, c], h [R, c, H] -> (y [R, c], h' [R, c, H]); a residual output adds ``anchor`` (default x)."""
         xu = x.unsqueeze(-1) * self.u.unsqueeze(1)  # [3, R, c, H]
         z = torch.sigmoid(xu[0] + torch.einsum("rch,chk->rck", h, self.w[0]))
         r = torch.sigmoid(xu[1] + torch.einsum("rch,chk->rck", h, self.w[1]))
         g = torch.tanh(xu[2] + torch.einsum("rch,chk->rck", r * h, self.w[2]))
         h_next = (1 - z) * h + z * g
         y = (h_next * self.w_hy).sum(-1) + self.b_y
-        return (y + x if self.residual else y), h_next
+        if not self.residual:
+            return y, h_next
+        return y + (x if anchor is None else anchor), h_next
 
 
 class GruGenerator(nn.Module):
@@ -69,9 +72,13 @@ class GruGenerator(nn.Module):
     """
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], hidden: int, residual: bool,
-                 gen: torch.Generator) -> None:
+                 gen: torch.Generator, anchor: str = "last") -> None:
+        """``anchor`` (residual output only): what the correction is added to at step i, the newest input
+        ("last") or the mean of the window's inputs so far ("mean": an untrained generator then serves the
+        average of the window, a smoothing start instead of IU)."""
         super().__init__()
         self.hidden = hidden
+        self.anchor = anchor
         self.names = sorted(shapes, key=param_order)
         self.dense = [n for n in self.names if n not in EMBEDDINGS]
         self.dense_sizes = [math.prod(shapes[n]) for n in self.dense]
@@ -104,8 +111,13 @@ class GruGenerator(nn.Module):
         first: dict[str, torch.Tensor] = {}
         for group, xs in groups.items():
             cell, h = self.cells[_key(group)], h0[group]
+            total = None
             for i, x in enumerate(xs):
-                y, h = cell.step(x, h)
+                anchor = None
+                if self.anchor == "mean":
+                    total = x if total is None else total + x
+                    anchor = total / (i + 1)
+                y, h = cell.step(x, h, anchor)
                 if group == DENSE:
                     outputs[i].update(zip(self.dense, torch.split(y, self.dense_sizes, dim=1), strict=True))
                 else:

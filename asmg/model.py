@@ -1,4 +1,4 @@
-"""Embedding & MLP base model as a pure function of a name -> tensor dict.
+"""The base models as pure functions of a name -> tensor dict: the Embedding & MLP, and matrix factorisation.
 
 Parameters are addressable by name so a generator can supply any of them, whole or as the few rows
 a batch touches (see :func:`compact_batch`).
@@ -18,7 +18,7 @@ Params = dict[str, torch.Tensor]
 EMBEDDINGS = {"user_emb": "user", "item_emb": "item", "cat_emb": "category"}
 EMBED_INIT = 0.05
 INIT_PURPOSE = 7
-MF_MARKER = "mf.bias"  # the global bias only a matrix-factorisation model has (see asmg.mf)
+MF_MARKER = "mf.bias"  # the global bias only a matrix-factorisation model has (see the end of this module)
 
 
 def param_order(name: str) -> tuple:
@@ -112,9 +112,7 @@ def _item_vectors(params: Params, items: torch.Tensor, cats: torch.Tensor, mask:
 
 
 def logits(params: Params, batch: Batch) -> torch.Tensor:
-    if MF_MARKER in params:  # model-kind dispatch: matrix factorisation (asmg.mf) has the same interface
-        from asmg.mf import mf_logits
-
+    if is_mf(params):  # model-kind dispatch: matrix factorisation (below) has the same interface
         return mf_logits(params, batch)
     user = params["user_emb"][batch.user]
     target = _item_vectors(params, batch.item, batch.item_cats, batch.item_cat_mask)
@@ -161,3 +159,30 @@ def serving_copy(params: Params) -> Params:
         if out[name].shape[0] > 1:
             out[name][0] = out[name][1:].mean(0)
     return out
+
+
+# --- matrix factorisation (SML-MF's base): score = <p_u, q_i> + b_u + b_i + b -----------------------------------
+#
+# Stored in the same name -> tensor layout as the Embedding & MLP so everything generic works on it unchanged
+# (growing tables, row 0 fallback, row-gathered batches, train_base/predict through the model-kind dispatch in
+# :func:`logits`): ``user_emb`` [U, d+1] and ``item_emb`` [I, d+1] keep each row's bias in their last column,
+# ``mf.bias`` [1] is the global bias and marks the kind. There is no category table: categories and histories
+# are ignored.
+
+MF_TABLES = ("user_emb", "item_emb")
+
+
+def is_mf(params: Params) -> bool:
+    return MF_MARKER in params
+
+
+def init_mf_params(sizes: dict[str, int], seed: int, dim: int = EMBEDDING_DIM) -> Params:
+    """Same uniform row init as the Embedding & MLP (so grown rows look alike), biases included; b = 0."""
+    gen = seeded(seed, 0, INIT_PURPOSE)
+    return {"user_emb": init_rows(sizes["user"], gen, dim + 1), "item_emb": init_rows(sizes["item"], gen, dim + 1),
+            MF_MARKER: torch.zeros(1)}
+
+
+def mf_logits(params: Params, batch: Batch) -> torch.Tensor:
+    user, item = params["user_emb"][batch.user], params["item_emb"][batch.item]
+    return (user[:, :-1] * item[:, :-1]).sum(-1) + user[:, -1] + item[:, -1] + params[MF_MARKER]

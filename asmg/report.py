@@ -16,6 +16,7 @@ the page (base64) and also written beside it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from asmg.records import ModelRecord, RecordError, parse_model_record
 
 IU = "iu"
 SHADOW = "IU shadow"
@@ -129,34 +132,42 @@ def from_results(results: Mapping[str, Any], source: Path) -> RunData:
                    IU if IU in methods else None, notes)
 
 
-def from_model_records(records: Iterable[Mapping[str, Any]], source: Path) -> RunData:
-    newest: dict[tuple[str, int], Mapping[str, Any]] = {}
-    for record in records:  # a record seen twice (a restart) counts once: the newest version wins
-        try:
-            key = (str(record.get("model", "")), int(record["period"]))
-        except (AttributeError, KeyError, TypeError, ValueError):
-            raise ReportError(f"{source}: a model record without a period: {str(record)[:200]}") from None
-        if key not in newest or int(record.get("version", 0)) >= int(newest[key].get("version", 0)):
+def from_model_records(records: Iterable[Mapping[str, Any] | ModelRecord], source: Path) -> RunData:
+    parsed: list[ModelRecord] = []
+    for record in records:
+        if not isinstance(record, ModelRecord):
+            try:
+                int(record["period"])
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise ReportError(f"{source}: a model record without a period: {str(record)[:200]}") from None
+            try:
+                record = parse_model_record(record)
+            except RecordError as exc:
+                raise ReportError(f"{source}: an unusable model record ({exc.reason}): {str(record)[:200]}") from None
+        parsed.append(record)
+    newest: dict[tuple[str, int], ModelRecord] = {}
+    for record in parsed:  # a record seen twice (a restart) counts once: the newest version wins
+        key = (record.model, record.period)
+        if key not in newest or record.version >= newest[key].version:
             newest[key] = record
     if not newest:
         raise ReportError(f"{source}: no model records")
     points = []
     methods = set()
     for (_, period), record in sorted(newest.items(), key=lambda kv: kv[0][1]):
-        method = str(record.get("method", "model"))
-        methods.add(method)
-        metrics, shadow = record.get("metrics") or {}, record.get("shadow_metrics") or {}
-        phases = _phases(record.get("phases"))
-        if not phases and _num(record.get("seconds")) is not None:
-            phases = {"total": float(record["seconds"])}
-        points.append(Point(f"served ({method})", 0, period, _num(metrics.get("auc")), _num(metrics.get("logloss")),
-                            metrics.get("samples"), phases))
+        methods.add(record.method)
+        metrics, shadow = record.metrics, record.shadow_metrics
+        phases = _phases(record.phases)
+        if not phases and _num(record.seconds) is not None:
+            phases = {"total": float(record.seconds)}
+        points.append(Point(f"served ({record.method})", 0, period, _num(metrics.get("auc")),
+                            _num(metrics.get("logloss")), metrics.get("samples"), phases))
         if shadow:
             points.append(Point(SHADOW, 0, period, _num(shadow.get("auc")), _num(shadow.get("logloss")),
                                 shadow.get("samples")))
     has_shadow = any(p.series == SHADOW for p in points)
     notes = [] if has_shadow else ["The records carry no IU shadow metrics: no lift plot."]
-    models = sorted({str(k[0]) for k in newest})
+    models = sorted({k[0] for k in newest})
     return RunData("stream", source, f"streaming run: model {', '.join(models)} ({', '.join(sorted(methods))})",
                    points, SHADOW if has_shadow else None, notes)
 
@@ -166,8 +177,11 @@ def _from_manifests(root: Path) -> RunData:
     for manifest in sorted(root.glob("models/**/manifest.json")):
         meta = json.loads(manifest.read_text())
         if meta.get("kind") == "model":
-            records.append({"model": manifest.parent.parent.name, "version": meta["version"],
-                            "period": meta["period"], "method": meta.get("method"), "metrics": meta.get("metrics")})
+            records.append(ModelRecord(model=manifest.parent.parent.name, version=meta["version"],
+                                       period=meta["period"], method=meta.get("method") or "model",
+                                       uri=str(manifest.parent),
+                                       sha256=hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                                       metrics=meta.get("metrics") or {}))
     run = from_model_records(records, root / "models")
     run.notes = ["Read from the model artifacts' manifests (no models.jsonl): they hold the served model's "
                  "metrics only, so there is no IU shadow, lift or timing."]

@@ -7,7 +7,7 @@ import torch
 
 from asmg.artifacts import ModelArtifact
 from asmg.batches import BatchMaker, PeriodTensors
-from asmg.config import resolve_device
+from asmg.config import HISTORY_LEN, resolve_device
 from asmg.model import Params, logits, table_sizes
 from asmg.vocab import Vocabulary
 
@@ -29,7 +29,7 @@ class Scorer:
         return self.artifact.version
 
     def encode(self, users: np.ndarray, items: np.ndarray, histories: list[np.ndarray] | np.ndarray,
-               history_len: int = 30) -> PeriodTensors:
+               history_len: int = HISTORY_LEN) -> PeriodTensors:
         """Rows for (user, item, history) triples; history is each user's recent positive item ids."""
         n = len(users)
         hist = np.zeros((n, history_len), dtype=np.int64)
@@ -54,7 +54,7 @@ class Scorer:
                    ) -> np.ndarray:
         items = np.asarray(item_ids, dtype=np.int64)
         users = np.full(len(items), user_id, dtype=np.int64)
-        hist = np.tile(np.asarray(history, dtype=np.int64)[-30:], (len(items), 1)) if len(history) else \
+        hist = np.tile(np.asarray(history, dtype=np.int64)[-HISTORY_LEN:], (len(items), 1)) if len(history) else \
             np.zeros((len(items), 0), dtype=np.int64)
         return self.score(self.encode(users, items, hist))
 

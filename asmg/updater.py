@@ -7,6 +7,7 @@ collected and used once to pretrain the base model every method starts from.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from asmg.artifacts import ArtifactError, bundle_exists, load_bundle, save_bundle
 from asmg.batches import PeriodTensors, encode_period
 from asmg.config import RunConfig, resolve_device, seeded
 from asmg.methods import UpdateMethod, make_method
@@ -33,13 +35,18 @@ class PeriodResult:
     metrics: dict[str, float] | None  # the served model tested on this period (None before pretraining)
     shadow: dict[str, float] | None  # the plain IU model of the same run, where the method has one
     seconds: dict[str, float] = field(default_factory=dict)
+    # the serving guard: every candidate tested on this period, and the one chosen to serve the next
+    candidates: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class PeriodUpdater:
-    def __init__(self, method: str, cfg: RunConfig) -> None:
+    def __init__(self, method: str, cfg: RunConfig, pretrain_cache: str | None = None) -> None:
+        """``pretrain_cache``: a folder (or URI) where pretrained models are kept by a hash of everything
+        they depend on, so an experiment pretrains once per (data, base settings, seed), not once per run."""
+        self.pretrain_cache = pretrain_cache
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.method: UpdateMethod = make_method(method, cfg, self.device)
@@ -63,6 +70,7 @@ class PeriodUpdater:
             metrics = evaluate(self.method.serving(), data, item_cats)
             if with_shadow:
                 shadow = evaluate(self.method.incremental(), data, item_cats)
+            self.method.observe(data, item_cats)
         seconds["evaluate"] = time.perf_counter() - clock
         clock = time.perf_counter()
         if not self.started:
@@ -78,15 +86,39 @@ class PeriodUpdater:
             seconds["update"] = time.perf_counter() - clock
             seconds.update(getattr(self.method, "seconds", {}))  # finer phases where a method times them
         self.last_period = period
-        return PeriodResult(period, len(data), metrics, shadow, seconds)
+        report = getattr(self.method, "candidate_report", None)
+        candidates = report() if report is not None and metrics is not None else None
+        return PeriodResult(period, len(data), metrics, shadow, seconds, candidates)
 
     def pretrain(self) -> Params:
         initial = self.method.initial_params(self.vocabs.sizes(), self.cfg.seed)
         params = {n: t.to(self.device) for n, t in initial.items()}
         union = PeriodTensors.concat(self.pretrain_data)
         union = PeriodTensors(PRETRAIN_PERIOD, union.user, union.item, union.history, union.label)
-        return train_base(params, union, self.vocabs.item_categories.table, self.cfg.train, self.cfg.seed,
-                          epochs=self.cfg.train.pretrain_epochs, device=self.device)
+        cached = None
+        if self.pretrain_cache is not None:
+            cached = f"{self.pretrain_cache}/{self._pretrain_key(initial, union)}"
+            if bundle_exists(cached):
+                try:
+                    return {n: t.to(self.device) for n, t in load_bundle(cached)[0].items()}
+                except ArtifactError:
+                    pass  # a damaged entry is recomputed and overwritten
+        trained = train_base(params, union, self.vocabs.item_categories.table, self.cfg.train, self.cfg.seed,
+                             epochs=self.cfg.train.pretrain_epochs, device=self.device)
+        if cached is not None:
+            save_bundle(cached, trained, {"kind": "pretrained"})
+        return trained
+
+    def _pretrain_key(self, initial: Params, union: PeriodTensors) -> str:
+        """Everything pretraining depends on: data, category table, starting point, settings, seed, device."""
+        digest = hashlib.sha256()
+        for tensor in (union.user, union.item, union.history, union.label,
+                       torch.from_numpy(self.vocabs.item_categories.table), *initial.values()):
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+        digest.update(json.dumps({"train": asdict(self.cfg.train), "seed": self.cfg.seed, "device": self.device.type,
+                                  "shapes": {n: list(t.shape) for n, t in initial.items()}},
+                                 sort_keys=True).encode())
+        return digest.hexdigest()[:32]
 
     def serving(self) -> Params:
         return self.method.serving()

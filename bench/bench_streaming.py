@@ -16,7 +16,8 @@ KAFKA_BOOTSTRAP_SERVERS) measures, in this order:
 5. ``scorer_latency_ms_p50/p99``, ``scorer_requests_per_second``: POST /score with ``--candidates`` items for
    random known users from ``--clients`` loopback threads (keep-alive http.client), ``--requests`` at most.
 
-Progress goes to stderr, ONE JSON object to stdout. Everything started (workers, broker) is stopped on any
+It drives the local-pipeline harness (asmg_cli/pipeline.py) as ``asmg demo`` does. Progress goes to stderr, ONE
+JSON object to stdout. Everything started (workers, broker) is stopped on any
 exit. Usage: python bench/bench_streaming.py [--replay-events 100000] [--events 30000] [--periods 8]
 [--pretrain-periods 3] [--windowing-workers 1] [--pipeline-rate EV_PER_S] [--perf-records N] [--requests 2000]
 """
@@ -31,15 +32,12 @@ import platform
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from asmg.config import ProtocolConfig  # noqa: E402 - after the path
+from asmg_cli.pipeline import (  # noqa: E402 - the local-pipeline harness, as `asmg demo`
+    TopicWatch,
+    Workers,
+    load_log,
+    newly_live,
+    scorer_json,
+    start_kafka,
+    stream_env,
+    write_bounds,
+)
 
 console = Console(stderr=True, highlight=False)
 
@@ -106,21 +116,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- data ---------------------------------------------------------------------------------------------------
 
 
-def load_log(dataset: str, data_dir: Path, synthetic_events: int = 102_300):
-    from asmg.data.log import DataError
-    from asmg.data.registry import load_dataset
-    from asmg.data.synthetic import synthetic_log
-
-    if dataset != "synthetic":
-        try:
-            return load_dataset(dataset, data_dir)
-        except DataError as exc:
-            console.print(f"[yellow]no {dataset} data ({exc}); using the synthetic drifting log[/]")
-    per_period = max(1, synthetic_events // 31)
-    return synthetic_log(n_users=max(800, per_period // 4), n_items=max(600, per_period // 5), n_categories=12,
-                         n_periods=31, events_per_period=per_period, seed=0, implicit=False, name="synthetic")
-
-
 def head(log, n: int):
     """The first ``n`` events (event-time order) as a log of their own."""
     from asmg.data.log import InteractionLog
@@ -148,39 +143,6 @@ def pct(values: list[float], q: float) -> float | None:
 # --- processes ----------------------------------------------------------------------------------------------
 
 
-def start_worker(role: str, env: dict[str, str], logs: Path, tag: str = "") -> subprocess.Popen:
-    log = open(logs / f"{role}{tag}.log", "ab")  # noqa: SIM115 - the child holds it; closed with the process
-    try:
-        return subprocess.Popen([sys.executable, "-m", "asmg.cli", "worker", role], env=env, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    finally:
-        log.close()
-
-
-def stop_processes(processes: dict[str, subprocess.Popen], timeout: float = 20.0) -> None:
-    for proc in processes.values():
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in processes.values():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def check_workers(processes: dict[str, subprocess.Popen], logs: Path) -> None:
-    for name, proc in processes.items():
-        if proc.poll() is not None:
-            tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"worker {name} exited with code {proc.returncode}; {logs / name}.log ends:\n"
-                               + "\n".join(tail))
-
-
 def quiet_logger():
     """A logger for librdkafka clients whose transient complaints would only clutter the progress."""
     import logging
@@ -200,16 +162,6 @@ def group_members(admin, group: str) -> int:
     except Exception:  # noqa: BLE001 - not there yet
         return 0
     return len(description.members) if description.state == ConsumerGroupState.STABLE else 0
-
-
-def http_json(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict[str, Any] | None]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except (OSError, ValueError):
-        return 0, None
 
 
 # --- phases -------------------------------------------------------------------------------------------------
@@ -240,7 +192,7 @@ def bench_replay(log, kafka, topic: str, warmup_topic: str) -> dict[str, Any]:
 
 
 def bench_perf_test(config, kafka, topic: str, records: int, record_size: int, extra_props: str) -> dict[str, Any]:
-    from streams.broker import java_executable, resolve_jars
+    from streams.local.broker import java_executable, resolve_jars
 
     java = java_executable(17 if config.kafka_home is None else 11)
     jars = resolve_jars(config)
@@ -262,51 +214,28 @@ def bench_perf_test(config, kafka, topic: str, records: int, record_size: int, e
             "perf_test_avg_latency_ms": float(latency.group(1)) if latency else None}
 
 
-def stream_env(args, log, kafka, prefix: str, run_dir: Path) -> tuple[dict[str, str], int]:
-    """The workers' environment for a run over ``log`` (the offline runner's bounds, written to run_dir) and
-    the number of periods."""
-    from asmg.config import ProtocolConfig
-    from asmg.data.periods import period_bounds
-
-    bounds = period_bounds(log.events["ts"].to_numpy(), ProtocolConfig().split, args.periods).to_list()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "bounds.json").write_text(json.dumps({"bounds": bounds}))
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "ASMG_TOPIC_PREFIX": prefix,
-           "ASMG_PERIOD_BOUNDS": str(run_dir / "bounds.json"), "ASMG_PERIOD_STORE": str(run_dir / "periods"),
-           "ASMG_IMPLICIT": "1" if log.implicit else "0", "ASMG_PARTITIONS": str(args.partitions)}
-    return env, len(bounds) - 1
-
-
 def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStack) -> dict[str, Any]:
-    from confluent_kafka import Consumer
-
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
-    from streams.broker import free_port
-    from streams.coordinator import send_end_of_stream
-    from streams.records import parse_model, parse_period
-    from streams.topics import TopicNames, ensure_topics
+    from streams.local.broker import free_port
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.topics import TopicNames, ensure_topics
 
     names = TopicNames(prefix)
     ensure_topics(kafka, names, partitions=args.partitions)
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env, n_periods = stream_env(args, log, kafka, prefix, run_dir)
+    bounds, n_periods = write_bounds(log, ProtocolConfig().split, args.periods, run_dir)
     port = free_port()
-    env.update({
-        "ASMG_ARTIFACT_STORE": str(run_dir / "models"), "ASMG_CHECKPOINT_STORE": str(run_dir / "checkpoints"),
-        "ASMG_METHOD": args.method, "ASMG_DATASET": log.name, "ASMG_SCORER_PORT": str(port),
-        "ASMG_SCORER_HOST": "127.0.0.1", "ASMG_PERIODS": str(n_periods),
-        "ASMG_PRETRAIN_PERIODS": str(args.pretrain_periods), "ASMG_FIRST_TEST_PERIOD": str(args.pretrain_periods + 1),
-        "ASMG_DEVICE": "cpu", "ASMG_TORCH_THREADS": str(args.torch_threads), "ASMG_SEED": str(args.seed)})
-    processes: dict[str, subprocess.Popen] = {}
-    stack.callback(stop_processes, processes)
+    env = stream_env(kafka, prefix, run_dir, bounds, log, args.partitions, method=args.method, scorer_port=port,
+                     scorer_host="127.0.0.1", periods=n_periods, pretrain_periods=args.pretrain_periods,
+                     first_test_period=args.pretrain_periods + 1, device="cpu", torch_threads=args.torch_threads,
+                     seed=args.seed)
+    workers = Workers(run_dir / "logs", cwd=REPO)
+    logs = workers.logs
+    stack.callback(workers.stop)
     for i in range(args.windowing_workers):
-        name = f"windowing-{i}"
-        processes[name] = start_worker("windowing", {**env, "ASMG_WORKER_DIR": str(run_dir / f"faust-{name}")},
-                                       logs, f"-{i}")
+        workers.start(f"windowing-{i}", "windowing", env, worker_dir=run_dir / f"faust-windowing-{i}")
     for role in ("trainer", "scorer"):
-        processes[role] = start_worker(role, {**env, "ASMG_WORKER_DIR": str(run_dir / f"faust-{role}")}, logs)
+        workers.start(role, role, env, worker_dir=run_dir / f"faust-{role}")
     console.print(f"workers: {args.windowing_workers} windowing, trainer, scorer on :{port} "
                   f"(topics {prefix}*, logs {logs}); {n_periods} periods, {args.pretrain_periods} pretrain")
 
@@ -318,10 +247,10 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     deadline = started + args.timeout
     with console.status("waiting for the workers to join their groups and the scorer to answer") as status:
         while True:
-            check_workers(processes, logs)
+            workers.check()
             windowing = group_members(admin, f"{prefix}windowing")
             trainer = group_members(admin, f"{prefix}trainer")
-            code, _ = http_json(port, "/healthz")
+            code, _ = scorer_json(port, "/healthz")
             status.update(f"waiting for workers: windowing {windowing}/{args.windowing_workers}, trainer "
                           f"{trainer}/1, scorer {'up' if code else 'down'}")
             if windowing >= args.windowing_workers and trainer >= 1 and code:
@@ -332,10 +261,7 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     startup_seconds = time.monotonic() - started
     console.print(f"workers ready after {startup_seconds:.1f} s")
 
-    consumer = Consumer(kafka.confluent_config(group_id=f"{prefix}bench", auto_offset_reset="earliest",
-                                               enable_auto_commit=False))
-    stack.callback(consumer.close)
-    consumer.subscribe([names.periods, names.models])
+    watch = TopicWatch(kafka, names, f"{prefix}bench", stack)
 
     t0 = time.time()
     replayed: dict[str, Any] = {}
@@ -354,8 +280,6 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     replay_thread.start()
 
     expected_models = n_periods - args.pretrain_periods + 1  # the pretrained model is published too
-    period_ts: dict[int, float] = {}
-    models: dict[int, dict[str, Any]] = {}
     live: dict[int, float] = {}
     served_version = -1
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -365,42 +289,29 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
         next_poll = time.monotonic()
         while len(live) < expected_models:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(period_ts)}/{n_periods} periods closed, {len(live)}/{expected_models} "
+                raise RuntimeError(f"{len(watch.closed)}/{n_periods} periods closed, {len(live)}/{expected_models} "
                                    f"models live within {args.timeout:.0f}s; see {logs}")
-            check_workers(processes, logs)
+            workers.check()
             if "error" in replayed:
                 raise RuntimeError(f"the pipeline replay failed: {replayed['error']}")
-            while (message := consumer.poll(0.02)) is not None:
-                if message.error() is not None:
-                    continue
-                if message.topic() == names.periods:
-                    period = int(parse_period(message.value())["period"])
-                    if period not in period_ts:
-                        period_ts[period] = message.timestamp()[1] / 1000.0
-                        progress.advance(closed_task)
-                else:
-                    record = parse_model(message.value())
-                    models[int(record["period"])] = record
+            closed, _ = watch.poll(0.02)
+            progress.advance(closed_task, len(closed))
             if time.monotonic() >= next_poll:  # GET /model at 10 Hz
                 next_poll += 0.1
-                code, body = http_json(port, "/model", timeout=1.0)
-                now = time.time()
+                code, body = scorer_json(port, "/model", timeout=1.0)
                 if code == 200 and body is not None:
                     served_version = max(served_version, int(body["version"]))
-                    models.setdefault(int(body["period"]), {"version": body["version"], "period": body["period"]})
-                for period, record in models.items():
-                    if period not in live and int(record["version"]) <= served_version and period in period_ts:
-                        live[period] = now - period_ts[period]
-                        progress.advance(live_task)
-                        progress.console.print(f"period {period}: model v{record['version']} live "
-                                               f"{live[period]:.2f} s after the period closed")
+                    watch.models.setdefault(int(body["period"]), {"version": body["version"], "period": body["period"]})
+                for period in newly_live(watch, served_version, live, time.time()):
+                    progress.advance(live_task)
+                    progress.console.print(f"period {period}: model v{watch.models[period]['version']} live "
+                                           f"{live[period]:.2f} s after the period closed")
             else:
                 time.sleep(min(0.05, max(0.0, next_poll - time.monotonic())))
     replay_thread.join()
-    while len(period_ts) < n_periods and time.monotonic() < deadline:  # the last periods close after the replay
-        message = consumer.poll(0.2)
-        if message is not None and message.error() is None and message.topic() == names.periods:
-            period_ts.setdefault(int(parse_period(message.value())["period"]), message.timestamp()[1] / 1000.0)
+    while len(watch.closed) < n_periods and time.monotonic() < deadline:  # the last periods close after the replay
+        watch.poll(0.2)
+    period_ts, models = watch.closed, watch.models
     if len(period_ts) < n_periods:
         raise RuntimeError(f"only {len(period_ts)} of {n_periods} period records seen")
     windowing_seconds = max(period_ts.values()) - t0
@@ -435,23 +346,24 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
 
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
-    from streams.coordinator import send_end_of_stream
-    from streams.records import read_topic
-    from streams.topics import ensure_topics
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.records import read_topic
+    from streams.wire.topics import ensure_topics
 
     ensure_topics(kafka, names, partitions=args.partitions)
-    env, n_periods = stream_env(args, log, kafka, names.prefix, run_dir)
-    env.update({"ASMG_WORKER_DIR": str(run_dir / "worker"), "ASMG_LOG_LEVEL": "info"})
+    bounds, n_periods = write_bounds(log, ProtocolConfig().split, args.periods, run_dir)
+    env = stream_env(kafka, names.prefix, run_dir, bounds, log, args.partitions, worker_dir=run_dir / "worker",
+                     log_level="info")
     if not live:
         send_end_of_stream(kafka, names)
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    processes = {"windowing": start_worker("windowing", env, logs)}
-    stack.callback(stop_processes, processes)
+    workers = Workers(run_dir / "logs", cwd=REPO)
+    logs = workers.logs
+    workers.start("windowing", "windowing", env)
+    stack.callback(workers.stop)
     admin = AdminClient(kafka.confluent_config(logger=quiet_logger()))
     deadline = time.monotonic() + args.timeout
     while group_members(admin, f"{names.prefix}windowing") < 1:
-        check_workers(processes, logs)
+        workers.check()
         if time.monotonic() > deadline:
             raise RuntimeError(f"the windowing worker did not join within {args.timeout:.0f}s; see {logs}")
         time.sleep(0.1)
@@ -463,7 +375,7 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
         console.print(f"ingest replay: {replay.summary()}")
     with console.status(f"{what}: {len(log.events):,} events"):
         while True:
-            check_workers(processes, logs)
+            workers.check()
             records = read_topic(kafka, names.periods)
             if len(records) >= n_periods:
                 break
@@ -471,7 +383,7 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
                 raise RuntimeError(f"{len(records)}/{n_periods} periods within {args.timeout:.0f}s; see {logs}")
             time.sleep(0.2)
     seconds = max(r.timestamp for r in records) / 1000.0 - t0
-    stop_processes(processes)
+    workers.stop()
     rate = len(log.events) / seconds
     console.print(f"{what}: {len(log.events):,} events, last of {n_periods} periods closed after {seconds:.2f} s "
                   f"({rate:,.0f} events/s)")
@@ -560,9 +472,7 @@ def score_load(port: int, bodies: list[bytes], clients: int, requests: int,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from streams.broker import BrokerConfig, LocalBroker, free_port
-    from streams.kafka_config import KafkaSettings
-    from streams.topics import TopicNames, ensure_topics
+    from streams.wire.topics import TopicNames, ensure_topics
 
     began = time.monotonic()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="asmg-bench-streaming-"))
@@ -571,18 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"benchmark": "streaming", "host": platform.node(), "cpus": os.cpu_count()}
     try:
         with ExitStack() as stack:
-            kafka = KafkaSettings.from_env()
-            config = BrokerConfig.from_env(home=work / "kafka", port=free_port(), controller_port=free_port())
-            if kafka.external:
-                console.print(f"using the cluster at {kafka.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)")
-            else:
-                broker = LocalBroker(config)
-                broker.start(say=console.print, die_with_parent=True)
-                stack.callback(broker.stop, say=console.print)
-                kafka = config.settings()
+            kafka, config = start_kafka(stack, console.print, home=work / "kafka", fresh_ports=True,
+                                        die_with_parent=True)
             out["kafka"] = "external" if kafka.external else f"local {config.kafka_version} (fresh, {work / 'kafka'})"
 
-            full = load_log(args.dataset, args.data_dir, args.synthetic_events)
+            full, _ = load_log(args.dataset, args.data_dir, console.print, args.synthetic_events)
             out["dataset"] = full.name
             prefix = f"bench-{int(time.time())}."
             replay_log_ = head(full, args.replay_events)

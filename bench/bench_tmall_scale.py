@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from asmg.batches import BatchMaker, encode_period
-from asmg.config import RunConfig, resolve_device
+from asmg.config import HISTORY_LEN, RunConfig, resolve_device
 from asmg.data.log import make_log
 from asmg.data.samples import build_samples
 from asmg.methods.incremental import IncrementalUpdate
@@ -103,7 +103,7 @@ def bench_period(samples_per_period: int, skip_full_table: bool, steps: int | No
     device = resolve_device(cfg.device)
     frames = period_frames(samples_per_period, cfg.meta.k + 2)
     vocabs = Vocabularies()
-    data = [encode_period(f, vocabs, period=i + 1, history_len=30).to(device) for i, f in enumerate(frames)]
+    data = [encode_period(f, vocabs, period=i + 1, history_len=HISTORY_LEN).to(device) for i, f in enumerate(frames)]
     cats = vocabs.item_categories.table
     params = {n: t.to(device) for n, t in init_params(vocabs.sizes(), seed=0).items()}
     out: dict[str, float] = {"samples_per_period": float(np.mean([len(d) for d in data])),

@@ -2,7 +2,7 @@
 
 ``asmg replay`` (a dataset), ``asmg synth`` (a synthetic drifting stream) and ``asmg ingest`` (HTTP).
 Every option also reads the environment variable named beside it; Kafka is configured by the KAFKA_*
-variables (see streams/kafka_config.py). Kafka, pandas and aiohttp imports stay inside the commands.
+variables (see streams/wire/kafka_config.py). Kafka, pandas and aiohttp imports stay inside the commands.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import typer
 
 if TYPE_CHECKING:
     from asmg.data.log import InteractionLog
-    from streams.kafka_config import KafkaSettings
+    from streams.wire.kafka_config import KafkaSettings
 
 BootstrapOpt = Annotated[str | None, typer.Option(
     "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
@@ -47,7 +47,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _settings(bootstrap: str | None) -> KafkaSettings:
-    from streams.kafka_config import KafkaConfigError, KafkaSettings
+    from streams.wire.kafka_config import KafkaConfigError, KafkaSettings
 
     env = dict(os.environ)
     if bootstrap:
@@ -73,7 +73,7 @@ def _produce(log: InteractionLog, bootstrap: str | None, prefix: str, partitions
 
     from producers.producer import DeliveryFailed, make_producer
     from producers.replay import Pacing, replay_log
-    from streams.topics import TopicError, TopicNames, ensure_topics
+    from streams.wire.topics import TopicError, TopicNames, ensure_topics
 
     if unpaced and (rate is not None or speedup is not None):
         raise _fail("--max cannot be combined with --rate or --speedup")
@@ -173,8 +173,8 @@ def synth(
 
 def ingest(
     port: Annotated[int, typer.Option("--port", envvar="ASMG_INGEST_PORT", help="HTTP port.")] = 8081,
-    host: Annotated[str, typer.Option("--host", envvar="ASMG_INGEST_HOST", help="Address to bind.")]
-    = "0.0.0.0",
+    host: Annotated[str, typer.Option("--host", envvar="ASMG_INGEST_HOST",
+                                      help="Address to bind (0.0.0.0: every interface).")] = "127.0.0.1",
     bootstrap_servers: BootstrapOpt = None,
     topic_prefix: PrefixOpt = "asmg.",
     partitions: PartitionsOpt = 4,
@@ -184,7 +184,7 @@ def ingest(
     from rich.console import Console
 
     from producers.ingest import serve
-    from streams.topics import TopicError, TopicNames, ensure_topics
+    from streams.wire.topics import TopicError, TopicNames, ensure_topics
 
     settings, names = _settings(bootstrap_servers), TopicNames(topic_prefix)
     if create_topics:

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from streams.kafka_config import KafkaSettings
+from streams.wire.kafka_config import KafkaSettings
 
 THROUGHPUT = {
     "enable.idempotence": True,
@@ -36,7 +36,8 @@ def make_producer(settings: KafkaSettings, low_latency: bool = False, **override
     """A producer for ``settings``; ``low_latency`` for request/response paths (HTTP ingestion)."""
     conf = settings.confluent_config()
     conf.update(LOW_LATENCY if low_latency else THROUGHPUT)
-    conf.update({key.replace("_", "."): value for key, value in overrides.items()})
+    conf.update({key if key.endswith("_cb") else key.replace("_", "."): value  # error_cb etc. keep their names
+                 for key, value in overrides.items()})
     return Producer(conf)
 
 

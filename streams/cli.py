@@ -1,11 +1,11 @@
 """CLI commands of this package, registered on the top-level `asmg` app.
 
 ``asmg kafka start|stop|status|topics|perf``: a local single-node Kafka without Docker, or checks of
-the cluster named by KAFKA_BOOTSTRAP_SERVERS. ``asmg worker windowing|trainer`` run the stream roles
-(windowing: batches in Kafka transactions, streams/windowing_worker.py; trainer: a faust worker; options:
-streams/settings.py), ``asmg worker end-of-stream`` sends period markers after a
-finite replay, ``asmg worker bounds`` writes a dataset's offline period bounds; other modules add their
-roles to ``worker_app`` (see the hook below). Kafka client imports stay inside the commands.
+the cluster named by KAFKA_BOOTSTRAP_SERVERS. ``asmg worker windowing|trainer|scorer`` run the stream roles
+(windowing: batches in Kafka transactions, streams/windowing/worker.py; trainer: a faust worker; options:
+streams/wire/settings.py), ``asmg worker end-of-stream`` sends period markers after a
+finite replay, ``asmg worker bounds`` writes a dataset's offline period bounds (the scorer's options are in
+streams/scorer/command.py). Kafka client imports stay inside the commands.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from streams.scorer.command import scorer_command
 
 kafka_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Run a local single-node Kafka (KRaft, no Docker) and create the project's topics.")
@@ -40,7 +42,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _settings(bootstrap: str | None, port: int | None):  # -> KafkaSettings
-    from streams.kafka_config import KafkaSettings
+    from streams.wire.kafka_config import KafkaSettings
 
     env = dict(os.environ)
     if bootstrap:
@@ -49,7 +51,7 @@ def _settings(bootstrap: str | None, port: int | None):  # -> KafkaSettings
 
 
 def _broker(port: int | None, controller_port: int | None, home: Path | None, heap: str | None = None):
-    from streams.broker import BrokerConfig, LocalBroker
+    from streams.local.broker import BrokerConfig, LocalBroker
 
     return LocalBroker(BrokerConfig.from_env(port=port, controller_port=controller_port, home=home, heap=heap))
 
@@ -67,8 +69,8 @@ def start(
     """Start the local broker (jars fetched from Maven Central once) and wait until it answers."""
     from rich.console import Console
 
-    from streams.broker import BrokerError, check_reachable
-    from streams.kafka_config import KafkaConfigError
+    from streams.local.broker import BrokerError, check_reachable
+    from streams.wire.kafka_config import KafkaConfigError
 
     console = Console(highlight=False)
     try:
@@ -95,7 +97,7 @@ def stop(
     """Stop the local broker: SIGTERM (controlled shutdown), then SIGKILL after --timeout seconds."""
     from rich.console import Console
 
-    from streams.broker import BrokerError
+    from streams.local.broker import BrokerError
 
     try:
         _broker(port, controller_port, home).stop(timeout=timeout, say=Console(highlight=False).print)
@@ -113,8 +115,8 @@ def status(
     """Say whether Kafka runs and where; exit 1 when it does not."""
     from rich.console import Console
 
-    from streams.broker import BrokerError, BrokerStatus, check_reachable
-    from streams.kafka_config import KafkaConfigError
+    from streams.local.broker import BrokerError, BrokerStatus, check_reachable
+    from streams.wire.kafka_config import KafkaConfigError
 
     try:
         settings = _settings(bootstrap_servers, port)
@@ -148,8 +150,8 @@ def topics(
     """Create the project's topics (idempotent)."""
     from rich.console import Console
 
-    from streams.kafka_config import KafkaConfigError
-    from streams.topics import TopicError, TopicNames, ensure_topics
+    from streams.wire.kafka_config import KafkaConfigError
+    from streams.wire.topics import TopicError, TopicNames, ensure_topics
 
     try:
         result = ensure_topics(_settings(bootstrap_servers, port), TopicNames(prefix), partitions, timeout)
@@ -172,8 +174,8 @@ def perf(
     bootstrap_servers: BootstrapOpt = None,
 ) -> None:
     """Measure raw produce throughput with Kafka's own ProducerPerformance tool (plaintext clusters)."""
-    from streams.broker import BrokerError
-    from streams.kafka_config import KafkaConfigError
+    from streams.local.broker import BrokerError
+    from streams.wire.kafka_config import KafkaConfigError
 
     try:
         settings = _settings(bootstrap_servers, port)
@@ -190,19 +192,17 @@ def perf(
 
 # --- asmg worker ... : the faust-streaming roles ----------------------------------------------------------
 #
-# Every role option comes from streams/settings.py:StreamSettings: field ``some_name`` is the flag
+# Every role option comes from streams/wire/settings.py:StreamSettings: field ``some_name`` is the flag
 # ``--some-name`` and the variable ``ASMG_SOME_NAME`` (flag > variable > default).
 #
-# >>> HOOK for other roles: a module listed in WORKER_PLUGINS is imported when the CLI is built and adds
-# its command to ``worker_app`` itself (streams/scorer.py does ``worker_app.command("scorer")(...)``);
-# a listed module that does not exist is skipped. To reuse the role settings, decorate with
-# ``settings_command``: ``@worker_app.command("x") @settings_command def x(settings, kafka): ...``
-# (settings: StreamSettings, kafka: KafkaSettings). <<<
+# To reuse the role settings in a command, decorate with ``settings_command``:
+# ``@worker_app.command("x") @settings_command def x(settings, kafka): ...`` (settings: StreamSettings,
+# kafka: KafkaSettings).
 
 worker_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="Run a stream role (windowing+coordinator, trainer, scorer), or send period "
                               "markers.")
-WORKER_PLUGINS = ("streams.scorer",)
+worker_app.command("scorer")(scorer_command)  # its options are its own (streams/scorer/command.py)
 
 
 def settings_command(fn):
@@ -210,7 +210,7 @@ def settings_command(fn):
     import functools
     import inspect
 
-    from streams.settings import env_name, flag_name, settings_fields
+    from streams.wire.settings import env_name, flag_name, settings_fields
 
     params = [inspect.Parameter("bootstrap_servers", inspect.Parameter.KEYWORD_ONLY, default=None,
                                 annotation=BootstrapOpt)]
@@ -222,8 +222,8 @@ def settings_command(fn):
 
     @functools.wraps(fn)
     def wrapper(**values):
-        from streams.kafka_config import KafkaConfigError
-        from streams.settings import SettingsError, StreamSettings
+        from streams.wire.kafka_config import KafkaConfigError
+        from streams.wire.settings import SettingsError, StreamSettings
 
         bootstrap = values.pop("bootstrap_servers", None)
         try:
@@ -238,18 +238,18 @@ def settings_command(fn):
     return wrapper
 
 
-def _run_role(settings, kafka, role: str) -> None:
+def _run_trainer(settings, kafka) -> None:
     import logging
 
     from asmg.logs import bind
-    from streams.app import create_app, run_worker
-    from streams.settings import SettingsError
-    from streams.topics import TopicError
+    from streams.trainer.app import create_app, run_worker
+    from streams.wire.settings import SettingsError
+    from streams.wire.topics import TopicError
 
     logging.getLogger("faust").setLevel(settings.log_level.upper())
-    bind(role=role)  # a field of every JSON log line (--log-format json)
+    bind(role="trainer")  # a field of every JSON log line (--log-format json)
     try:
-        app = create_app(settings, role, kafka)
+        app = create_app(settings, kafka)
     except (SettingsError, TopicError, RuntimeError, OSError) as exc:  # OSError: the metrics port is taken
         raise _fail(str(exc)) from None
     run_worker(app, settings.log_level, settings.log_format)
@@ -262,9 +262,9 @@ def windowing_worker(settings, kafka) -> None:
     import logging
 
     from asmg.logs import bind, configure, wrap_native_stderr
-    from streams.settings import SettingsError
-    from streams.topics import TopicError
-    from streams.windowing_worker import run_windowing
+    from streams.windowing.worker import run_windowing
+    from streams.wire.settings import SettingsError
+    from streams.wire.topics import TopicError
 
     configure(settings.log_level, settings.log_format)
     if settings.log_format == "json":
@@ -281,7 +281,7 @@ def windowing_worker(settings, kafka) -> None:
 @settings_command
 def trainer_worker(settings, kafka) -> None:
     """Trainer (period records -> PeriodUpdater.step -> artifacts, checkpoints, model records)."""
-    _run_role(settings, kafka, "trainer")
+    _run_trainer(settings, kafka)
 
 
 @worker_app.command("end-of-stream")
@@ -294,8 +294,8 @@ def end_of_stream(
     bootstrap_servers: BootstrapOpt = None,
 ) -> None:
     """Send a marker to every interactions partition (after a finite replay, or for idle partitions)."""
-    from streams.coordinator import send_end_of_stream, send_watermark
-    from streams.topics import TopicNames
+    from streams.windowing.coordinator import send_end_of_stream, send_watermark
+    from streams.wire.topics import TopicNames
 
     names = TopicNames(topic_prefix)
     kafka = _settings(bootstrap_servers, None)
@@ -335,19 +335,7 @@ def bounds(
     typer.echo(f"wrote {out}: {periods} periods, {prepared.bounds.to_list()[0]} .. {prepared.bounds.to_list()[-1]}")
 
 
-def _load_worker_plugins() -> None:
-    import importlib
-
-    for module in WORKER_PLUGINS:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the top-level app."""
     app.add_typer(kafka_app, name="kafka", help="Local Kafka broker (no Docker) and topics.")
-    _load_worker_plugins()
     app.add_typer(worker_app, name="worker", help="Stream roles: windowing, trainer, scorer; period markers.")

@@ -46,7 +46,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from streams.kafka_config import KafkaSettings
+    from streams.wire.kafka_config import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def new_registry(process: bool = True) -> CollectorRegistry:
     return registry
 
 
-def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> int:
+def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
     """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread; returns the bound port."""
     server, _ = start_http_server(port, host, registry)
     bound = int(server.server_port)
@@ -129,7 +129,7 @@ class IngestMetrics:
 
 
 class WindowingMetrics:
-    """The windowing worker (streams/windowing_worker.py): counters fed per committed batch, gauges read from
+    """The windowing worker (streams/windowing/worker.py): counters fed per committed batch, gauges read from
     the core at scrape time (the core's per-partition memory holds only the partitions this worker owns)."""
 
     def __init__(self, registry: CollectorRegistry, core: Any = None, clock: Callable[[], float] = time.time) -> None:
@@ -156,7 +156,7 @@ class WindowingMetrics:
             registry.register(_Callback(self._collect))
 
     def observe(self, partition: int, batch: Any) -> None:
-        """After a committed batch: its :class:`~streams.windowing.Batch`."""
+        """After a committed batch: its :class:`~streams.windowing.core.Batch`."""
         label = str(partition)
         for reason in batch.reasons:
             self.refused.labels(reason_label(reason)).inc()
@@ -182,20 +182,18 @@ class WindowingMetrics:
                                     "mode adds one sampled negative per positive when the period is written).",
                                     labels=["partition"])
         now = self.clock()
-        for partition, memory in _snapshot(getattr(self.core, "_memory", {})):
-            progress = memory.progress
+        for partition, mark, closed_through, open_samples in self.core.partition_gauges():
             label = str(partition)
-            mark = progress.watermark(self.core.lateness)
             if mark is not None and math.isfinite(mark):
                 watermark.add_metric([label], mark)
                 lag.add_metric([label], now - mark)
-            closed.add_metric([label], progress.closed)
-            samples.add_metric([label], memory.open_samples())
+            closed.add_metric([label], closed_through)
+            samples.add_metric([label], open_samples)
         yield from (watermark, lag, closed, samples)
 
 
 class CoordinatorMetrics:
-    """The period coordinator (streams/coordinator.py). Only the worker that owns the watermarks partition
+    """The period coordinator (streams/windowing/coordinator.py). Only the worker that owns the watermarks partition
     coordinates; the gauges read from it are exposed by that worker alone."""
 
     def __init__(self, registry: CollectorRegistry, coordinator: Any = None,
@@ -260,7 +258,7 @@ class CoordinatorMetrics:
 
 
 class TrainerMetrics:
-    """The trainer (streams/trainer.py): one observation per period record, one per published model."""
+    """The trainer (streams/trainer/agent.py): one observation per period record, one per published model."""
 
     def __init__(self, registry: CollectorRegistry, model: str) -> None:
         self.registry = registry
@@ -291,6 +289,15 @@ class TrainerMetrics:
         self.below = Gauge("asmg_trainer_auc_below_iu_periods",
                            "Consecutive newest periods whose served AUC was below the IU shadow's.", ["model"],
                            registry=registry)
+        self.candidate_auc = Gauge("asmg_trainer_candidate_auc",
+                                   "Serving guard: AUC of each candidate's model on the newest period.",
+                                   ["model", "candidate"], registry=registry)
+        self.candidate_score = Gauge("asmg_trainer_candidate_score",
+                                     "Serving guard: each candidate's running record (exponentially weighted AUC) "
+                                     "that chooses the served one.", ["model", "candidate"], registry=registry)
+        self.served_candidate = Gauge("asmg_trainer_served_candidate",
+                                      "Serving guard: 1 for the candidate whose model is served next, else 0.",
+                                      ["model", "candidate"], registry=registry)
         self._streak = 0
 
     def period(self, period: int, outcome: str, phases: Mapping[str, float], total: float | None = None) -> None:
@@ -320,13 +327,20 @@ class TrainerMetrics:
             self.lift.labels(model).set(served - iu)
             self._streak = self._streak + 1 if served < iu else 0
         self.below.labels(model).set(self._streak)
+        candidates = record.get("candidates") or {}
+        for name, values in candidates.items():
+            for gauge, key in ((self.candidate_auc, "auc"), (self.candidate_score, "score")):
+                value = _finite(values.get(key))
+                if value is not None:
+                    gauge.labels(model, name).set(value)
+            self.served_candidate.labels(model, name).set(1.0 if name == record.get("candidate") else 0.0)
 
 
 # --- scorer -------------------------------------------------------------------------------------------------
 
 
 class ScorerCollector:
-    """Prometheus view of a :class:`streams.scorer_service.ScorerService`'s own counters, read at scrape time."""
+    """Prometheus view of a :class:`streams.scorer.service.ScorerService`'s own counters, read at scrape time."""
 
     def __init__(self, service: Any) -> None:
         self.service = service
@@ -352,7 +366,7 @@ class ScorerCollector:
             loads.add_metric([outcome], stats[outcome])
         yield loads
         events = CounterMetricFamily("asmg_scorer_events", "Interaction events by outcome.", labels=["outcome"])
-        for outcome, n in {**service.evaluator.counts, "invalid": service.interactions.invalid}.items():
+        for outcome, n in service.event_counts().items():
             events.add_metric([outcome], n)
         yield events
         yield GaugeMetricFamily("asmg_scorer_users", "Users whose recent history is held.",
@@ -486,7 +500,7 @@ def faust_sensors(app: Any, registry: CollectorRegistry) -> None:
 
 
 class RoleMetrics:
-    """What ``streams.app.create_app`` attaches to a faust app as ``app.asmg_metrics``."""
+    """What ``streams.trainer.app.create_app`` attaches to a faust app as ``app.asmg_metrics``."""
 
     def __init__(self, role: str, registry: CollectorRegistry | None = None) -> None:
         self.role = role
@@ -501,7 +515,7 @@ class RoleMetrics:
         self.lag = ConsumerLag(kafka, list(groups), self.registry, interval).start()
         return self.lag
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
         self.port = serve(self.registry, port, host)
         return self.port
 
@@ -517,16 +531,6 @@ class _Callback:
 
     def collect(self) -> Iterator[Any]:
         return self._collect()
-
-
-def _snapshot(mapping: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
-    """A mapping's items, read from the scrape thread while the event loop may change it."""
-    for _ in range(5):
-        try:
-            return list(mapping.items())
-        except RuntimeError:  # changed size during the copy: try again
-            continue
-    return []
 
 
 def request_timer(histogram: Callable[[], Histogram]) -> Callable[..., Any]:

@@ -3,7 +3,7 @@
 Where the broker comes from, first match wins:
 1. KAFKA_BOOTSTRAP_SERVERS (plus the KAFKA_* security variables): an existing cluster;
 2. testcontainers' KafkaContainer when a Docker engine answers (ASMG_TEST_DOCKER=0 skips this);
-3. the project's own local broker (streams/broker.py) on free ports in a temporary folder, reusing the
+3. the project's own local broker (streams/local/broker.py) on free ports in a temporary folder, reusing the
    jar cache in .kafka/lib so only the first run downloads from Maven Central.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from streams.kafka_config import KafkaSettings
-from streams.topics import TopicNames
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.topics import TopicNames
 
 # One intra-op thread: the library's tensors here are small, and one thread makes results repeat
 # bit for bit (two threads reorder float sums in embedding backward passes).
@@ -58,7 +58,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer(image).with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from streams.broker import BrokerConfig, BrokerError, LocalBroker, free_port
+    from streams.local.broker import BrokerConfig, BrokerError, LocalBroker, free_port
 
     failures = []
     for _ in range(3):  # the ports are free when picked; another process may bind one first: pick again

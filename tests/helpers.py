@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from asmg.data.log import make_log
 from asmg.data.samples import build_samples
+from streams.wire.period_store import ragged_samples_table
 
 
 def tiny_log(n_events: int = 3000, n_users: int = 40, n_items: int = 60, seed: int = 0,
@@ -52,3 +54,16 @@ def require_ml100k() -> Path:
         where = os.environ.get("ASMG_DATA_DIR") or str(REPO.parent / "shared" / "datasets" / "ml-100k")
         pytest.skip(f"ML-100K not found (looked in {where}; set ASMG_DATA_DIR to the folder holding u.data)")
     return found
+
+
+def _ragged(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
+    return lengths, np.fromiter((x for v in lists for x in v), dtype=np.int64, count=int(lengths.sum()))
+
+
+def samples_table(user: list[int], item: list[int], ts: list[int], label: list[float],
+                  history: list[list[int]], categories: list[list[int]], period: int) -> pa.Table:
+    """Columns with Python lists -> an Arrow table in the store's schema and canonical row order."""
+    return ragged_samples_table(np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64),
+                                np.asarray(ts, dtype=np.int64), np.asarray(label, dtype=np.float32),
+                                _ragged(history), _ragged(categories), period)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.broker import free_port
+from streams.local.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"

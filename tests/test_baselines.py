@@ -15,8 +15,7 @@ from asmg.methods.incctr import distillation_loss
 from asmg.methods.registry import ALL_METHODS
 from asmg.methods.sml import Sml, SmlMf, Transfer
 from asmg.methods.spmf import Reservoir, replay_weights, reservoir_slots
-from asmg.mf import init_mf_params, mf_logits
-from asmg.model import compact_batch, init_params, logits, loss
+from asmg.model import compact_batch, init_mf_params, init_params, logits, loss, mf_logits
 from asmg.train import predict, train_base
 from asmg.updater import PeriodUpdater
 from asmg.vocab import Vocabularies

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from streams.broker import BrokerConfig, BrokerError, LocalBroker, check_reachable, free_port
-from streams.kafka_config import KafkaConfigError, KafkaSettings
+from streams.local.broker import BrokerConfig, BrokerError, LocalBroker, check_reachable, free_port
+from streams.wire.kafka_config import KafkaConfigError, KafkaSettings
 
 
 def test_settings_default_to_local_broker_port() -> None:
@@ -76,7 +76,7 @@ def test_start_refuses_a_port_in_use(tmp_path: Path) -> None:
 
 @pytest.mark.kafka
 def test_cli_start_status_stop_round_trip(tmp_path: Path) -> None:
-    from asmg.cli import app
+    from asmg_cli.main import app
 
     runner = CliRunner()
     port, controller_port = free_port(), free_port()

@@ -1,7 +1,7 @@
 """docker-compose.yml against the CLI: every `asmg ...` command, flag and ASMG_*/KAFKA_* variable must exist.
 
 No Docker needed: the file is parsed with PyYAML and each service's command is resolved on the click
-command tree of ``asmg.cli.app`` (typer.main.get_command; duck-typed, as typer >= 0.19 ships its own
+command tree of ``asmg_cli.main.app`` (typer.main.get_command; duck-typed, as typer >= 0.19 ships its own
 click). A role that is not wired into the CLI yet FAILS here on purpose.
 """
 
@@ -51,7 +51,7 @@ def _asmg_services() -> dict[str, list[str]]:
 
 def _settings_variables() -> set[str]:
     """KAFKA_*/ASMG_* names read straight from the environment by KafkaSettings (not CLI options)."""
-    source = (ROOT / "streams" / "kafka_config.py").read_text()
+    source = (ROOT / "streams" / "wire" / "kafka_config.py").read_text()
     return set(re.findall(r'"((?:KAFKA|ASMG)_[A-Z0-9_]+)"', source))
 
 
@@ -61,7 +61,7 @@ def _is_group(command: Any) -> bool:
 
 def _resolve(args: list[str]) -> tuple[Any, list[str], list[str]]:
     """(the click command, the path of subcommand names, the remaining arguments)."""
-    from asmg.cli import app
+    from asmg_cli.main import app
 
     command = typer.main.get_command(app)
     path: list[str] = []

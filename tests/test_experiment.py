@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from asmg.cli import app
+from asmg_cli.main import app
 from tests.helpers import require_ml100k
 
 SMALL = ["--periods", "8", "--pretrain-periods", "3", "--first-test-period", "6", "--pretrain-epochs", "1"]

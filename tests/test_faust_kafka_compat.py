@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka_config import KafkaSettings
+from streams.wire.kafka_config import KafkaSettings
 
 N_MESSAGES = 5
 
 APP = textwrap.dedent('''
     import os, sys
     import faust
-    from streams.kafka_config import KafkaSettings
+    from streams.wire.kafka_config import KafkaSettings
 
     settings = KafkaSettings(bootstrap_servers=os.environ["BOOTSTRAP"])
     app = faust.App(os.environ["APP_ID"], **settings.faust_app_kwargs(), store="memory://",

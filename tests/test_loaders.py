@@ -97,8 +97,8 @@ def test_movielens_missing_file(tmp_path: Path) -> None:
 def test_unknown_dataset_lists_names() -> None:
     with pytest.raises(DataError, match=r"unknown dataset 'ml-7m'; known datasets: .*ml-100k.*tmall.*sobazaar"):
         load_dataset("ml-7m", ".")
-    assert {"ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest", "ml-latest-small", "tmall",
-            "sobazaar"} == set(DATASETS)
+    assert {"ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-25m-2014-2018", "ml-latest", "ml-latest-small",
+            "tmall", "sobazaar"} == set(DATASETS)
 
 
 # ---------------------------------------------------------------- Tmall

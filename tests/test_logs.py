@@ -95,8 +95,8 @@ def test_text_format_and_bad_values(restore_logging) -> None:
 
 
 def test_settings_and_commands_take_the_log_format() -> None:
-    from asmg.cli import app
-    from streams.settings import SettingsError, StreamSettings
+    from asmg_cli.main import app
+    from streams.wire.settings import SettingsError, StreamSettings
 
     assert StreamSettings.from_env({"ASMG_LOG_FORMAT": "json", "ASMG_METRICS_PORT": "9100"}).metrics_port == 9100
     with pytest.raises(SettingsError, match="ASMG_LOG_FORMAT"):

@@ -29,6 +29,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from asmg.data.periods import PeriodScheme
 from asmg.events import EventError, parse_event
 from streams.metrics import (
     ConsumerLag,
@@ -42,8 +43,8 @@ from streams.metrics import (
     new_registry,
     reason_label,
 )
-from streams.period_store import PeriodStore
-from streams.windowing import PeriodScheme, WindowingCore
+from streams.windowing.core import WindowingCore
+from streams.wire.period_store import PeriodStore
 from tests.prom_server import (
     Prometheus,
     dashboard_expressions,
@@ -200,7 +201,8 @@ def test_every_referenced_name_is_defined_in_streams_metrics(tmp_path: Path) -> 
     trainer = TrainerMetrics(new_registry(process=False), "asmg")
     trainer.period(4, "published", {"evaluate": 0.1}, 0.2)
     trainer.published({"model": "asmg", "version": 1, "period": 4, "metrics": {"auc": 0.7, "logloss": 0.6},
-                       "shadow_metrics": {"auc": 0.69, "logloss": 0.61}})
+                       "shadow_metrics": {"auc": 0.69, "logloss": 0.61}, "candidate": "iu",
+                       "candidates": {"iu": {"auc": 0.69, "score": 0.69}}})
     names |= set(exposed(trainer.registry))
 
     from streams.metrics import scorer_registry
@@ -220,9 +222,8 @@ def _fake_scorer() -> Any:
     holder = SimpleNamespace(current=model, stats=lambda: {"models_loaded": 3, "load_failures": 1,
                                                            "records_stale": 0, "records_invalid": 0})
     row = {"auc": 0.7, "logloss": 0.6, "shadow_auc": 0.68, "shadow_logloss": 0.62}
-    return SimpleNamespace(holder=holder, evaluator=SimpleNamespace(counts={"events": 10, "scored": 8}),
-                           interactions=SimpleNamespace(invalid=1), histories=[1, 2],
-                           prequential=SimpleNamespace(report=lambda: {6: row}))
+    return SimpleNamespace(holder=holder, event_counts=lambda: {"events": 10, "scored": 8, "invalid": 1},
+                           histories=[1, 2], prequential=SimpleNamespace(report=lambda: {6: row}))
 
 
 # --- end to end ---------------------------------------------------------------------------------------------
@@ -353,15 +354,15 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
     """Besides every referenced name: Prometheus' stored samples show every closed period, every published
     model's period, version and AUCs (none for the pretrained model), and the scorer serving the pretrained
     model first and evaluating every period after pretraining online (see :class:`Paced`)."""
+    from asmg.data.periods import PeriodScheme as FixedPeriods
     from asmg.prepare import prepare_periods
     from producers.ingest import make_app
     from producers.producer import make_producer
     from producers.replay import replay_log
-    from streams.coordinator import send_end_of_stream, send_watermark
-    from streams.records import read_topic
-    from streams.scorer_service import ScorerOptions, ScorerService, running
-    from streams.scorer_state import FixedPeriods
-    from streams.topics import ensure_topics
+    from streams.scorer.service import ScorerOptions, ScorerService, running
+    from streams.windowing.coordinator import send_end_of_stream, send_watermark
+    from streams.wire.records import read_topic
+    from streams.wire.topics import ensure_topics
     from tests.test_trainer import TRAIN
     from tests.test_windowing import PROTOCOL, Worker, produce, stream_settings
 
@@ -369,7 +370,8 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
     prepared = prepare_periods(log, PROTOCOL)
     bounds = prepared.bounds.to_list()
     settings = stream_settings(topic_names, tmp_path, period_bounds=json.dumps(bounds), log_level="info",
-                               log_format="json", **{**TRAIN, "batch_size": 256, "meta_batch_size": 256})
+                               log_format="json", **{**TRAIN, "method": "asmg-guarded", "batch_size": 256,
+                                                     "meta_batch_size": 256})
     ensure_topics(kafka_settings, topic_names, settings.partitions)
     ports = {"windowing": free_port(), "trainer": free_port(), "scorer": free_port(), "ingest": free_port()}
     bad_input_after = 5  # bad, late and malformed records once periods 1..5 are closed

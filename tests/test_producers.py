@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from asmg.data.movielens import load_ml100k
 from asmg.events import events_from_log
-from streams.kafka_config import KafkaSettings
-from streams.topics import TopicNames, ensure_topics
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.topics import TopicNames, ensure_topics
 from tests.helpers import require_ml100k
 
 pytestmark = pytest.mark.kafka
@@ -44,7 +44,7 @@ def consume(settings: KafkaSettings, topic: str, expected: int, timeout: float =
 
 
 def test_replay_ml100k_slice_round_trips(kafka_settings: KafkaSettings, topic_names: TopicNames) -> None:
-    from asmg.cli import app
+    from asmg_cli.main import app
 
     ml100k = require_ml100k()
     n = 3000
@@ -128,7 +128,7 @@ def test_replay_rate_paces_the_stream(kafka_settings: KafkaSettings, topic_names
 
 
 async def _post(client: Any, body: bytes | str) -> tuple[int, dict[str, Any]]:
-    response = await client.post("/events", data=body)
+    response = await client.post("/events", data=body, headers={"Content-Type": "application/x-ndjson"})
     return response.status, await response.json()
 
 

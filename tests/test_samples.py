@@ -6,14 +6,9 @@ import pyarrow as pa
 import pytest
 
 from asmg.data.log import DataError, make_log
+from asmg.data.negatives import sample_negatives
 from asmg.data.periods import calendar_bounds, equal_count_bounds
-from asmg.data.samples import (
-    build_samples,
-    history_matrix,
-    padded_from_ragged,
-    ragged_from_padded,
-    sample_negatives,
-)
+from asmg.data.samples import build_samples, history_matrix, padded_from_ragged, ragged_from_padded
 
 
 def _log(rows, implicit=False, categories=None):

@@ -25,17 +25,18 @@ import numpy as np
 import pytest
 
 from asmg.artifacts import load_model, save_model
-from asmg.data.periods import PeriodBounds
+from asmg.data.periods import PeriodBounds, PeriodScheme
+from asmg.data.periods import PeriodScheme as FixedPeriods
 from asmg.data.samples import history_matrix
 from asmg.events import Event, EventError, stable_id
 from asmg.metrics import auc, logloss
 from asmg.model import init_params, serving_copy
+from asmg.records import ModelRecord, RecordError, parse_model_record
 from asmg.serving import Scorer
 from asmg.vocab import Vocabularies
-from streams import scorer_eval
-from streams.kafka_config import KafkaSettings
-from streams.scorer import scorer_command
-from streams.scorer_eval import (
+from streams.scorer import evaluation as scorer_eval
+from streams.scorer.command import scorer_command
+from streams.scorer.evaluation import (
     Evaluator,
     Prequential,
     UserHistories,
@@ -43,17 +44,11 @@ from streams.scorer_eval import (
     quality_row,
     score_rows,
 )
-from streams.scorer_service import ScorerOptions, ScorerService, _event, parse_score_request, running
-from streams.scorer_state import (
-    FixedPeriods,
-    ModelHolder,
-    ModelRecord,
-    RecordError,
-    TumblingPeriods,
-    parse_model_record,
-    periods_from_options,
-)
-from streams.topics import TopicNames, ensure_topics
+from streams.scorer.service import ScorerOptions, ScorerService, _event, parse_score_request, running
+from streams.scorer.state import ModelHolder
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.settings import periods_from_options
+from streams.wire.topics import TopicNames, ensure_topics
 
 USERS = np.arange(1, 11)
 ITEMS = np.arange(100, 121)
@@ -213,7 +208,7 @@ def test_pretrained_model_is_served_and_evaluated_on_the_next_period(tmp_path: P
     users, items, labels = rng.choice(USERS, 400), rng.choice(ITEMS, 400), rng.integers(0, 2, 400)
     ts = np.r_[2000 + np.arange(200), 3000 + np.arange(200)]  # period 3 (trained on), then period 4
     events = [Event(int(u), int(i), int(t), int(y)) for u, i, t, y in zip(users, items, ts, labels, strict=True)]
-    evaluator = Evaluator(TumblingPeriods(1000, 0), UserHistories(), Prequential())
+    evaluator = Evaluator(PeriodScheme(length=1000, origin=0), UserHistories(), Prequential())
     assert evaluator.process(events, holder.current) == 200
     row = evaluator.prequential.report()[4]
     assert row["n"] == 200 and row["model_versions"] == [1] and row["auc"] is not None
@@ -225,8 +220,6 @@ def test_pretrained_model_is_served_and_evaluated_on_the_next_period(tmp_path: P
 
 
 def test_periods_follow_the_windowing_role(tmp_path: Path) -> None:
-    from streams.windowing import PeriodScheme
-
     path = tmp_path / "bounds.json"
     path.write_text(json.dumps({"bounds": [0, 10, 20.5]}))
     ts = np.array([-5, -1, 0, 9, 10, 19, 20, 21, 35, 3600, 7300, 10_000])
@@ -317,7 +310,7 @@ def test_padded_rows_never_look_up_padding() -> None:
 def test_sampled_negatives_for_implicit_streams(tmp_path: Path, monkeypatch) -> None:
     holder = ModelHolder()
     model = holder.offer([make_model(tmp_path, 1, period=5)])
-    evaluator = Evaluator(TumblingPeriods(1000, 0), UserHistories(), Prequential(), negatives=2, seed=1)
+    evaluator = Evaluator(PeriodScheme(length=1000, origin=0), UserHistories(), Prequential(), negatives=2, seed=1)
     events = [Event(int(u), int(100 + (u + k) % 5), 5000 + k) for k in range(20) for u in USERS]
     scored: list[tuple[np.ndarray, np.ndarray, list]] = []
 
@@ -415,7 +408,7 @@ def test_http_contract(kafka_settings: KafkaSettings, topic_names: TopicNames, t
     with running(service) as url:
         assert call(f"{url}/score", {"user_id": 1, "items": [100]}) == (503, {"error": "no model yet"})
         assert call(f"{url}/model")[0] == 503
-        assert call(f"{url}/healthz")[0] == 200
+        assert call(f"{url}/healthz")[0] == 503 and call(f"{url}/healthz")[1]["status"] == "no model yet"
         publish_records(kafka_settings, topic_names, v1)
         wait_for(lambda: served_version(url) == 1, what="v1 served")
 
@@ -502,7 +495,7 @@ def test_prequential_metrics_equal_a_direct_computation(kafka_settings: KafkaSet
 def test_command_serves_and_stops_on_sigterm(kafka_settings: KafkaSettings, topic_names: TopicNames,
                                               tmp_path: Path) -> None:
     """`asmg worker scorer` as a process, configured by environment variables only, as in docker-compose."""
-    from streams.broker import free_port
+    from streams.local.broker import free_port
 
     ensure_topics(kafka_settings, topic_names, partitions=2)
     v1 = make_model(tmp_path, 1)
@@ -511,7 +504,7 @@ def test_command_serves_and_stops_on_sigterm(kafka_settings: KafkaSettings, topi
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
            "ASMG_TOPIC_PREFIX": topic_names.prefix, "ASMG_SCORER_PORT": str(port), "ASMG_SCORER_HOST": "127.0.0.1",
            "ASMG_PERIOD_BOUNDS": "[0, 1000, 2000]", "ASMG_MODEL_NAME": MODEL, "ASMG_LOG_LEVEL": "warning"}
-    code = "from asmg.cli import main; main()"
+    code = "from asmg_cli.main import main; main()"
     process = subprocess.Popen([sys.executable, "-c", code, "worker", "scorer"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     try:

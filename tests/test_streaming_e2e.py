@@ -17,9 +17,9 @@ from asmg.data.movielens import load_ml100k
 from asmg.prepare import prepare_periods
 from producers.producer import make_producer
 from producers.replay import replay_log
-from streams.coordinator import send_end_of_stream
-from streams.period_store import read_period_record
-from streams.topics import ensure_topics
+from streams.windowing.coordinator import send_end_of_stream
+from streams.wire.period_store import read_period_record
+from streams.wire.topics import ensure_topics
 from tests.helpers import require_ml100k
 from tests.test_trainer import MODEL_PERIODS, TRAIN, assert_models_match, offline_reference
 from tests.test_windowing import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.kafka_config import KafkaSettings
-from streams.topics import TopicError, TopicNames, ensure_topics, topic_specs
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.topics import TopicError, TopicNames, ensure_topics, topic_specs
 
 
 def test_names_share_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

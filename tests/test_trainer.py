@@ -25,11 +25,11 @@ from asmg.model import Params, serving_copy
 from asmg.prepare import PreparedPeriods, prepare_periods
 from asmg.presets import preset
 from asmg.updater import PeriodUpdater
-from streams.period_store import PeriodStore, samples_table
-from streams.records import RecordProducer, dumps, period_record
-from streams.topics import ensure_topics
-from streams.trainer import FAULT_ENV, FAULT_EXIT
-from tests.helpers import tiny_log
+from streams.trainer.agent import FAULT_ENV, FAULT_EXIT
+from streams.wire.period_store import PeriodStore
+from streams.wire.records import RecordProducer, dumps, period_record
+from streams.wire.topics import ensure_topics
+from tests.helpers import samples_table, tiny_log
 from tests.test_windowing import (
     PROTOCOL,
     Worker,

@@ -1,6 +1,6 @@
 """The windowing role: samples exactly as the offline builder makes them, DLQ, restarts.
 
-The first half drives :class:`streams.windowing.WindowingCore` directly on a dict (fast, no broker):
+The first half drives :class:`streams.windowing.core.WindowingCore` directly on a dict (fast, no broker):
 sample parity with ``prepare_periods``, implicit negatives, and crash/redo idempotence at every kind of
 cut. The second half runs ``asmg worker windowing`` subprocesses against the session broker: late and
 malformed events land in the DLQ with their reasons, and a worker killed (SIGKILL) mid-stream and
@@ -33,13 +33,15 @@ import pytest
 
 from asmg.config import ProtocolConfig
 from asmg.data.log import make_log
+from asmg.data.negatives import draw_uniform, draw_uniform_one
+from asmg.data.periods import PeriodScheme
 from asmg.events import events_from_log
 from asmg.prepare import prepare_periods
-from streams.facts import Facts
-from streams.period_store import PeriodStore
-from streams.records import control_record, dumps
-from streams.settings import SettingsError, StreamSettings, load_bounds, parse_duration
-from streams.windowing import Batch, PeriodScheme, WindowingCore, draw_uniform, draw_uniform_one
+from streams.windowing.core import Batch, WindowingCore
+from streams.windowing.facts import Facts
+from streams.wire.period_store import PeriodStore
+from streams.wire.records import control_record, dumps
+from streams.wire.settings import SettingsError, StreamSettings, load_bounds, parse_duration
 from tests.helpers import tiny_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -358,7 +360,7 @@ def test_period_starts_and_ends() -> None:
 
 
 def test_progress_round_trips_through_its_state_record() -> None:
-    from streams.windowing import Progress
+    from streams.windowing.core import Progress
 
     progress = Progress(offset=41, max_ts=1_234, marker=1_300.5, closed=2, late=3, refused=4, applied=37)
     assert Progress.load(json.loads(json.dumps(progress.dump()))) == progress
@@ -437,7 +439,7 @@ class Worker:
         self.role = role
         self.log = log_dir / f"{role}-{uuid.uuid4().hex[:6]}.log"
         self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "asmg.cli", "worker", role],
+        self.proc = subprocess.Popen([sys.executable, "-m", "asmg_cli.main", "worker", role],
                                      env=worker_env(settings, kafka_settings, **env), cwd=REPO,
                                      stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -486,7 +488,7 @@ def produce(kafka_settings, topic: str, records: Iterable[tuple[bytes | None, by
 
 
 def read_json(kafka_settings, topic: str) -> list[dict[str, Any]]:
-    from streams.records import read_topic
+    from streams.wire.records import read_topic
 
     return [json.loads(r.value) for r in read_topic(kafka_settings, topic)]
 
@@ -528,7 +530,7 @@ def wait_consumed(kafka_settings, group: str, topic: str, timeout: float, worker
     has handled every record (and published whatever it publishes for them), so nothing more comes."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from streams.records import read_topic
+    from streams.wire.records import read_topic
 
     last: dict[int, int] = {}
     for record in read_topic(kafka_settings, topic):
@@ -563,8 +565,8 @@ def event_records(log) -> list[tuple[bytes, bytes]]:
 
 @pytest.mark.timeout(120)
 def test_worker_sends_late_and_malformed_events_to_the_dlq(kafka_settings, topic_names, tmp_path: Path) -> None:
-    from streams.coordinator import send_end_of_stream
-    from streams.topics import ensure_topics
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.topics import ensure_topics
 
     bounds = [1000, 2000, 3000, 4000]
     settings = stream_settings(topic_names, tmp_path, period_bounds=json.dumps(bounds), partitions=2)
@@ -605,8 +607,8 @@ def test_worker_sends_late_and_malformed_events_to_the_dlq(kafka_settings, topic
 def test_killed_windowing_worker_writes_the_same_samples(kafka_settings, topic_names, tmp_path: Path) -> None:
     """SIGKILL mid-stream, restart: the period files equal those of an uninterrupted worker (implicit log,
     so sampled negatives are compared too), and the records carry the same checksums."""
-    from streams.coordinator import send_end_of_stream
-    from streams.topics import TopicNames, ensure_topics
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.topics import TopicNames, ensure_topics
 
     log = implicit_log(n_events=3000, n_users=60, n_items=150)
     bounds = prepare_periods(log, PROTOCOL).bounds.to_list()
@@ -659,8 +661,8 @@ def test_windowing_workers_share_partitions(kafka_settings, topic_names, tmp_pat
     """One worker takes the first half of the stream, a second joins the group (partitions move, the
     newcomer restores their state from the changelog), then the rest arrives: the periods hold exactly
     the offline samples, published once each."""
-    from streams.coordinator import send_end_of_stream
-    from streams.topics import ensure_topics
+    from streams.windowing.coordinator import send_end_of_stream
+    from streams.wire.topics import ensure_topics
 
     log = tiny_log(n_events=3000)
     prepared = prepare_periods(log, PROTOCOL)
@@ -689,7 +691,7 @@ def test_windowing_workers_share_partitions(kafka_settings, topic_names, tmp_pat
         for worker in workers:
             worker.stop()
     assert [p["period"] for p in periods] == list(range(1, PROTOCOL.n_periods + 1))
-    from streams.period_store import read_period_record
+    from streams.wire.period_store import read_period_record
 
     for record in periods:
         assert_same_samples(read_period_record(record), prepared.periods[record["period"]])

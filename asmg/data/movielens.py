@@ -59,8 +59,20 @@ def load_ml_colon(data_dir: str | Path, name: str) -> InteractionLog:
     return make_log(name, _explicit_events(ratings), _split_genres(movies), implicit=False)
 
 
-def load_ml_csv(data_dir: str | Path, name: str) -> InteractionLog:
-    """MovieLens 20M, 25M and latest: ratings.csv and movies.csv with headers."""
+def in_time_range(ts: pd.Series, since: str | None, until: str | None) -> pd.Series:
+    """Events with since <= time < until (UTC dates or timestamps; None = open)."""
+    keep = pd.Series(True, index=ts.index)
+    if since is not None:
+        keep &= ts >= int(pd.Timestamp(since, tz="UTC").timestamp())
+    if until is not None:
+        keep &= ts < int(pd.Timestamp(until, tz="UTC").timestamp())
+    return keep
+
+
+def load_ml_csv(data_dir: str | Path, name: str, since: str | None = None, until: str | None = None
+                ) -> InteractionLog:
+    """MovieLens 20M, 25M and latest: ratings.csv and movies.csv with headers; ``since``/``until``
+    keep a time slice (the paper's MovieLens is ml-25m from 2014 through 2018)."""
     root = Path(data_dir)
     hint = f"point --data-dir at the unpacked {name} folder"
     ratings = pd.read_csv(_require(root / "ratings.csv", hint))
@@ -69,5 +81,6 @@ def load_ml_csv(data_dir: str | Path, name: str) -> InteractionLog:
         raise DataError(f"{root / 'ratings.csv'}: header has {list(ratings.columns)}; expected {sorted(expected)}")
     ratings = ratings.rename(columns={"userId": "user_id", "movieId": "item_id", "timestamp": "ts"})
     _check_numeric(ratings, root / "ratings.csv", ["user_id", "item_id", "rating", "ts"], header_lines=1)
+    ratings = ratings[in_time_range(ratings["ts"], since, until)]
     movies = pd.read_csv(_require(root / "movies.csv", hint)).rename(columns={"movieId": "item_id"})
     return make_log(name, _explicit_events(ratings), _split_genres(movies), implicit=False)

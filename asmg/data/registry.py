@@ -18,6 +18,7 @@ from asmg.data.log import DataError, InteractionLog
 from asmg.data.movielens import load_ml100k, load_ml_colon, load_ml_csv
 from asmg.data.sobazaar import PAGE as SOBAZAAR_PAGE
 from asmg.data.sobazaar import load_sobazaar
+from asmg.data.synthetic import SYNTHETIC_SETTINGS, named_synthetic_log
 from asmg.data.tmall import load_tmall
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
@@ -60,12 +61,13 @@ class Dataset:
 
 def _movielens(name: str, loader: Callable[..., InteractionLog], files: tuple[str, ...], slug: str,
                description: str, archive_root: str | None = None,
-               file_sha256: dict[str, str] | None = None) -> Dataset:
-    url = f"{GROUPLENS}/{name}.zip"
+               file_sha256: dict[str, str] | None = None, download_name: str | None = None) -> Dataset:
+    """``download_name``: the GroupLens archive, when the dataset is a slice of another one."""
+    url = f"{GROUPLENS}/{download_name or name}.zip"
     page = f"https://grouplens.org/datasets/movielens/{slug}/"
     return Dataset(
         name=name, loader=loader, files=files, implicit=False, page=page, licence=GROUPLENS_LICENCE,
-        url=url, checksum_url=f"{url}.md5", file_sha256=file_sha256 or {}, folder=name,
+        url=url, checksum_url=f"{url}.md5", file_sha256=file_sha256 or {}, folder=download_name or name,
         archive_root=archive_root, description=description,
     )
 
@@ -84,6 +86,12 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
                "20m", "20 million ratings from 138,000 users on 27,000 movies"),
     _movielens("ml-25m", lambda d: load_ml_csv(d, "ml-25m"), ("ratings.csv", "movies.csv"),
                "25m", "25 million ratings from 162,000 users on 62,000 movies"),
+    _movielens("ml-25m-2014-2018",
+               lambda d: load_ml_csv(d, "ml-25m-2014-2018", since="2014-01-01", until="2019-01-01"),
+               ("ratings.csv", "movies.csv"), "25m",
+               "the paper's MovieLens: ml-25m ratings from 2014-01-01 through 2018-12-31 UTC (the paper: "
+               "43,181 users, 51,142 items, 20 categories, 6,840,091 samples); downloads and reads ml-25m",
+               archive_root="ml-25m", download_name="ml-25m"),
     _movielens("ml-latest", lambda d: load_ml_csv(d, "ml-latest"), ("ratings.csv", "movies.csv"),
                "latest", "the full current release (changes over time, so no fixed checksum)"),
     _movielens("ml-latest-small", lambda d: load_ml_csv(d, "ml-latest-small"), ("ratings.csv", "movies.csv"),
@@ -111,7 +119,7 @@ def get_dataset(name: str) -> Dataset:
     try:
         return DATASETS[name]
     except KeyError:
-        known = ", ".join([*DATASETS, *GENERIC])
+        known = ", ".join([*DATASETS, *SYNTHETIC_SETTINGS, *GENERIC])
         raise DataError(f"unknown dataset {name!r}; known datasets: {known}") from None
 
 
@@ -137,6 +145,8 @@ def load_dataset(name: str, data_dir: str | Path, **mapping: Any) -> Interaction
     """
     if name in GENERIC:
         return load_table(data_dir, **mapping)
+    if name in SYNTHETIC_SETTINGS:
+        return named_synthetic_log(name)
     dataset = get_dataset(name)
     return dataset.loader(resolve_dir(dataset, data_dir), **mapping)
 

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from asmg.config import HISTORY_LEN
 from asmg.data.log import DataError, InteractionLog
+from asmg.data.negatives import sample_negatives
 from asmg.ragged import gather_rows
-
-HISTORY_LEN = 30
-NEGATIVE_DRAWS = 64
 
 
 def canonical_order(events: pd.DataFrame) -> pd.DataFrame:
@@ -52,33 +51,6 @@ def history_matrix(user: np.ndarray, ts: np.ndarray, label: np.ndarray, item: np
     lengths = np.empty(n, dtype=np.int64)
     lengths[order] = valid.sum(axis=1)
     return hist.astype(np.int64), lengths
-
-
-def sample_negatives(user: np.ndarray, ts: np.ndarray, seen_user: np.ndarray, seen_item: np.ndarray,
-                     seen_ts: np.ndarray, catalogue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One item per event, uniform over ``catalogue``, never one the user had by then (ts inclusive)."""
-    order = np.argsort(catalogue)
-    catalogue = catalogue[order]
-    n_items = np.int64(len(catalogue))
-    # first time each (user, item) pair was seen, keyed by user * n_items + item position
-    key = seen_user.astype(np.int64) * n_items + np.searchsorted(catalogue, seen_item)
-    frame = pd.DataFrame({"key": key, "ts": seen_ts}).groupby("key", sort=True)["ts"].min()
-    keys, first_ts = frame.index.to_numpy(), frame.to_numpy()
-    negatives = np.full(len(user), -1, dtype=np.int64)
-    todo = np.arange(len(user))
-    for _ in range(NEGATIVE_DRAWS):
-        if len(todo) == 0:
-            break
-        draw = rng.integers(0, n_items, size=len(todo))
-        probe = user[todo].astype(np.int64) * n_items + draw
-        at = np.clip(np.searchsorted(keys, probe), 0, max(len(keys) - 1, 0))
-        taken = (keys[at] == probe) & (first_ts[at] <= ts[todo]) if len(keys) else np.zeros(len(todo), bool)
-        negatives[todo[~taken]] = catalogue[draw[~taken]]
-        todo = todo[taken]
-    if len(todo):
-        raise DataError(f"{len(todo)} events of users who had interacted with (nearly) every item: "
-                        "cannot sample a negative; drop such users or use explicit labels")
-    return negatives
 
 
 def build_samples(log: InteractionLog, seed: int = 0, history_len: int = HISTORY_LEN) -> pd.DataFrame:

@@ -37,6 +37,11 @@ class UpdateMethod(ABC):
         self.base, added = grow_params(self.base, sizes, gen)
         return added
 
+    def observe(self, data: PeriodTensors, item_cats: np.ndarray) -> None:
+        """D_t has arrived and the served model was just tested on it, before any table grows or
+        anything trains: the moment for a method to test other models it keeps (the serving guard)."""
+        return None
+
     @abstractmethod
     def update(self, data: PeriodTensors, item_cats: np.ndarray) -> None:
         """Consume D_t: afterwards serving() is the model for period t+1."""

@@ -53,7 +53,8 @@ class AsmgMethod(UpdateMethod):
             self.generator = LinearGenerator(meta.k).to(self.device)
         else:
             shapes = {n: tuple(t.shape) for n, t in self.base.items()}
-            self.generator = GruGenerator(shapes, meta.hidden, meta.output == "residual", gen).to(self.device)
+            self.generator = GruGenerator(shapes, meta.hidden, meta.output == "residual", gen,
+                                          meta.anchor).to(self.device)
         self.models = [self.base]
         self.periods = []
         self.hidden = self.generator.zero_state(self.base)
@@ -147,9 +148,14 @@ class AsmgMethod(UpdateMethod):
         state = {g: h[rows[g]] if rows is not None and g in rows else h for g, h in h0.items()}
         outputs, _ = self.generator.run(inputs, state, self.scales())
         total = torch.zeros((), device=self.device)
+        shrink = self.cfg.meta.correction_l2
         for i, batch in local.items():
             params = {n: from_rows(n, outputs[i][n], self.base[n].shape) for n in self.base}
             total = total + weights[i] * loss(params, batch)
+            if shrink:
+                total = total + weights[i] * shrink * sum(
+                    (outputs[i][n] - inputs[n][i]).pow(2).mean() / inputs[n][i].pow(2).mean().clamp(min=1e-12)
+                    for n in self.base)
         return total
 
     @torch.no_grad()

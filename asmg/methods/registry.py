@@ -8,6 +8,7 @@ import torch
 
 from asmg.config import RunConfig
 from asmg.methods.base import UpdateMethod
+from asmg.methods.guard import GuardedMethod
 from asmg.methods.incctr import IncCtr
 from asmg.methods.incremental import BatchUpdate, IncrementalUpdate
 from asmg.methods.meta import AsmgMethod
@@ -25,6 +26,7 @@ METHOD_HELP = {
     "mf": "incremental update of a matrix-factorisation base model",
     "asmg-linear": "ASMG with a learned linear combination of the last k models",
     **{f"asmg-gru-{v}": f"ASMG with the per-coordinate GRU generator, '{v}' training" for v in GRU_VARIANTS},
+    "asmg-guarded": "serving guard: ASMG and IU (and optionally BU-w) side by side, the best recent record serves",
 }
 METHOD_HELP["all"] = "every method of the paper's table, in its order"
 DEFAULT_METHODS = ("iu", "bu-3", "asmg-linear", "asmg-gru-single", "asmg-gru-multi")
@@ -39,6 +41,8 @@ def make_method(name: str, cfg: RunConfig, device: torch.device) -> UpdateMethod
         return SIMPLE[name](cfg, device)
     if match := re.fullmatch(r"bu-(\d+)", name):
         return BatchUpdate(cfg, device, int(match.group(1)))
+    if name == "asmg-guarded":
+        return GuardedMethod(cfg, device, make_method)
     if name == "asmg-linear":
         return AsmgMethod(cfg, device, "linear")
     if (match := re.fullmatch(r"asmg-gru-(\w+)", name)) and match.group(1) in GRU_VARIANTS:

@@ -37,8 +37,7 @@ from asmg.batches import BatchMaker, PeriodTensors
 from asmg.config import RunConfig, seeded
 from asmg.methods.base import State, UpdateMethod, pack, unpack
 from asmg.methods.incremental import IncrementalUpdate
-from asmg.mf import init_mf_params, is_mf
-from asmg.model import EMBEDDINGS, Batch, Params, compact_batch, loss, serving_copy, table_sizes
+from asmg.model import EMBEDDINGS, Batch, Params, compact_batch, init_mf_params, is_mf, loss, serving_copy, table_sizes
 from asmg.train import train_base
 
 CHANNELS = (8, 4)

@@ -4,7 +4,7 @@ Every field ``some_name`` is the CLI flag ``--some-name`` of ``asmg worker ...``
 variable ``ASMG_SOME_NAME``; a flag beats the variable, the variable beats the default. Names follow the
 other commands where they mean the same thing (``ASMG_TOPIC_PREFIX``, ``ASMG_PARTITIONS``, ``ASMG_SEED``,
 ``ASMG_IMPLICIT``, ``ASMG_LR``, ``ASMG_PRETRAIN_PERIODS``, ...). Kafka itself is configured by the
-``KAFKA_*`` variables (streams/kafka_config.py), not here.
+``KAFKA_*`` variables (streams/wire/kafka_config.py), not here.
 
 Periods come from either ``period_bounds`` (fixed boundaries: a JSON list, or a path/URI of a JSON file
 holding a list or ``{"bounds": [...]}``; ``asmg worker bounds`` writes the offline runner's bounds for a
@@ -20,13 +20,14 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from asmg.config import HISTORY_LEN, SettingsError
+
+if TYPE_CHECKING:
+    from asmg.data.periods import PeriodScheme
 
 ENV_PREFIX = "ASMG_"
-
-
-class SettingsError(ValueError):
-    """A setting has a value that cannot work; the message names the flag and the variable."""
 
 
 def _opt(default: Any, help: str) -> Any:  # noqa: A002 - the word typer uses
@@ -45,6 +46,8 @@ class StreamSettings:
     log_format: str = _opt("text", "Log format: text, or json (one JSON object per line, asmg/logs.py).")
     metrics_port: int | None = _opt(None, "Serve Prometheus metrics on this port at /metrics (0: any free port) "
                                           "(default: off).")
+    metrics_host: str = _opt("127.0.0.1", "Address the metrics server binds (0.0.0.0: every interface, as in "
+                                          "docker-compose).")
     session_timeout: float = _opt(10.0, "Seconds after which the consumer group drops a worker that stopped "
                                         "heartbeating (how long a crashed worker's partitions wait).")
     # -- periods and samples (windowing, coordinator) --------------------------------------------------
@@ -56,7 +59,7 @@ class StreamSettings:
                                           "outside every period).")
     allowed_lateness: float = _opt(0.0, "Seconds of event-time lateness tolerated before a period closes.")
     implicit: bool = _opt(False, "Implicit feedback: every positive gets one sampled negative.")
-    history_len: int = _opt(30, "Items in a sample's history (the user's most recent positives).")
+    history_len: int = _opt(HISTORY_LEN, "Items in a sample's history (the user's most recent positives).")
     seed: int = _opt(0, "Seed of negative sampling and of training.")
     period_store: str = _opt("runs/stream/periods", "Where period samples go (local path or pyarrow URI).")
     batch_max: int = _opt(10_000, "Records the windowing worker takes per batch (one Kafka transaction).")
@@ -69,7 +72,8 @@ class StreamSettings:
     checkpoint_store: str = _opt("runs/stream/checkpoints", "Where trainer checkpoints go.")
     keep_checkpoints: int = _opt(2, "Checkpoints kept per model (older ones are deleted).")
     model_name: str = _opt("asmg", "Model name: key of the model records.")
-    method: str = _opt("asmg-gru-multi", "Update method (see `asmg experiment --help`).")
+    method: str = _opt("asmg-guarded", "Update method (see `asmg experiment --help`); the default serving guard "
+                                       "runs ASMG and IU side by side and serves the better recent record.")
     dataset: str = _opt("ml-100k", "Dataset whose preset is the default hyper-parameter set.")
     preset: str | None = _opt(None, "Hyper-parameter preset (default: the dataset's, else authors).")
     pretrain_periods: int | None = _opt(None, "Periods collected to pretrain the base model (default: the preset's).")
@@ -244,3 +248,31 @@ def parse_duration(text: str) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise SettingsError(f"ASMG_PERIOD_LENGTH={text!r}: must be a positive duration")
     return seconds
+
+
+def periods_from_options(bounds: str | None = None, length: str | None = None, origin: float | None = None,
+                         count: int | None = None) -> PeriodScheme | None:
+    """The period options every role reads (ASMG_PERIOD_BOUNDS, or _LENGTH + _ORIGIN [+ _COUNT]); None: unset.
+
+    Bounds are a JSON list or a path/URI of a JSON file (a list or ``{"bounds": [...]}``). Raises
+    :class:`SettingsError` naming the variable at fault.
+    """
+    from asmg.data.periods import PeriodScheme
+
+    if bounds and length:
+        raise SettingsError("give either ASMG_PERIOD_BOUNDS or ASMG_PERIOD_LENGTH, not both")
+    if bounds:
+        return PeriodScheme(bounds=load_bounds(bounds))
+    if length:
+        return PeriodScheme(length=parse_duration(length), origin=origin, count=count)
+    return None
+
+
+def period_scheme(settings: StreamSettings) -> PeriodScheme:
+    """The periods of a role that cannot work without them (windowing, coordinator)."""
+    scheme = periods_from_options(settings.period_bounds, settings.period_length, settings.period_origin,
+                                  settings.period_count)
+    if scheme is None:
+        raise SettingsError("set the periods: --period-bounds (ASMG_PERIOD_BOUNDS, e.g. written by "
+                            "`asmg worker bounds`) or --period-length with --period-origin")
+    return scheme

@@ -9,18 +9,8 @@ Schemas (v1; readers ignore unknown fields, refuse other versions):
      "parts": [{"partition": 0, "file": "part-00000.parquet", "rows": 800, "sha256": "<hex>"}, ...]}
 
   ``sha256`` covers the parts (:func:`combined_sha256`); every part's own sha256 covers its file's bytes.
-- model version (topic ``<prefix>models``, key = model name)::
-
-    {"v": 1, "model": "asmg", "version": 3, "period": 6, "method": "asmg-gru-multi",
-     "uri": "runs/stream/models/asmg/v000003-p0006", "sha256": "<manifest sha256>",
-     "metrics": {"auc": .., "logloss": .., "samples": ..}, "shadow_metrics": {...} | null,
-     "created": "2024-01-01T00:00:00+00:00", "seconds": 12.3}
-
-  ``metrics``: the served model (made after period t-1) tested on period t, exactly what the offline
-  runner reports for t; the artifact at ``uri`` is the model made after period t (it serves t+1).
-  Optional fields: ``phases`` (seconds per trainer phase) and ``pretrained: true`` on the record of the
-  period that completed pretraining (period == pretrain_periods), whose ``metrics`` and ``shadow_metrics``
-  are null: the pretrained model serves period pretrain_periods+1 before anything was tested.
+- model version (topic ``<prefix>models``, key = model name): :mod:`asmg.records` (the library's, since
+  ``asmg report`` reads it too).
 - watermark (topic ``<prefix>watermarks``, key = partition)::
 
     {"v": 1, "topic": "asmg.interactions", "partition": 2, "watermark": 878000000, "max_ts": 878000000,
@@ -42,32 +32,32 @@ Schemas (v1; readers ignore unknown fields, refuse other versions):
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streams.kafka_config import KafkaSettings
+from asmg.events import Event, EventError, parse_event
+from asmg.records import VERSION, RecordError, dumps
+from asmg.safejson import UntrustedJSONError
+from asmg.safejson import loads as untrusted_loads
+from streams.wire.kafka_config import KafkaSettings
 
-VERSION = 1
+__all__ = ["VERSION", "RecordError", "dumps"]  # shared with the model record (asmg/records.py)
+
 CONTROL_KEY = b"__asmg_control__"
 CONTROL_KINDS = ("watermark", "end_of_stream")
 
 
-class RecordError(ValueError):
-    """A record that does not follow its schema."""
-
-
-def dumps(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
-
-
-def loads(raw: bytes | str, kind: str) -> dict[str, Any]:
+def loads(raw: bytes | str | None, kind: str) -> dict[str, Any]:
+    """A record from a topic: untrusted JSON, refused with :class:`RecordError` (and nothing else)."""
+    if raw is None:
+        raise RecordError(f"{kind} record has no value")
     try:
-        record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{kind} record is not JSON: {exc}") from None
+        record = untrusted_loads(raw)
+    except UntrustedJSONError as exc:
+        raise RecordError(f"{kind} record is not JSON: {exc.reason}") from None
     if not isinstance(record, dict):
         raise RecordError(f"{kind} record must be a JSON object")
     if record.get("v") != VERSION:
@@ -98,28 +88,51 @@ def period_record(period: int, start: float, end: float, uri: str, parts: list[d
             "partitions": len(parts), "parts": parts}
 
 
-def parse_period(raw: bytes | str) -> dict[str, Any]:
+PART_FILE = re.compile(r"part-\d{5}\.parquet")  # PeriodStore.part_name: never a path, never ".."
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_PARTS = 4096
+
+
+def _count(record: dict[str, Any], name: str, kind: str, minimum: int = 0) -> int:
+    value = record.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= 2**63 - 1:
+        raise RecordError(f"{kind} record: {name} must be an integer between {minimum} and 2^63-1, "
+                          f"got {str(value)[:40]!r}")
+    return value
+
+
+def parse_period(raw: bytes | str | None) -> dict[str, Any]:
+    """A period-closed record, checked field by field (types, ranges, part file names that cannot leave the
+    period's folder); raises :class:`RecordError` with the reason, and nothing else, whatever the bytes."""
     record = loads(raw, "period")
     _need(record, "period", PERIOD_FIELDS)
-    return record
-
-
-# --- model version -----------------------------------------------------------------------------------------
-
-MODEL_FIELDS = ("model", "version", "period", "method", "uri", "sha256", "metrics", "shadow_metrics", "created",
-                "seconds")
-
-
-def model_record(**values: Any) -> dict[str, Any]:
-    missing = [n for n in MODEL_FIELDS if n not in values]
-    if missing:
-        raise RecordError(f"model record lacks {missing}")
-    return {"v": VERSION, **{n: values[n] for n in MODEL_FIELDS}}
-
-
-def parse_model(raw: bytes | str) -> dict[str, Any]:
-    record = loads(raw, "model")
-    _need(record, "model", MODEL_FIELDS)
+    _count(record, "period", "period", 1)
+    _count(record, "samples", "period")
+    _count(record, "partitions", "period")
+    for name in ("start", "end"):
+        value = record[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            raise RecordError(f"period record: {name} must be a number, got {str(value)[:40]!r}")
+    if not isinstance(record["uri"], str) or not record["uri"].strip():
+        raise RecordError("period record: uri must be a non-empty string")
+    if not isinstance(record["sha256"], str) or not SHA256_HEX.fullmatch(record["sha256"]):
+        raise RecordError("period record: sha256 must be 64 lowercase hex digits")
+    parts = record.get("parts")
+    if parts is not None:
+        if not isinstance(parts, list) or len(parts) > MAX_PARTS:
+            raise RecordError(f"period record: parts must be a list of at most {MAX_PARTS} entries")
+        for part in parts:
+            if not isinstance(part, dict):
+                raise RecordError("period record: every part must be an object")
+            file = part.get("file")
+            if not isinstance(file, str) or not PART_FILE.fullmatch(file):
+                raise RecordError(f"period record: part file {str(file)[:80]!r} is not a part-NNNNN.parquet name")
+            _count(part, "partition", "period")
+            if "rows" in part:
+                _count(part, "rows", "period")
+            if "sha256" in part and (not isinstance(part["sha256"], str) or not SHA256_HEX.fullmatch(part["sha256"])):
+                raise RecordError("period record: a part's sha256 must be 64 lowercase hex digits")
     return record
 
 
@@ -138,9 +151,18 @@ def parse_watermark(raw: bytes | str) -> dict[str, Any]:
     return record
 
 
+MAX_DLQ_RAW = 16 * 1024  # bytes of the refused value kept in its DLQ record (the record must fit Kafka's limit)
+
+
 def dlq_record(reason: str, raw: bytes, topic: str, partition: int, offset: int, detail: str = "") -> dict[str, Any]:
-    return {"v": VERSION, "reason": reason, "detail": detail, "raw": raw.decode("utf-8", errors="backslashreplace"),
-            "topic": topic, "partition": partition, "offset": offset}
+    """``raw`` is cut to :data:`MAX_DLQ_RAW` bytes (``raw_bytes`` says how long it was): a refused value near the
+    broker's message size limit would otherwise give a DLQ record over it, and a batch that never commits."""
+    record = {"v": VERSION, "reason": reason, "detail": detail[:1000],
+              "raw": raw[:MAX_DLQ_RAW].decode("utf-8", errors="backslashreplace"),
+              "topic": topic, "partition": partition, "offset": offset}
+    if len(raw) > MAX_DLQ_RAW:
+        record["raw_bytes"] = len(raw)
+    return record
 
 
 def dlq_key(topic: str, partition: int, offset: int) -> bytes:
@@ -153,6 +175,29 @@ def control_record(kind: str, ts: float | None) -> dict[str, Any]:
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
         raise RecordError(f"control ts must be a finite number of unix seconds or null, got {ts!r}")
     return {"v": VERSION, "control": kind, "ts": ts}
+
+
+def classify_record(raw: bytes | None) -> tuple[str, Any]:
+    """THE reading of a raw interactions-topic value: ``("control", ts)`` for a control record (ts may be None:
+    end of stream without a time) or ``("event", Event)``; raises :class:`EventError` with the reason."""
+    if raw is None:
+        raise EventError("record has no value")
+    try:
+        obj = untrusted_loads(raw)
+    except UntrustedJSONError:
+        parse_event(raw)  # raises EventError with the precise reason
+        raise EventError("invalid JSON") from None  # pragma: no cover - parse_event raised already
+    if isinstance(obj, dict) and "control" in obj:
+        kind, ts = obj.get("control"), obj.get("ts")
+        if obj.get("v", 1) != 1 or kind not in CONTROL_KINDS:
+            raise EventError(f"invalid control record: kind {kind!r}, v {obj.get('v')!r}")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
+            raise EventError(f"invalid control record: ts {ts!r}")
+        if kind == "watermark" and ts is None:
+            raise EventError("invalid control record: a watermark needs ts")
+        return "control", ts
+    event: Event = parse_event(obj)
+    return "event", event
 
 
 # --- Kafka helpers (confluent-kafka, blocking: call from a thread inside async code) ----------------------

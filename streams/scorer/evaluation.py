@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from asmg.batches import PeriodTensors
-from asmg.data.samples import HISTORY_LEN, NEGATIVE_DRAWS
+from asmg.config import HISTORY_LEN
+from asmg.data.negatives import sample_for_rows
+from asmg.data.periods import PeriodScheme
 from asmg.events import Event
 from asmg.metrics import auc, logloss
 from asmg.vocab import Vocabulary
-from streams.scorer_state import LoadedModel, PeriodSpec
+from streams.scorer.state import LoadedModel
 
 # --- user histories -----------------------------------------------------------------------------------------
 
@@ -195,28 +197,6 @@ def padded_rows(vocab: Vocabulary, histories: Sequence[Sequence[int]], width: in
     return torch.from_numpy(rows)
 
 
-def sample_negatives(catalogue: np.ndarray, items: np.ndarray, histories: Sequence[Sequence[int]], k: int,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` items per positive, uniform over ``catalogue``, never the event's item or one in its history.
-
-    Returns (owner: index of the positive each negative belongs to, negative item ids). Implicit streams
-    carry positives only; this mirrors the windowing role's one-sampled-negative-per-positive.
-    """
-    owners, negatives = [], []
-    if len(catalogue) < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    draws = rng.integers(len(catalogue), size=(len(items), k, NEGATIVE_DRAWS))
-    for row, (item, history) in enumerate(zip(items.tolist(), histories, strict=True)):
-        taken = {item, *history}
-        for j in range(k):
-            for draw in draws[row, j]:
-                if (candidate := int(catalogue[draw])) not in taken:
-                    owners.append(row)
-                    negatives.append(candidate)
-                    break
-    return np.asarray(owners, np.int64), np.asarray(negatives, np.int64)
-
-
 class Evaluator:
     """Turns micro-batches of events into history updates and prequential scores: two forwards per batch.
 
@@ -225,7 +205,7 @@ class Evaluator:
     on build histories but are not scored.
     """
 
-    def __init__(self, periods: PeriodSpec | None, histories: UserHistories, prequential: Prequential,
+    def __init__(self, periods: PeriodScheme | None, histories: UserHistories, prequential: Prequential,
                  negatives: int = 0, seed: int = 0) -> None:
         self.periods = periods
         self.histories = histories
@@ -274,7 +254,7 @@ class Evaluator:
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]], np.ndarray]:
         """Append sampled negatives (label 0, the positive's user, history and period)."""
         pos = np.flatnonzero(labels > 0.5)
-        owner, neg_items = sample_negatives(model.scorer.artifact.items, items[pos], [hist[i] for i in pos],
+        owner, neg_items = sample_for_rows(model.scorer.artifact.items, items[pos], [hist[i] for i in pos],
                                             self.negatives, self.rng)
         owner = pos[owner]
         self.counts["negatives"] += len(owner)

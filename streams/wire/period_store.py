@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs
 
 from asmg.ragged import list_array
-from streams.records import combined_sha256
+from streams.wire.records import PART_FILE, combined_sha256
 
 SORT_KEYS = ["ts", "user_id", "item_id", "label"]
 SCHEMA = pa.schema([
@@ -47,17 +47,18 @@ def open_uri(uri: str) -> tuple[fs.FileSystem, str]:
     return fs.FileSystem.from_uri(uri)
 
 
-def _ragged(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
-    return lengths, np.fromiter((x for v in lists for x in v), dtype=np.int64, count=int(lengths.sum()))
-
-
-def samples_table(user: list[int], item: list[int], ts: list[int], label: list[float],
-                  history: list[list[int]], categories: list[list[int]], period: int) -> pa.Table:
-    """Columns with Python lists -> an Arrow table in the store's schema and canonical row order."""
-    return ragged_samples_table(np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64),
-                                np.asarray(ts, dtype=np.int64), np.asarray(label, dtype=np.float32),
-                                _ragged(history), _ragged(categories), period)
+def within_store(uri: str, store: str) -> bool:
+    """True when ``uri`` names a place inside ``store`` (same scheme and host; a path below the store's, with no
+    ``..`` segment): records on a topic name files, and a record must not make a role open anything else."""
+    if not isinstance(uri, str) or not uri or "\x00" in uri:
+        return False
+    uri, store = uri.rstrip("/"), store.rstrip("/")
+    if "/../" in f"/{uri}/" or "/./" in f"/{uri}/":
+        return False
+    if "://" in store or "://" in uri:
+        return uri.startswith(store + "/") and "://" in store
+    root = os.path.abspath(store)
+    return os.path.isabs(uri) and os.path.normpath(uri).startswith(root + os.sep)
 
 
 def ragged_samples_table(user: np.ndarray, item: np.ndarray, ts: np.ndarray, label: np.ndarray,
@@ -160,6 +161,9 @@ def read_period_record(record: dict[str, Any]) -> pd.DataFrame:
         parts = [{"partition": p, "file": PeriodStore.part_name(p)} for p in range(record["partitions"])]
     tables = []
     for part in parts:
+        if not isinstance(part.get("file"), str) or not PART_FILE.fullmatch(part["file"]):
+            raise PeriodStoreError(f"period {record['period']}: part file {str(part.get('file'))[:80]!r} is not a "
+                                   "part-NNNNN.parquet name")
         path = f"{root}/{part['file']}"
         try:
             with filesystem.open_input_stream(path) as stream:

@@ -1,4 +1,4 @@
-"""The windowing worker: Kafka around :class:`streams.windowing.WindowingCore`, one transaction per batch.
+"""The windowing worker: Kafka around :class:`streams.windowing.core.WindowingCore`, one transaction per batch.
 
 Loop: take up to ``batch_max`` records of the interactions topic (confluent-kafka, consumer group = the
 app id, ``read_committed``), let the core process each partition's share, then in ONE Kafka transaction
@@ -33,13 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from streams.app import fail_stop
-from streams.kafka_config import KafkaSettings
-from streams.period_store import PeriodStore
-from streams.records import dumps
-from streams.settings import StreamSettings
-from streams.topics import TopicNames, ensure_state_topic
-from streams.windowing import Batch, WindowingCore
+from streams.windowing.core import Batch, WindowingCore
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.period_store import PeriodStore
+from streams.wire.records import dumps
+from streams.wire.settings import StreamSettings
+from streams.wire.topics import TopicNames, ensure_state_topic
+from streams.worker import fail_stop
 
 if TYPE_CHECKING:
     from streams.metrics import WindowingMetrics
@@ -281,9 +281,8 @@ class WindowingWorker:
 
 def run_windowing(settings: StreamSettings, kafka: KafkaSettings) -> None:
     """``asmg worker windowing``: the windowing loop and the coordinator, until SIGTERM/SIGINT."""
-    from streams.app import interactions_partitions
-    from streams.coordinator import CoordinatorLoop
-    from streams.topics import ensure_topics
+    from streams.windowing.coordinator import CoordinatorLoop
+    from streams.wire.topics import ensure_topics, interactions_partitions
 
     names = TopicNames(settings.topic_prefix)
     ensure_topics(kafka, names, settings.partitions)
@@ -299,7 +298,7 @@ def run_windowing(settings: StreamSettings, kafka: KafkaSettings) -> None:
         coordinator.coordinator.metrics = metrics.coordinator
         metrics.watch_lag(kafka, [worker.app_id])
         worker.metrics = metrics.windowing
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

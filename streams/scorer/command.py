@@ -1,6 +1,6 @@
-"""``asmg worker scorer``: the command of the scorer role (the service is in streams/scorer_service.py).
+"""``asmg worker scorer``: the command of the scorer role (the service is in streams/scorer/service.py).
 
-Light on purpose: ``asmg`` loads this module to list its commands (streams/cli.py ``WORKER_PLUGINS``), so
+Light on purpose: ``asmg`` loads this module to list its commands (streams/cli.py adds it to ``asmg worker``), so
 torch, aiohttp and Kafka clients are imported only when the command runs. Every flag also reads the
 ``ASMG_*`` variable named beside it, with the windowing role's names where they mean the same thing
 (``ASMG_PERIOD_BOUNDS``, ``ASMG_PERIOD_LENGTH``, ``ASMG_PERIOD_ORIGIN``, ``ASMG_PERIOD_COUNT``,
@@ -16,14 +16,16 @@ from typing import Annotated
 
 import typer
 
+from asmg.config import HISTORY_LEN
+
 log = logging.getLogger(__name__)
 
-HISTORY_LEN = 30  # asmg.data.samples.HISTORY_LEN, not imported: that module pulls in pandas and pyarrow
 
 
 def scorer_command(
     port: Annotated[int, typer.Option("--port", envvar="ASMG_SCORER_PORT", help="HTTP port.")] = 8090,
-    host: Annotated[str, typer.Option("--host", envvar="ASMG_SCORER_HOST", help="Address to bind.")] = "0.0.0.0",
+    host: Annotated[str, typer.Option("--host", envvar="ASMG_SCORER_HOST",
+                                      help="Address to bind (0.0.0.0: every interface).")] = "127.0.0.1",
     period_bounds: Annotated[str | None, typer.Option(
         "--period-bounds", envvar="ASMG_PERIOD_BOUNDS",
         help="Fixed period boundaries: a JSON list, or a path/URI of a JSON file (as the windowing role).")] = None,
@@ -68,8 +70,8 @@ def scorer_command(
 ) -> None:
     """Serve scores from the newest model and evaluate it online (prequential AUC/logloss vs the IU shadow)."""
     from asmg import logs
-    from streams.kafka_config import KafkaConfigError, KafkaSettings
-    from streams.scorer_state import periods_from_options
+    from streams.wire.kafka_config import KafkaConfigError, KafkaSettings
+    from streams.wire.settings import periods_from_options
 
     try:
         logs.configure(log_level, log_format, role="scorer")
@@ -90,8 +92,8 @@ def scorer_command(
         settings = KafkaSettings.from_env({**os.environ, **env})
     except KafkaConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--bootstrap-servers") from None
-    from streams.scorer_service import ScorerOptions, ScorerService, serve_forever
-    from streams.topics import TopicNames
+    from streams.scorer.service import ScorerOptions, ScorerService, serve_forever
+    from streams.wire.topics import TopicNames
 
     options = ScorerOptions(periods=periods, model_name=model_name, device=device, history_len=history_len,
                             max_users=max_users, batch_size=eval_batch, batch_seconds=eval_batch_ms / 1000,
@@ -100,16 +102,3 @@ def scorer_command(
     service = ScorerService(settings, TopicNames(topic_prefix), options)
     logs.bind(model_version=lambda: service.holder.current.version if service.holder.current else None)
     serve_forever(service, host, port)
-
-
-def _register() -> None:
-    """Add ``scorer`` to ``asmg worker`` when the worker group exists (streams/cli.py imports this module)."""
-    try:
-        from streams.cli import worker_app
-    except ImportError:  # before the worker group existed: the lead wires scorer_command by hand
-        return
-    if not any(getattr(c, "name", None) == "scorer" for c in worker_app.registered_commands):
-        worker_app.command("scorer")(scorer_command)
-
-
-_register()

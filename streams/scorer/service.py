@@ -7,13 +7,12 @@ interactions in micro-batches, scores them with the served model and its shadow 
 users' histories (prequential evaluation), and keeps those histories for requests that bring none.
 
 HTTP (aiohttp): ``POST /score``, ``GET /model``, ``GET /quality``, ``GET /healthz``, ``GET /metrics``.
-The command (``asmg worker scorer``) is in streams/scorer.py, which imports this module only when it runs.
+The command (``asmg worker scorer``) is in streams/scorer/command.py, which imports this module only when it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import threading
@@ -30,13 +29,19 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from asmg.data.samples import HISTORY_LEN
-from asmg.events import Event, EventError, id_value, parse_event
-from streams.kafka_config import KafkaSettings
+from asmg.config import HISTORY_LEN
+from asmg.data.periods import PeriodScheme
+from asmg.events import Event, EventError, id_value
+from asmg.records import RecordError, parse_model_record
+from asmg.safejson import UntrustedJSONError
+from asmg.safejson import loads as untrusted_loads
+from streams.http_security import guard, load_token, metrics_protected
 from streams.metrics import request_timer, scorer_registry
-from streams.scorer_eval import Evaluator, Prequential, UserHistories
-from streams.scorer_state import ModelHolder, PeriodSpec, RecordError, parse_model_record
-from streams.topics import TopicNames
+from streams.scorer.evaluation import Evaluator, Prequential, UserHistories
+from streams.scorer.state import ModelHolder
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.records import classify_record
+from streams.wire.topics import TopicNames
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, KafkaError
@@ -52,7 +57,7 @@ MAX_BODY = 1024 * 1024
 class ScorerOptions:
     """Everything the role can be told (the CLI maps flags and ASMG_* variables onto these)."""
 
-    periods: PeriodSpec | None
+    periods: PeriodScheme | None
     model_name: str | None = None
     device: str = "cpu"
     history_len: int = HISTORY_LEN
@@ -149,9 +154,10 @@ class ModelFeed(_Feed):
                 continue
             try:
                 records.append(parse_model_record(message.value(), message.key()))
-            except RecordError as exc:
+            except Exception as exc:  # noqa: BLE001 - one poison record must not cost the batch's others
                 self.holder.count("records_invalid")
-                log.warning("models topic offset %d: refused record: %s", message.offset(), exc.reason)
+                reason = exc.reason if isinstance(exc, RecordError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+                log.warning("models topic [%d]@%d: refused record: %s", message.partition(), message.offset(), reason)
         if records:
             self.holder.offer(records)
         if not self.caught_up.is_set() and self.assigned and self.assigned <= self.at_end:
@@ -200,15 +206,8 @@ class InteractionFeed(_Feed):
 
 def _event(raw: bytes | None) -> Event | None:
     """An interaction event, or None for the windowing role's control records (watermark, end of stream)."""
-    if raw is None:
-        raise EventError("record has no value")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return parse_event(raw)  # raises EventError with the precise reason
-    if isinstance(obj, dict) and "control" in obj:
-        return None
-    return parse_event(obj)
+    kind, payload = classify_record(raw)
+    return payload if kind == "event" else None
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------
@@ -251,9 +250,9 @@ class ScoreRequest:
 def parse_score_request(raw: bytes) -> ScoreRequest:
     """Validate a /score body; raise :class:`RequestError` with the reason."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"body is not JSON: {exc}") from None
+        body = untrusted_loads(raw)
+    except UntrustedJSONError as exc:
+        raise RequestError(f"body is not JSON: {exc.reason}") from None
     if not isinstance(body, dict):
         raise RequestError(f"body must be a JSON object, got {type(body).__name__}")
     if body.get("user_id") is None:
@@ -302,15 +301,26 @@ async def get_quality(request: web.Request) -> web.Response:
                               "events": dict(service.evaluator.counts), "invalid_events": service.interactions.invalid,
                               "control_records": service.interactions.control,
                               "negatives_per_positive": service.options.negatives,
-                              "periods_spec": service.describe_periods()})
+                              "periods_spec": service.describe_periods(), "guard": _guard(service)})
+
+
+def _guard(service: ScorerService) -> dict[str, Any] | None:
+    """The serving guard's view from the served model's record: which candidate serves, and every candidate's
+    metrics on the record's period (None for a method without a guard)."""
+    model = service.holder.current
+    if model is None or model.record.candidate is None:
+        return None
+    return {"served_candidate": model.record.candidate, "period": model.record.period,
+            "candidates": model.record.candidates}
 
 
 async def get_healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     model = service.holder.current
     alive = {"models": service.models.is_alive(), "interactions": service.interactions.is_alive()}
-    ok = all(alive.values())
-    return web.json_response({"status": "ok" if ok else "feed stopped", "model_version": model and model.version,
+    ok = all(alive.values()) and model is not None  # ready means: a verified model is served
+    status = "feed stopped" if not all(alive.values()) else "no model yet" if model is None else "ok"
+    return web.json_response({"status": status, "model_version": model and model.version,
                               "feeds": alive, "models_caught_up": service.models.caught_up.is_set(),
                               "users": len(service.histories), **service.holder.stats()},
                              status=200 if ok else 503)
@@ -348,12 +358,18 @@ class ScorerService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
 
+    def event_counts(self) -> dict[str, int]:
+        """Interaction events by outcome (evaluated, skipped, ...; ``invalid``: refused records), for metrics."""
+        return {**self.evaluator.counts, "invalid": self.interactions.invalid}
+
     def describe_periods(self) -> str:
         periods = self.options.periods
         return periods.describe() if periods is not None else "none configured: online evaluation is off"
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[request_timer(lambda: self.latency)])
+        token, protected = load_token(), ["/score", *(["/metrics"] if metrics_protected() else [])]
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[
+            guard(token, protected, ["/score"]), request_timer(lambda: self.latency)])
         app[SERVICE] = self
         app.router.add_post("/score", post_score)
         app.router.add_get("/model", get_model)

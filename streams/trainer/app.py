@@ -1,9 +1,9 @@
 """The faust-streaming app factory, built from :class:`StreamSettings`.
 
-- ``trainer``: the trainer agent on the periods topic (streams/trainer.py); run one per model name.
+The trainer agent runs on the periods topic (streams/trainer/agent.py); run one per model name.
 
 The windowing role is not a faust app: it processes records in batches, one Kafka transaction each
-(streams/windowing_worker.py explains why).
+(streams/windowing/worker.py explains why).
 
 Apps use faust's memory store: a table lives in memory and is rebuilt from its changelog topic on
 start or rebalance, so a restart loses nothing. App ids default to ``<topic prefix><role>``, so two
@@ -13,41 +13,25 @@ deployments (or two tests) with different prefixes never share consumer groups o
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 
-from streams.kafka_config import KafkaSettings
-from streams.settings import StreamSettings
-from streams.topics import TopicNames, ensure_topics
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.settings import StreamSettings
+from streams.wire.topics import TopicNames, ensure_topics, interactions_partitions
 
 log = logging.getLogger(__name__)
-
-ROLES = ("trainer",)
-FAIL_STOP_EXIT = 70
+ROLE = "trainer"
 
 
-def interactions_partitions(kafka: KafkaSettings, names: TopicNames, timeout: float = 30.0) -> int:
-    from confluent_kafka.admin import AdminClient
-
-    metadata = AdminClient(kafka.confluent_config()).list_topics(names.interactions, timeout=timeout)
-    info = metadata.topics.get(names.interactions)
-    if info is None or info.error is not None or not info.partitions:
-        raise RuntimeError(f"topic {names.interactions} is missing at {kafka.bootstrap_servers}")
-    return len(info.partitions)
-
-
-def create_app(settings: StreamSettings, role: str, kafka: KafkaSettings | None = None):
-    """A faust app for ``role``; creates the project's topics first when they are missing."""
+def create_app(settings: StreamSettings, kafka: KafkaSettings | None = None):
+    """The trainer's faust app; creates the project's topics first when they are missing."""
     import faust
 
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     kafka = kafka or KafkaSettings.from_env()
     names = TopicNames(settings.topic_prefix)
     ensure_topics(kafka, names, settings.partitions)
     partitions = interactions_partitions(kafka, names)
-    app_id = settings.role_app_id(role)
+    app_id = settings.role_app_id(ROLE)
     datadir = Path(settings.worker_dir) / app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -67,39 +51,26 @@ def create_app(settings: StreamSettings, role: str, kafka: KafkaSettings | None 
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 6),
         broker_rebalance_timeout=max(settings.session_timeout * 2, 20.0),
     )
-    app.asmg_metrics = _role_metrics(app, settings, role, kafka)  # None unless --metrics-port is set
-    from streams import trainer
+    app.asmg_metrics = _role_metrics(app, settings, kafka)  # None unless --metrics-port is set
+    from streams.trainer import agent
 
-    trainer.register(app, settings, names, kafka)
+    agent.register(app, settings, names, kafka)
     if app.asmg_metrics is not None:
-        app.asmg_metrics.serve(settings.metrics_port)
+        app.asmg_metrics.serve(settings.metrics_port, settings.metrics_host)
     return app
 
 
-def _role_metrics(app, settings: StreamSettings, role: str, kafka: KafkaSettings):
+def _role_metrics(app, settings: StreamSettings, kafka: KafkaSettings):
     """Prometheus metrics of this worker (streams/metrics.py): faust's own sensors, the consumer lag of the
     role's group, and whatever the agents register on ``app.asmg_metrics``; served by ``create_app``."""
     if settings.metrics_port is None:
         return None
     from streams.metrics import RoleMetrics, faust_sensors
 
-    metrics = RoleMetrics(role)
+    metrics = RoleMetrics(ROLE)
     faust_sensors(app, metrics.registry)
-    metrics.watch_lag(kafka, [settings.role_app_id(role)])
+    metrics.watch_lag(kafka, [settings.role_app_id(ROLE)])
     return metrics
-
-
-def fail_stop(exc: BaseException, where: str) -> None:
-    """An unexpected error in a worker: exit at once rather than go on past the record or batch (faust
-    would restart the agent after it, skipping it). A supervisor restarts the worker, which redoes it."""
-    from asmg.logs import flush_native_stderr
-
-    log.critical("%s failed; stopping the worker so the record is redone after a restart", where,
-                 exc_info=exc)
-    logging.shutdown()
-    sys.stderr.flush()
-    flush_native_stderr()
-    os._exit(FAIL_STOP_EXIT)
 
 
 def run_worker(app, log_level: str = "warning", log_format: str = "text") -> None:

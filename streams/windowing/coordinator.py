@@ -31,9 +31,10 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from streams.kafka_config import KafkaSettings
-from streams.period_store import PeriodStore
-from streams.records import (
+from asmg.data.periods import PeriodScheme
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.period_store import PeriodStore
+from streams.wire.records import (
     CONTROL_KEY,
     RecordError,
     RecordProducer,
@@ -44,9 +45,8 @@ from streams.records import (
     period_record,
     read_topic,
 )
-from streams.settings import StreamSettings
-from streams.topics import TopicNames
-from streams.windowing import PeriodScheme
+from streams.wire.settings import StreamSettings, period_scheme
+from streams.wire.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class CoordinatorLoop:
         self.settings = settings
         self.kafka = kafka
         self.names = names
-        self.coordinator = Coordinator(PeriodScheme.from_settings(settings), PeriodStore(settings.period_store),
+        self.coordinator = Coordinator(period_scheme(settings), PeriodStore(settings.period_store),
                                        kafka, names, partitions)
         self.table: dict[str, Any] = {}
         self.owned = False

@@ -8,7 +8,7 @@ were partitioned), run :meth:`asmg.updater.PeriodUpdater.step` with the IU shado
 1. write the model artifact (``save_model``) to ``{artifact_store}/{model}/v{version:06d}-p{period:04d}``,
 2. write a checkpoint bundle of ``updater.state()`` (plus the version counter and the model record's
    content) to ``{checkpoint_store}/{model}/p{period:06d}``,
-3. publish ONE model record (streams/records.py) to the models topic, key = model name.
+3. publish ONE model record (asmg/records.py) to the models topic, key = model name.
 
 Pretraining (periods 1..pretrain_periods) collects periods; the periods before the last one publish
 nothing (no model exists yet), but every period is checkpointed. The period that completes pretraining
@@ -40,27 +40,19 @@ import logging
 import os
 import re
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from asmg.artifacts import ArtifactError, bundle_exists, load_bundle, save_bundle, save_model
 from asmg.config import RunConfig
 from asmg.logs import bind, log_context
+from asmg.records import ModelRecord, RecordError, parse_model_record
 from asmg.updater import PeriodUpdater
-from streams.kafka_config import KafkaSettings
-from streams.period_store import open_uri, read_period_record
-from streams.records import (
-    RecordError,
-    RecordProducer,
-    dumps,
-    model_record,
-    parse_model,
-    parse_period,
-    read_topic,
-)
-from streams.settings import SettingsError, StreamSettings
-from streams.topics import TopicNames
+from streams.wire.kafka_config import KafkaSettings
+from streams.wire.period_store import PeriodStoreError, open_uri, read_period_record, within_store
+from streams.wire.records import RecordProducer, dlq_key, dlq_record, dumps, parse_period, read_topic
+from streams.wire.settings import SettingsError, StreamSettings
+from streams.wire.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +62,27 @@ CHECKPOINT = re.compile(r"^p(\d{6})$")
 
 
 def run_config(settings: StreamSettings) -> RunConfig:
-    """The preset for the dataset (or the one named), with the settings' overrides."""
-    from asmg.presets import default_preset, override, preset
+    """The preset for the dataset (or the one named), with the settings' overrides (asmg/flags.py)."""
+    from asmg.flags import pick, run_config
 
     try:
-        cfg, _ = preset(settings.preset or default_preset(settings.dataset))
+        return run_config(settings.dataset, settings.preset, **pick(settings.to_dict()))[0]
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    cfg = override(cfg, {"lr": settings.lr, "batch_size": settings.batch_size, "epochs": settings.epochs,
-                         "pretrain_epochs": settings.pretrain_epochs},
-                   {"k": settings.k, "hidden": settings.hidden, "lr": settings.meta_lr,
-                    "epochs": settings.meta_epochs, "batch_size": settings.meta_batch_size,
-                    "output": settings.output})
-    protocol = {"n_periods": settings.periods, "pretrain_periods": settings.pretrain_periods,
-                "first_test_period": settings.first_test_period, "history_len": settings.history_len}
-    return replace(cfg, seed=settings.seed, device=settings.device,
-                   protocol=replace(cfg.protocol, **{k: v for k, v in protocol.items() if v is not None}))
 
 
-def _quality(model: dict[str, Any]) -> str:
+def _quality(model: ModelRecord) -> str:
     """A model record's quality in a log line; the pretrained model has none (it was not tested yet)."""
-    if model.get("pretrained") or not model.get("metrics"):
+    if model.pretrained or not model.metrics:
         return "pretrained, not tested yet"
-    return f"auc {model['metrics'].get('auc', float('nan')):.4f}"
+    return f"auc {model.metrics.get('auc', float('nan')):.4f}"
+
+
+def guard_fields(report: dict[str, Any] | None) -> dict[str, Any]:
+    """The serving guard's choice and every candidate's metrics, for the model record (absent otherwise)."""
+    if not report:
+        return {}
+    return {"candidate": report["served"], "candidates": report["candidates"]}
 
 
 def _fault(stage: str, period: int) -> None:
@@ -152,16 +142,16 @@ class Trainer:
             if record.key != self.model.encode():
                 continue
             try:
-                model = parse_model(record.value)
+                model = parse_model_record(record.value, record.key)
             except RecordError as exc:
                 log.warning("ignoring a model record: %s", exc)
                 continue
-            if latest is None or model["period"] > latest["period"]:
+            if latest is None or model.period > latest.period:
                 latest = model
-        self.published = latest["period"] if latest else 0
+        self.published = latest.period if latest else 0
         if self.metrics is not None and latest is not None:
-            self.metrics.published(latest, new=False)
-        published_version = latest["version"] if latest else 0
+            self.metrics.published(latest.to_dict(), new=False)
+        published_version = latest.version if latest else 0
         self.updater, meta = None, {}
         for period in reversed(self.checkpoints()):
             try:
@@ -183,10 +173,10 @@ class Trainer:
             self.version = published_version
         else:
             self.version = max(int(meta["version"]), published_version)
-            pending = meta.get("model")
-            if pending is not None and pending["period"] > self.published:
+            pending = parse_model_record(meta["model"]) if meta.get("model") is not None else None
+            if pending is not None and pending.period > self.published:
                 log.info("publishing the checkpointed model of period %d (crash before its record)",
-                         pending["period"])
+                         pending.period)
                 self._publish(pending)
         if self.published > self.updater.last_period:
             log.warning("models up to period %d are published but the newest checkpoint is of period %d: "
@@ -195,7 +185,7 @@ class Trainer:
         self.ready = True
 
     # -- one period ----------------------------------------------------------------------------------------
-    def handle(self, record: dict[str, Any]) -> dict[str, Any] | None:
+    def handle(self, record: dict[str, Any]) -> ModelRecord | None:
         """Process one period record (blocking: call from a worker thread). Returns the published record."""
         if not self.ready:
             self.start()
@@ -214,6 +204,9 @@ class Trainer:
             log.warning("period %d follows period %d: periods in between were never closed", period,
                         updater.last_period)
         started = time.perf_counter()
+        if not within_store(record["uri"], self.settings.period_store):
+            raise PeriodStoreError(f"period {period}: uri {record['uri'][:200]!r} is outside the configured period "
+                                   f"store {self.settings.period_store!r}")
         samples = read_period_record(record)
         phases = {"read": time.perf_counter() - started}  # seconds per phase (metrics, the record's "phases")
         _fault("before-step", period)
@@ -230,20 +223,21 @@ class Trainer:
                              serving=updater.serving(), shadow=updater.method.incremental(), vocabs=updater.vocabs,
                              config=self.cfg.to_dict(), metrics=result.metrics)
             self.version = version
-            model = model_record(model=self.model, version=version, period=period, method=updater.method.name,
-                                 uri=uri, sha256=sha, metrics=result.metrics, shadow_metrics=result.shadow,
-                                 created=datetime.now(UTC).isoformat(timespec="seconds"),
-                                 seconds=round(time.perf_counter() - started, 3))
+            seconds = round(time.perf_counter() - started, 3)
             phases["artifact"] = time.perf_counter() - clock
-            model["phases"] = {name: round(seconds, 4) for name, seconds in phases.items()}  # optional field
-            if pretrained:
-                model["pretrained"] = True  # optional field: metrics are null, nothing was tested yet
+            model = ModelRecord(model=self.model, version=version, period=period, method=updater.method.name,
+                                uri=uri, sha256=sha, metrics=result.metrics or {}, shadow_metrics=result.shadow or {},
+                                created=datetime.now(UTC).isoformat(timespec="seconds"), seconds=seconds,
+                                phases={name: round(s, 4) for name, s in phases.items()},
+                                pretrained=pretrained,  # pretrained: metrics are null, nothing was tested yet
+                                **guard_fields(result.candidates))
         _fault("after-artifact", period)
         clock = time.perf_counter()
         tensors, info = updater.state()
         save_bundle(self.checkpoint_uri(period), tensors,
                     {"kind": "checkpoint", "model_name": self.model, "period": period, "version": self.version,
-                     "info": info, "model": model, "result": result.to_dict(), "tensor_order": list(tensors)})
+                     "info": info, "model": model.to_dict() if model else None, "result": result.to_dict(),
+                     "tensor_order": list(tensors)})
         _fault("after-checkpoint", period)
         phases["checkpoint"] = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -260,21 +254,34 @@ class Trainer:
         self._observe(period, outcome, phases, time.perf_counter() - started)
         return model
 
+    def quarantine(self, raw: bytes | None, reason: str, detail: str, partition: int, offset: int) -> None:
+        """A period record the trainer cannot use (unreadable, or its files missing, tampered or outside the
+        store): log it, count it and write it to the DLQ with the reason, then go on with the next period
+        (exiting would only meet the same record again after every restart)."""
+        log.error("quarantined the period record at %s[%d]@%d: %s: %s", self.names.periods, partition, offset,
+                  reason, detail)
+        if self.metrics is not None:
+            self.metrics.periods.labels("quarantined").inc()
+        if self._producer is None:
+            self._producer = RecordProducer(self.kafka)
+        self._producer.send(self.names.dlq, dlq_key(self.names.periods, partition, offset),
+                            dumps(dlq_record(reason, raw or b"", self.names.periods, partition, offset, detail)))
+
     def _observe(self, period: int, outcome: str, phases: dict[str, float], total: float | None = None) -> None:
         if self.metrics is not None:
             self.metrics.period(period, outcome, phases, total)
 
-    def _publish(self, model: dict[str, Any]) -> None:
-        if model["period"] <= self.published:
+    def _publish(self, model: ModelRecord) -> None:
+        if model.period <= self.published:
             return
         if self._producer is None:
             self._producer = RecordProducer(self.kafka)
-        self._producer.send(self.names.models, self.model.encode(), dumps(model))
-        self.published = model["period"]
+        self._producer.send(self.names.models, self.model.encode(), model.to_json())
+        self.published = model.period
         if self.metrics is not None:
-            self.metrics.published(model)
-        log.info("published %s v%d for period %d (%s)", self.model, model["version"], model["period"],
-                 _quality(model), extra={"period": model["period"], "model_version": model["version"]})
+            self.metrics.published(model.to_dict())
+        log.info("published %s v%d for period %d (%s)", self.model, model.version, model.period,
+                 _quality(model), extra={"period": model.period, "model_version": model.version})
 
     def _prune(self) -> None:
         periods = self.checkpoints()
@@ -290,7 +297,7 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
     """Add the trainer agent to a faust app."""
     from faust.types import TP
 
-    from streams.app import fail_stop
+    from streams.worker import fail_stop
 
     trainer = Trainer(settings, names, kafka)
     topic = app.topic(names.periods, key_serializer="raw", value_serializer="raw")
@@ -303,15 +310,18 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
     @app.agent(topic, name=f"{settings.role_app_id('trainer')}-trainer", concurrency=1)
     async def train(stream):
         async for event in stream.events():
+            where = (event.message.partition, event.message.offset)
             try:
                 record = parse_period(event.value)
             except RecordError as exc:
-                log.error("ignoring a period record at offset %d: %s", event.message.offset, exc)
+                await asyncio.to_thread(trainer.quarantine, event.value, "invalid period record", exc.reason, *where)
                 continue
             try:
                 with log_context(period=record.get("period")):  # follows the call into the thread
                     await asyncio.to_thread(trainer.handle, record)
-            except Exception as exc:  # fail-stop: never skip a period silently
+            except (PeriodStoreError, RecordError) as exc:  # this record's files: skipped loudly, never silently
+                await asyncio.to_thread(trainer.quarantine, event.value, "unreadable period", str(exc), *where)
+            except Exception as exc:  # fail-stop: a bug or a failing store; the restarted worker redoes the period
                 fail_stop(exc, f"trainer, period {record.get('period')}")
 
     @app.on_partitions_revoked.connect
@@ -320,5 +330,4 @@ def register(app, settings: StreamSettings, names: TopicNames, kafka: KafkaSetti
             trainer.ready = False
             trainer.generation += 1
 
-    app.asmg_trainer = (train, on_revoked)
     return trainer

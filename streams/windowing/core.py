@@ -1,13 +1,14 @@
 """The windowing role's logic: interaction records in, one Parquet file per (period, partition) out.
 
-Records are handled a batch at a time (one Kafka transaction each, see streams/windowing_worker.py), but
+Records are handled a batch at a time (one Kafka transaction each, see streams/windowing/worker.py), but
 the result is defined record by record, in partition order, and does not depend on how the stream was cut
 into batches:
 
 1. Validate (:func:`asmg.event_batch.parse_events_fast` for the common shape, else
    :func:`asmg.events.parse_event`); a bad record goes to the DLQ with the reason.
 2. Advance the partition's watermark: max event time seen minus the allowed lateness, or a control
-   record's time (``control`` records: see streams/records.py; :func:`streams.coordinator.send_end_of_stream`).
+   record's time (``control`` records: see streams/wire/records.py;
+   :func:`streams.windowing.coordinator.send_end_of_stream`).
    Every period whose end the watermark passed is closed for this partition: its samples are written to
    the period store (Parquet, one file per partition, idempotent name and content) and a watermark record
    says so (``closed_through``); the coordinator decides for all partitions.
@@ -38,7 +39,7 @@ rebalance :meth:`WindowingCore.restore` rebuilds exactly the state of the last c
 records after it come again: the same files, byte for byte (tests/test_windowing.py). Keys:
 
 - ``p:<p>`` progress: last applied offset, max ts, marker, closed_through, counters (every batch);
-- ``f:<p>:<offset>`` the accepted events of a batch (Arrow IPC, :class:`streams.facts.Facts`); deleted
+- ``f:<p>:<offset>`` the accepted events of a batch (Arrow IPC, :class:`streams.windowing.facts.Facts`); deleted
   once all their periods are closed;
 - ``u:<p>:<user>`` the user's last ``history_len`` positives of closed periods and, implicit mode, every
   item the user had in them; written when a period closes;
@@ -47,7 +48,6 @@ records after it come again: the same files, byte for byte (tests/test_windowing
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
@@ -58,134 +58,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from asmg.config import HISTORY_LEN
+from asmg.data.negatives import counter_negative, draw_uniform
+from asmg.data.periods import PeriodScheme, watermark
 from asmg.data.samples import history_matrix
 from asmg.event_batch import parse_events_fast
-from asmg.events import EventError, parse_event
+from asmg.events import EventError
 from asmg.ragged import gather_rows, select_rows
-from streams.facts import Facts
-from streams.period_store import PeriodStore, ragged_samples_table
-from streams.records import CONTROL_KINDS, dlq_key, dlq_record, dumps, watermark_record
-from streams.settings import SettingsError, StreamSettings, load_bounds, parse_duration
+from streams.windowing.facts import Facts
+from streams.wire.period_store import PeriodStore, ragged_samples_table
+from streams.wire.records import classify_record, dlq_key, dlq_record, dumps, watermark_record
+from streams.wire.settings import StreamSettings, period_scheme
 
 log = logging.getLogger(__name__)
 
-NEGATIVE_DRAWS = 64
 CHUNK_BYTES = 512 * 1024  # a fact record stays well below Kafka's default 1 MB message limit
 INF = math.inf
 EVENT, CONTROL, REFUSED = 0, 1, 2
-MASK64 = (1 << 64) - 1
 
 
 # --- periods ------------------------------------------------------------------------------------------------
-
-
-class PeriodScheme:
-    """Event time -> period number (1-based; 0 = outside every period), and period bounds.
-
-    Fixed bounds: period p holds bounds[p-1] <= ts < bounds[p] (as asmg.data.periods.PeriodBounds).
-    Tumbling: period p holds origin + (p-1)*length <= ts < origin + p*length, p <= count when given.
-    """
-
-    def __init__(self, bounds: list[float] | None = None, length: float | None = None,
-                 origin: float | None = None, count: int | None = None) -> None:
-        if (bounds is None) == (length is None):
-            raise SettingsError("periods need either fixed bounds (ASMG_PERIOD_BOUNDS) or a length "
-                                "(ASMG_PERIOD_LENGTH)")
-        if length is not None and origin is None:
-            raise SettingsError("tumbling periods (ASMG_PERIOD_LENGTH) need ASMG_PERIOD_ORIGIN: the unix time "
-                                "where period 1 starts (period numbers must start at 1 for pretraining)")
-        if count is not None and count < 1:
-            raise SettingsError("ASMG_PERIOD_COUNT must be >= 1")
-        self.bounds = list(bounds) if bounds is not None else None
-        self.length = length
-        self.origin = origin
-        self.count = count
-
-    @classmethod
-    def from_settings(cls, settings: StreamSettings) -> PeriodScheme:
-        if settings.period_bounds:
-            return cls(bounds=load_bounds(settings.period_bounds))
-        if settings.period_length:
-            return cls(length=parse_duration(settings.period_length), origin=settings.period_origin,
-                       count=settings.period_count)
-        raise SettingsError("set the periods: --period-bounds (ASMG_PERIOD_BOUNDS, e.g. written by "
-                            "`asmg worker bounds`) or --period-length with --period-origin")
-
-    @property
-    def fixed(self) -> bool:
-        return self.bounds is not None
-
-    @property
-    def n_periods(self) -> int | None:
-        return len(self.bounds) - 1 if self.bounds is not None else self.count
-
-    def period_of(self, ts: float) -> int:
-        if self.bounds is not None:
-            if ts < self.bounds[0] or ts >= self.bounds[-1]:
-                return 0
-            return bisect.bisect_right(self.bounds, ts)
-        if ts < self.origin:
-            return 0
-        period = int((ts - self.origin) // self.length) + 1
-        return 0 if self.count is not None and period > self.count else period
-
-    def start(self, period: int) -> float:
-        if self.bounds is not None:
-            return self.bounds[period - 1] if period <= len(self.bounds) - 1 else INF
-        if self.count is not None and period > self.count:
-            return INF
-        return self.origin + (period - 1) * self.length
-
-    def end(self, period: int) -> float:
-        if self.bounds is not None:
-            return self.bounds[period] if period <= len(self.bounds) - 1 else INF
-        return self.origin + period * self.length
-
-    def closable_through(self, watermark: float | None) -> int:
-        """The last period whose end is <= the watermark (0 when none)."""
-        if watermark is None:
-            return 0
-        if self.bounds is not None:
-            return max(0, min(bisect.bisect_right(self.bounds, watermark) - 1, len(self.bounds) - 1))
-        through = max(0, int((watermark - self.origin) // self.length))
-        return min(through, self.count) if self.count is not None else through
-
-    def end_of_stream(self) -> float | None:
-        """The watermark an end-of-stream marker without a time stands for (fixed bounds only)."""
-        return self.bounds[-1] if self.bounds is not None else None
-
-    def period_of_many(self, ts: np.ndarray) -> np.ndarray:
-        """:meth:`period_of` of every element (0 for NaN and -inf)."""
-        ts = np.asarray(ts, dtype=np.float64)
-        finite = np.isfinite(ts)
-        if self.bounds is not None:
-            bounds = np.asarray(self.bounds, dtype=np.float64)
-            inside = finite & (ts >= bounds[0]) & (ts < bounds[-1])
-            return np.where(inside, np.searchsorted(bounds, np.where(finite, ts, 0), side="right"), 0)
-        period = np.floor((np.where(finite, ts, self.origin) - self.origin) / self.length).astype(np.int64) + 1
-        ok = finite & (ts >= self.origin)
-        if self.count is not None:
-            ok &= period <= self.count
-        return np.where(ok, period, 0)
-
-    def closable_through_many(self, watermark: np.ndarray) -> np.ndarray:
-        """:meth:`closable_through` of every element (-inf or NaN: no watermark yet)."""
-        watermark = np.asarray(watermark, dtype=np.float64)
-        known = ~np.isnan(watermark) & (watermark > -INF)
-        if self.bounds is not None:
-            bounds = np.asarray(self.bounds, dtype=np.float64)
-            through = np.searchsorted(bounds, np.where(known, watermark, bounds[0] - 1), side="right") - 1
-            return np.where(known, np.clip(through, 0, len(bounds) - 1), 0)
-        finite = np.where(np.isfinite(watermark), watermark, np.where(watermark > 0, 1e300, self.origin))
-        through = np.floor(np.clip((finite - self.origin) / self.length, 0, 2**62)).astype(np.int64)
-        if self.count is not None:
-            through = np.minimum(through, self.count)
-        return np.where(known, through, 0)
-
-    def describe(self) -> dict[str, Any]:
-        if self.bounds is not None:
-            return {"bounds": self.bounds}
-        return {"length": self.length, "origin": self.origin, "count": self.count}
 
 
 # --- per-partition state ------------------------------------------------------------------------------------
@@ -213,9 +105,9 @@ class Progress:
                 "r": self.refused, "a": self.applied}
 
     def watermark(self, lateness: float) -> float | None:
-        candidates = [v for v in (None if self.max_ts is None else self.max_ts - lateness, self.marker)
-                      if v is not None]
-        return max(candidates) if candidates else None
+        mark = float(watermark(-INF if self.max_ts is None else self.max_ts, -INF if self.marker is None
+                               else self.marker, lateness))
+        return None if mark == -INF else mark
 
 
 @dataclass
@@ -251,39 +143,6 @@ class Batch:
     last_offset: int | None = None  # the partition's last applied offset after the batch (None: no records)
 
 
-# --- hashing for negatives ------------------------------------------------------------------------------------
-
-
-def _mix_scalar(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-    return x ^ (x >> 31)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def draw_uniform(seed: int, partition: int, offsets: np.ndarray, draw: int = 0) -> np.ndarray:
-    """Uniform [0, 1) numbers from (seed, partition, offset, draw): the same whatever the batching."""
-    base = _mix_scalar(_mix_scalar(seed & MASK64) ^ (partition & MASK64))
-    keys = _mix(np.asarray(offsets, dtype=np.int64).astype(np.uint64) ^ np.uint64(base))
-    with np.errstate(over="ignore"):
-        bits = _mix(keys + np.uint64(draw))
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def draw_uniform_one(seed: int, partition: int, offset: int, draw: int) -> float:
-    base = _mix_scalar(_mix_scalar(seed & MASK64) ^ (partition & MASK64))
-    key = _mix_scalar((offset & MASK64) ^ base)
-    return (_mix_scalar((key + draw) & MASK64) >> 11) * 2.0**-53
-
-
 def _fact_chunks(facts: Facts, limit: int = CHUNK_BYTES) -> list[Facts]:
     """Split so that each part's bytes stay under ``limit`` (ids are 8 bytes; ~80 bytes a row besides)."""
     size = 80 + 8 * (facts.cat_lengths + facts.neg_cat_lengths)
@@ -299,7 +158,7 @@ def _fact_chunks(facts: Facts, limit: int = CHUNK_BYTES) -> list[Facts]:
 class WindowingCore:
     """The windowing logic for the partitions a worker owns, with no Kafka in it (tests drive it directly)."""
 
-    def __init__(self, scheme: PeriodScheme, history_len: int = 30, implicit: bool = False, seed: int = 0,
+    def __init__(self, scheme: PeriodScheme, history_len: int = HISTORY_LEN, implicit: bool = False, seed: int = 0,
                  lateness: float = 0.0) -> None:
         self.scheme = scheme
         self.history_len = history_len
@@ -310,7 +169,7 @@ class WindowingCore:
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> WindowingCore:
-        return cls(PeriodScheme.from_settings(settings), settings.history_len, settings.implicit, settings.seed,
+        return cls(period_scheme(settings), settings.history_len, settings.implicit, settings.seed,
                    settings.allowed_lateness)
 
     @property
@@ -334,6 +193,20 @@ class WindowingCore:
 
     def progress(self, partition: int) -> Progress:
         return self.memory(partition).progress
+
+    def partition_gauges(self) -> list[tuple[int, float | None, int, int]]:
+        """Per owned partition (for metrics, from any thread): its watermark, the last period it closed and the
+        events accepted into its open periods."""
+        for _ in range(5):
+            try:  # the dict may change size while the batch thread works: try again
+                owned = sorted(self._memory.items())
+                break
+            except RuntimeError:
+                continue
+        else:
+            return []
+        return [(partition, memory.progress.watermark(self.lateness), memory.progress.closed, memory.open_samples())
+                for partition, memory in owned]
 
     # -- restoring from the state topic ------------------------------------------------------------------------
     def restore(self, partition: int, state: Mapping[str, bytes]) -> Memory:
@@ -397,8 +270,8 @@ class WindowingCore:
         max_ts = np.maximum.accumulate(np.r_[-INF if progress.max_ts is None else progress.max_ts, event_ts])[1:]
         marks = np.where(is_control & np.isfinite(rows["control_ts"]), rows["control_ts"], -INF)
         marker = np.maximum.accumulate(np.r_[-INF if progress.marker is None else progress.marker, marks])[1:]
-        watermark = np.maximum(max_ts - self.lateness, marker)
-        closed = np.maximum(progress.closed, self.scheme.closable_through_many(watermark))
+        marks = watermark(max_ts, marker, self.lateness)
+        closed = np.maximum(progress.closed, self.scheme.closable_through_many(marks))
         period = np.where(is_event, self.scheme.period_of_many(event_ts), 0)
         accepted = is_event & (period > closed)
         late = is_event & (period > 0) & (period <= closed)
@@ -409,7 +282,7 @@ class WindowingCore:
         for i in np.flatnonzero(late | outside).tolist():
             if late[i]:
                 refusals[i] = ("late", f"period {int(period[i])} (ends {self.scheme.end(int(period[i]))}) was closed "
-                                       f"by this partition's watermark {float(watermark[i])}")
+                                       f"by this partition's watermark {float(marks[i])}")
             else:
                 refusals[i] = ("outside periods", f"ts {int(event_ts[i])} is outside every period "
                                                   f"({self._describe_range()})")
@@ -468,10 +341,15 @@ class WindowingCore:
         user, item, ts, label = fast.user, fast.item, fast.ts, fast.label
         for i in np.flatnonzero(~fast.ok).tolist():
             try:
-                what, payload = self._classify(values[i])
+                what, payload = classify_record(values[i])
             except EventError as exc:
                 kind[i] = REFUSED
                 refusals[i] = (exc.reason, "")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a poison record must never stop the role: DLQ it
+                log.warning("unreadable record at row %d of a batch: %s: %s", i, type(exc).__name__, exc)
+                kind[i] = REFUSED
+                refusals[i] = ("unreadable record", f"{type(exc).__name__}: {str(exc)[:200]}")
                 continue
             if what == "control":
                 kind[i] = CONTROL
@@ -499,26 +377,6 @@ class WindowingCore:
         return {"kind": kind, "user": user, "item": item, "ts": ts, "label": label, "control_ts": control_ts,
                 "refusals": refusals, "cat_lengths": cat_lengths, "cat_values": cat_values}
 
-    @staticmethod
-    def _classify(raw: bytes | None) -> tuple[str, Any]:
-        if raw is None:
-            raise EventError("record has no value")
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            parse_event(raw)  # raises EventError with the precise reason
-            raise EventError("invalid JSON") from None  # pragma: no cover - parse_event raised already
-        if isinstance(obj, dict) and "control" in obj:
-            kind, ts = obj.get("control"), obj.get("ts")
-            if obj.get("v", 1) != 1 or kind not in CONTROL_KINDS:
-                raise EventError(f"invalid control record: kind {kind!r}, v {obj.get('v')!r}")
-            if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
-                raise EventError(f"invalid control record: ts {ts!r}")
-            if kind == "watermark" and ts is None:
-                raise EventError("invalid control record: a watermark needs ts")
-            return "control", ts
-        return "event", parse_event(obj)
-
     # -- implicit negatives -------------------------------------------------------------------------------
     def _sample_negatives(self, memory: Memory, partition: int, facts: Facts, batch: Batch) -> Facts:
         """Per accepted event in offset order: grow the catalogue, draw the positive's negative, remember
@@ -542,17 +400,11 @@ class WindowingCore:
                 new_categories.append(list(categories))
             had = memory.had.setdefault(user, set())
             if label == 1:
-                size = len(memory.catalogue)
-                u = float(first[j])
-                for draw in range(NEGATIVE_DRAWS):
-                    if draw:
-                        u = draw_uniform_one(self.seed, partition, offset, draw)
-                    candidate = min(int(u * size), size - 1)
-                    negative = memory.catalogue[candidate]
-                    if negative != item and negative not in had:
-                        neg[j], has_neg[j] = negative, True
-                        neg_categories.append(memory.catalogue_categories[candidate])
-                        break
+                candidate = counter_negative(memory.catalogue, item, had, float(first[j]), self.seed, partition,
+                                             offset)
+                if candidate is not None:
+                    neg[j], has_neg[j] = memory.catalogue[candidate], True
+                    neg_categories.append(memory.catalogue_categories[candidate])
             had.add(item)
         if new_items:
             batch.writes.append((f"c:{partition}:{int(facts.offset[0])}",

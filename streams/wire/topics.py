@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from streams.kafka_config import KafkaSettings
+from streams.wire.kafka_config import KafkaSettings
 
 DEFAULT_PREFIX = "asmg."
 DEFAULT_PARTITIONS = 4
@@ -149,3 +149,13 @@ def create_missing(settings: KafkaSettings, specs: list[TopicSpec], timeout: flo
             else:
                 raise TopicError(f"cannot create topic {name}: {exc}") from exc
     return {spec.name: result[spec.name] for spec in specs}
+
+
+def interactions_partitions(kafka: KafkaSettings, names: TopicNames, timeout: float = 30.0) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient(kafka.confluent_config()).list_topics(names.interactions, timeout=timeout)
+    info = metadata.topics.get(names.interactions)
+    if info is None or info.error is not None or not info.partitions:
+        raise RuntimeError(f"topic {names.interactions} is missing at {kafka.bootstrap_servers}")
+    return len(info.partitions)
