@@ -29,7 +29,8 @@ monitoring: setup
 	.venv/bin/python -m pytest -q tests/test_alert_rules.py tests/test_dashboard.py tests/test_metrics_prometheus.py
 
 # Mutation testing of the core modules against their fast tests (mutmut, installed on first use; see
-# [tool.mutmut] in pyproject.toml). Long: about an hour on 2 cores.
+# [tool.mutmut] in pyproject.toml). Long: ~3,000 mutants, 1-3 hours on 2 cores; the cheapest run first and
+# an interrupted run keeps its results (`.venv/bin/mutmut results`). MUTMUT_CHILDREN sets the parallelism.
 mutation: setup
 	scripts/mutation
 
