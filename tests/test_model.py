@@ -196,6 +196,20 @@ def test_residual_generator_starts_as_the_last_input():
     assert torch.equal(outputs[-1]["user_emb"], xs[-1])
 
 
+def test_step_weights_of_the_variants():
+    """Which window steps the generator is trained on, and how much each counts (the paper's variants)."""
+    def weights(variant: str, steps: int) -> list[float]:
+        return AsmgMethod(RunConfig(), torch.device("cpu"), variant).step_weights(steps)
+
+    assert weights("multi", 3) == pytest.approx([1 / 6, 2 / 6, 3 / 6])  # i / sum(1..k): later steps count more
+    assert weights("multi", 1) == [1.0]
+    assert weights("unif", 4) == pytest.approx([0.25] * 4)
+    assert weights("single", 3) == weights("linear", 3) == [0.0, 0.0, 1.0]  # the last step only
+    assert weights("zero", 2) == weights("full", 2) == pytest.approx([1 / 3, 2 / 3])  # as multi
+    assert AsmgMethod(RunConfig(), torch.device("cpu"), "linear").name == "asmg-linear"
+    assert AsmgMethod(RunConfig(), torch.device("cpu"), "unif").name == "asmg-gru-unif"
+
+
 def _asmg_with_window(row_gather: bool, output="direct", normalize=False):
     # a vocabulary much larger than the batches: each batch touches a scattered few rows of every table, so
     # the gathered rows are not 0..n-1 and a wrong re-indexing reads other rows than the full-table path
