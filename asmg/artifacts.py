@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from safetensors.torch import save as save_tensors
 from asmg.model import Params
 
 FORMAT = 1
+WRITE_FAULT_ENV = "ASMG_WRITE_FAULT"  # tests only: SIGKILL half way through writing a file whose path ends so
 TENSORS = "tensors.safetensors"
 MANIFEST = "manifest.json"
 
@@ -43,8 +46,18 @@ def _write(filesystem: fs.FileSystem, path: str, data: bytes) -> None:
     """Write beside, then move into place: a reader never sees half a file."""
     tmp = path + ".tmp"
     with filesystem.open_output_stream(tmp) as stream:
+        if (fault := os.environ.get(WRITE_FAULT_ENV)) and path.endswith(fault):
+            _die_half_written(stream, data, path)
         stream.write(data)
     filesystem.move(tmp, path)
+
+
+def _die_half_written(stream: Any, data: bytes, path: str) -> None:
+    """Fault injection (tests only): half the bytes reach the file, then the process dies (SIGKILL)."""
+    stream.write(data[: len(data) // 2])
+    stream.flush()
+    os.write(2, f"fault injection: killed while writing {path}\n".encode())
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _read(filesystem: fs.FileSystem, path: str) -> bytes:

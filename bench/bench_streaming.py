@@ -63,11 +63,20 @@ from asmg_cli.pipeline import (  # noqa: E402 - the local-pipeline harness, as `
 console = Console(stderr=True, highlight=False)
 
 
+def default_data_dir() -> Path:
+    """As the Makefile: $ASMG_DATA_DIR, else the shared copy beside the repository, else data/ml-100k."""
+    if os.environ.get("ASMG_DATA_DIR"):
+        return Path(os.environ["ASMG_DATA_DIR"])
+    shared = REPO.parent / "shared" / "datasets" / "ml-100k"
+    return shared if shared.is_dir() else REPO / "data" / "ml-100k"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="ml-100k", help="dataset to replay, or 'synthetic'")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ASMG_DATA_DIR",
-                                                                        "/work/shared/datasets/ml-100k")))
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                   help="ML-100K folder (default: $ASMG_DATA_DIR, else ../shared/datasets/ml-100k beside the "
+                        "repository, else data/ml-100k; missing data: the synthetic log)")
     p.add_argument("--synthetic-events", type=int, default=102_300,
                    help="size of the synthetic drifting log (--dataset synthetic, or ml-100k absent)")
     p.add_argument("--replay-events", type=int, default=100_000, help="events of the replay/perf-test phase")

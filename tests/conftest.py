@@ -58,15 +58,19 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer(image).with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from streams.local.broker import BrokerConfig, LocalBroker, free_port
+    from streams.local.broker import BrokerConfig, BrokerError, LocalBroker, free_port
 
-    port = free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    broker = LocalBroker(BrokerConfig(home=tmp_path_factory.mktemp("kafka"), port=port,
-                                      controller_port=controller_port, heap="384m"))
-    broker.start(timeout=180, die_with_parent=True)
+    failures = []
+    for _ in range(3):  # the ports are free when picked; another process may bind one first: pick again
+        broker = LocalBroker(BrokerConfig(home=tmp_path_factory.mktemp("kafka"), port=free_port(),
+                                          controller_port=free_port(), heap="384m"))
+        try:
+            broker.start(timeout=180, die_with_parent=True)
+            break
+        except BrokerError as exc:
+            failures.append(str(exc))
+    else:
+        pytest.fail("the test broker did not start:\n" + "\n".join(failures), pytrace=False)
     try:
         yield broker.config.bootstrap
     finally:

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,6 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from streams.local.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -52,12 +53,6 @@ def binary(name: str) -> str:
     pytest.fail(message, pytrace=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Prometheus:
     """``prometheus`` on 127.0.0.1:<free port>, scraping ``targets`` (job -> [host:port, ...]) every second."""
 
@@ -78,7 +73,16 @@ class Prometheus:
         self.log = workdir / "prometheus.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> Prometheus:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> Prometheus:
+        """Start and wait until ready; on a port another process took meanwhile, again on a fresh port."""
+        for attempt in range(attempts):
+            if self._start(timeout, last=attempt == attempts - 1):
+                return self
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float, last: bool) -> bool:
         exe = binary("prometheus")
         self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([exe, f"--config.file={self.config}",
@@ -89,11 +93,14 @@ class Prometheus:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._out.close()
+                if not last and "address already in use" in self.tail():
+                    return False
                 pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.tail()}", pytrace=False)
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
                     if response.status == 200:
-                        return self
+                        return True
             except OSError:
                 pass
             time.sleep(0.2)

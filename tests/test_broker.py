@@ -55,13 +55,12 @@ def test_settings_errors_name_the_variable(env: dict[str, str], message: str) ->
         KafkaSettings.from_env(env)
 
 
+@pytest.mark.timeout(60)  # a hang is a failure: the probes give up after their own timeouts (3 s and 2 s)
 def test_bad_bootstrap_server_fails_fast_with_clear_error() -> None:
-    started = time.monotonic()
     with pytest.raises(BrokerError, match=r"localhost:\d+ did not answer a metadata request within 3s"):
         check_reachable(KafkaSettings.local(free_port()), timeout=3)
     with pytest.raises(BrokerError, match="did not answer"):
         check_reachable(KafkaSettings(bootstrap_servers="no-such-host.invalid:9092"), timeout=2)
-    assert time.monotonic() - started < 20
 
 
 def test_start_refuses_a_port_in_use(tmp_path: Path) -> None:

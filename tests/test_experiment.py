@@ -1,21 +1,20 @@
 """The offline protocol end to end through the CLI, on ml-100k cut into a few periods."""
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from asmg_cli.main import app
+from tests.helpers import require_ml100k
 
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 SMALL = ["--periods", "8", "--pretrain-periods", "3", "--first-test-period", "6", "--pretrain-epochs", "1"]
 
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp")
-    result = CliRunner().invoke(app, ["experiment", "--data-dir", str(ML100K), "--methods",
+    result = CliRunner().invoke(app, ["experiment", "--data-dir", str(require_ml100k()), "--methods",
                                       "iu,bu-2,asmg-linear,asmg-gru-multi", "--seeds", "0,1", "--out", str(out),
                                       "--workers", "1", "--cache-dir", str(out / "cache"), *SMALL])
     assert result.exit_code == 0, result.output
@@ -48,7 +47,8 @@ def test_seeds_give_different_runs_and_same_seed_repeats(small_run, tmp_path):
     runs = json.loads((out / "results.json").read_text())["runs"]
     iu = [r for r in runs if r["method"] == "iu"]
     assert iu[0]["mean_auc"] != iu[1]["mean_auc"]
-    again = CliRunner().invoke(app, ["experiment", "--data-dir", str(ML100K), "--methods", "iu", "--seeds", "0",
+    again = CliRunner().invoke(app, ["experiment", "--data-dir", str(require_ml100k()), "--methods", "iu",
+                                     "--seeds", "0",
                                      "--out", str(tmp_path), "--workers", "1", "--cache-dir", str(out / "cache"),
                                      *SMALL])
     assert again.exit_code == 0, again.output
@@ -57,7 +57,7 @@ def test_seeds_give_different_runs_and_same_seed_repeats(small_run, tmp_path):
 
 
 def test_unknown_method_is_a_clear_error(tmp_path):
-    result = CliRunner().invoke(app, ["experiment", "--data-dir", str(ML100K), "--methods", "iu,magic",
+    result = CliRunner().invoke(app, ["experiment", "--data-dir", str(require_ml100k()), "--methods", "iu,magic",
                                       "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert "unknown method 'magic'" in result.output

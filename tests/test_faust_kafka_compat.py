@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -73,8 +72,7 @@ def test_faust_worker_consumes_from_this_broker(kafka_settings: KafkaSettings, t
         "RESULT": str(tmp_path / "result.txt"),
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin",
     }
-    started = time.monotonic()
-    try:
+    try:  # a hang is a failure (the timeout), its duration otherwise no concern of this test
         done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                               timeout=150, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -84,4 +82,3 @@ def test_faust_worker_consumes_from_this_broker(kafka_settings: KafkaSettings, t
     result = tmp_path / "result.txt"
     assert result.exists(), f"faust exited {done.returncode} without consuming:\n{output[-4000:]}"
     assert result.read_text() == f"{N_MESSAGES} {N_MESSAGES}"
-    assert time.monotonic() - started < 150

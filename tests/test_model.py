@@ -9,9 +9,17 @@ import torch.nn.functional as F
 
 from asmg.batches import BatchMaker, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
-from asmg.generator import CoordinateGRU, GruGenerator
-from asmg.methods.meta import AsmgMethod
-from asmg.model import compact_batch, grow_params, init_params, logits, mlp_shapes
+from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator, as_rows
+from asmg.methods.meta import AsmgMethod, _compact_all
+from asmg.model import (
+    compact_batch,
+    grow_params,
+    init_params,
+    logits,
+    mlp_shapes,
+    serving_copy,
+    table_sizes,
+)
 from asmg.train import train_base
 from asmg.vocab import Vocabularies, Vocabulary
 from tests.helpers import tiny_samples
@@ -39,17 +47,18 @@ def test_forward_equals_a_direct_computation():
     _, vocabs, data = _encoded()
     params = init_params(vocabs.sizes(), seed=1)
     maker = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu"))
-    batch = maker.batch(data, slice(0, 5))
+    rows = torch.tensor([0, 1, *torch.nonzero(data.history.gt(0).sum(1) >= 3).flatten()[-6:].tolist()])
+    batch = maker.batch(data, rows)  # two events without a history, six with three items or more
     out = logits(params, batch)
     table = vocabs.item_categories.table
-    for b in range(5):
+    for b, row in enumerate(rows.tolist()):
         def item_vec(i):
             cats = [c for c in table[i] if c > 0]
             cat = params["cat_emb"][cats].mean(0) if cats else torch.zeros(8)
             return torch.cat([params["item_emb"][i], cat])
-        hist = [int(h) for h in data.history[b] if h > 0]
+        hist = [int(h) for h in data.history[row] if h > 0]
         hv = torch.stack([item_vec(h) for h in hist]).mean(0) if hist else torch.zeros(16)
-        x = torch.cat([params["user_emb"][data.user[b]], hv, item_vec(int(data.item[b]))])
+        x = torch.cat([params["user_emb"][data.user[row]], hv, item_vec(int(data.item[row]))])
         for layer in range(3):
             x = F.linear(x, params[f"mlp.{layer}.weight"], params[f"mlp.{layer}.bias"])
             x = F.relu(x) if layer < 2 else x
@@ -80,9 +89,36 @@ def test_unknown_ids_fall_back_to_row_zero():
     _, vocabs, data = _encoded()
     small = {k: max(2, v // 2) for k, v in vocabs.sizes().items()}
     params = init_params(small, seed=0)
-    batch = BatchMaker(vocabs.item_categories.table, small, torch.device("cpu")).batch(data, slice(0, 200))
-    assert int(batch.user.max()) < small["user"] and int(batch.item.max()) < small["item"]
-    assert torch.isfinite(logits(params, batch)).all()
+    n = 200
+    batch = BatchMaker(vocabs.item_categories.table, small, torch.device("cpu")).batch(data, slice(0, n))
+    user, item, history = data.user[:n], data.item[:n], data.history[:n]
+    unknown_user, unknown_item = user >= small["user"], item >= small["item"]
+    unknown_history = (history >= small["item"]) & (history > 0)
+    assert unknown_user.any() and (~unknown_user).any() and unknown_item.any() and (~unknown_item).any()
+    assert torch.equal(batch.user, torch.where(unknown_user, 0, user))
+    assert torch.equal(batch.item, torch.where(unknown_item, 0, item))
+    assert torch.equal(batch.history, torch.where(history >= small["item"], 0, history))
+    assert torch.equal(batch.history_mask, history > 0)  # an unknown history item still counts, as row 0
+    base = logits(params, batch)
+    assert torch.isfinite(base).all()
+    # row 0 of a table moves exactly the scores of the events that use an unknown id of it
+    for name, uses_row_zero in (("user_emb", unknown_user),
+                                ("item_emb", unknown_item | unknown_history.any(1))):
+        moved = dict(params)
+        moved[name] = params[name].clone()
+        moved[name][0] += 1.0
+        changed = (logits(moved, batch) - base).abs() > 1e-7
+        assert torch.equal(changed, uses_row_zero), name
+
+
+def test_serving_copy_sets_the_fallback_row_to_the_mean_of_the_known_rows():
+    params = init_params({"user": 5, "item": 1, "category": 3}, seed=0)  # no item known yet: row 0 only
+    served = serving_copy(params)
+    assert torch.equal(served["user_emb"][0], params["user_emb"][1:].mean(0))
+    assert torch.equal(served["user_emb"][1:], params["user_emb"][1:])
+    assert torch.equal(served["item_emb"], params["item_emb"])  # nothing to average: kept, never NaN
+    assert torch.equal(served["cat_emb"], params["cat_emb"])  # categories have no fallback row of their own
+    assert served["user_emb"] is not params["user_emb"] and not served["user_emb"].requires_grad
 
 
 def test_gru_step_equals_direct_computation():
@@ -102,6 +138,56 @@ def test_gru_step_equals_direct_computation():
             assert y[r, c].item() == pytest.approx((hn @ cell.w_hy[c] + cell.b_y[c]).item(), abs=1e-6)
 
 
+def test_linear_generator_is_a_weighted_sum_of_the_window():
+    generator = LinearGenerator(k=3)
+    assert torch.equal(generator.alpha.detach(), torch.full((3,), 1 / 3))  # starts as the window's mean
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 8, generator=gen) for _ in range(3)]
+    with torch.no_grad():
+        generator.alpha.copy_(torch.tensor([0.2, -0.5, 1.5]))
+    outputs, state = generator.run({"item_emb": xs, "mlp.0.bias": [x[0] for x in xs]}, {})
+    assert state == {} and outputs[:2] == [{}, {}]  # only the last step has an output
+    expected = 0.2 * xs[0] - 0.5 * xs[1] + 1.5 * xs[2]
+    assert torch.allclose(outputs[-1]["item_emb"], expected, atol=1e-6)
+    assert torch.allclose(outputs[-1]["mlp.0.bias"], expected[0], atol=1e-6)
+    # a window not yet full uses the newest weights
+    short, _ = generator.run({"item_emb": xs[1:]}, {})
+    assert torch.allclose(short[-1]["item_emb"], -0.5 * xs[1] + 1.5 * xs[2], atol=1e-6)
+    with pytest.raises(ValueError):  # more inputs than weights is an error, not a silent truncation
+        generator.run({"item_emb": [*xs, xs[0]]}, {})
+
+
+def test_gru_generator_layout_init_and_carried_state():
+    """The coordinate layout is the canonical parameter order (checkpoints restore generators by position),
+    GRU weights start within +-1/sqrt(H) and the residual output layer at 0, and the state kept for the next
+    period is the one after the FIRST step of the window."""
+    shapes = {"mlp.1.bias": (10,), "mlp.0.weight": (20, 40), "item_emb": (6, 8), "mlp.0.bias": (20,),
+              "user_emb": (5, 8)}
+    hidden = 4
+    generator = GruGenerator(shapes, hidden=hidden, residual=True, gen=torch.Generator().manual_seed(0))
+    assert generator.names == ["user_emb", "item_emb", "mlp.0.weight", "mlp.0.bias", "mlp.1.bias"]
+    assert generator.dense == ["mlp.0.weight", "mlp.0.bias", "mlp.1.bias"]
+    for cell in generator.cells.values():
+        for weights in (cell.u, cell.w):
+            assert weights.abs().max() <= 1 / math.sqrt(hidden) and weights.min() < 0 < weights.max()
+        assert not cell.w_hy.any() and not cell.b_y.any()
+    gen = torch.Generator().manual_seed(1)
+    params = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+    inputs = {n: [torch.randn(as_rows(n, p).shape, generator=gen) for _ in range(3)] for n, p in params.items()}
+    h0 = {g: torch.randn(h.shape, generator=gen) for g, h in generator.zero_state(params).items()}
+    outputs, first = generator.run(inputs, h0)
+    _, after_first = generator.cells["user_emb"].step(inputs["user_emb"][0], h0["user_emb"])
+    assert torch.equal(first["user_emb"], after_first)
+    dense_x = torch.cat([inputs[n][0] for n in generator.dense], dim=1)
+    assert torch.equal(first["dense"], generator.cells["dense"].step(dense_x, h0["dense"])[1])
+    # with scales: the GRU sees x / s and its output is scaled back by s, per parameter
+    scales = {n: 0.5 + i for i, n in enumerate(generator.names)}
+    scaled_out, _ = generator.run(inputs, h0, scales)
+    plain_out, _ = generator.run({n: [x / scales[n] for x in xs] for n, xs in inputs.items()}, h0)
+    for name in generator.names:
+        assert torch.allclose(scaled_out[-1][name], plain_out[-1][name] * scales[name], atol=1e-6), name
+
+
 def test_residual_generator_starts_as_the_last_input():
     gen = torch.Generator().manual_seed(0)
     generator = GruGenerator({"user_emb": (4, 8)}, hidden=4, residual=True, gen=gen)
@@ -110,8 +196,26 @@ def test_residual_generator_starts_as_the_last_input():
     assert torch.equal(outputs[-1]["user_emb"], xs[-1])
 
 
+def test_step_weights_of_the_variants():
+    """Which window steps the generator is trained on, and how much each counts (the paper's variants)."""
+    def weights(variant: str, steps: int) -> list[float]:
+        return AsmgMethod(RunConfig(), torch.device("cpu"), variant).step_weights(steps)
+
+    assert weights("multi", 3) == pytest.approx([1 / 6, 2 / 6, 3 / 6])  # i / sum(1..k): later steps count more
+    assert weights("multi", 1) == [1.0]
+    assert weights("unif", 4) == pytest.approx([0.25] * 4)
+    assert weights("single", 3) == weights("linear", 3) == [0.0, 0.0, 1.0]  # the last step only
+    assert weights("zero", 2) == weights("full", 2) == pytest.approx([1 / 3, 2 / 3])  # as multi
+    assert AsmgMethod(RunConfig(), torch.device("cpu"), "linear").name == "asmg-linear"
+    assert AsmgMethod(RunConfig(), torch.device("cpu"), "unif").name == "asmg-gru-unif"
+
+
 def _asmg_with_window(row_gather: bool, output="direct", normalize=False):
-    samples, vocabs, data = _encoded(n_events=900)
+    # a vocabulary much larger than the batches: each batch touches a scattered few rows of every table, so
+    # the gathered rows are not 0..n-1 and a wrong re-indexing reads other rows than the full-table path
+    samples = tiny_samples(n_events=1000, n_users=300, n_items=400, category_mods=(37, 23))
+    vocabs = Vocabularies()
+    data = encode_period(samples, vocabs, period=1, history_len=30)
     cfg = RunConfig(meta=MetaConfig(row_gather=row_gather, output=output, normalize=normalize))
     method = AsmgMethod(cfg, torch.device("cpu"), "multi")
     params = init_params(vocabs.sizes(), seed=0)
@@ -123,7 +227,8 @@ def _asmg_with_window(row_gather: bool, output="direct", normalize=False):
     gen = torch.Generator().manual_seed(5)
     method.hidden = {n: torch.randn(h.shape, generator=gen) * 0.1 for n, h in method.hidden.items()}
     maker = BatchMaker(cats, vocabs.sizes(), torch.device("cpu"))
-    batches = {i: maker.batch(data, torch.arange(i * 100, i * 100 + 128)) for i in range(3)}
+    picks = torch.randperm(len(data), generator=torch.Generator().manual_seed(3))
+    batches = {i: maker.batch(data, picks[i * 6:(i + 1) * 6]) for i in range(3)}  # later events: long histories
     return method, batches
 
 
@@ -132,6 +237,12 @@ def test_row_gather_equals_full_table_loss_and_gradients(output, normalize):
     results = []
     for row_gather in (True, False):
         method, batches = _asmg_with_window(row_gather, output, normalize)
+        if row_gather:  # the gather is not the identity: a strict, scattered subset of every table
+            rows, _ = _compact_all(batches)
+            for name, picked in rows.items():
+                size = method.base[name].shape[0]
+                assert 1 < len(picked) < size, (name, len(picked), size)
+                assert not torch.equal(picked, torch.arange(len(picked))), name
         torch.manual_seed(0)
         for p in method.generator.parameters():  # non-trivial output layer in both cases
             torch.nn.init.uniform_(p, -0.3, 0.3, generator=torch.Generator().manual_seed(p.numel()))
@@ -140,17 +251,46 @@ def test_row_gather_equals_full_table_loss_and_gradients(output, normalize):
         results.append((loss.item(), {n: p.grad.clone() for n, p in method.generator.named_parameters()}))
     (loss_rows, grads_rows), (loss_full, grads_full) = results
     assert math.isfinite(loss_rows)
-    assert loss_rows == pytest.approx(loss_full, abs=1e-5)
+    assert loss_rows == pytest.approx(loss_full, abs=1e-6)
     for name, grad in grads_full.items():
-        assert torch.allclose(grads_rows[name], grad, atol=1e-5), name
-    assert any(g.abs().sum() > 0 for g in grads_full.values())
+        assert torch.allclose(grads_rows[name], grad, atol=1e-6), name
+        assert grad.abs().sum() > 0, name  # every table's generator takes part in the loss
+
+
+def test_asmg_grow_extends_every_window_model_with_the_same_seeded_rows():
+    """New ids: every model of the window gets the same fresh rows (drawn from the period's seeded generator,
+    so a stream replay and the offline run grow alike), the window keeps its length, new hidden rows are 0."""
+    method, _ = _asmg_with_window(True)
+    method.base = method.models[-1]
+    before, hidden = [dict(m) for m in method.models], dict(method.hidden)
+    sizes = {kind: n + 4 for kind, n in table_sizes(method.base).items()}
+    added = method.grow(sizes, seeded(0, 9, 3))
+    _, expected = grow_params(before[-1], sizes, seeded(0, 9, 3))
+    assert added.keys() == expected.keys() == {"user_emb", "item_emb", "cat_emb"}
+    assert all(torch.equal(added[n], expected[n]) for n in expected)
+    assert len(method.models) == len(before) and method.models[-1] is method.base
+    for old, new in zip(before, method.models, strict=True):
+        for name, rows in expected.items():
+            assert torch.equal(new[name], torch.cat([old[name], rows])), name
+    for name, rows in expected.items():
+        assert torch.equal(method.hidden[name][: hidden[name].shape[0]], hidden[name])
+        assert method.hidden[name].shape[0] == hidden[name].shape[0] + rows.shape[0]
+        assert not method.hidden[name][hidden[name].shape[0]:].any()
 
 
 def test_compact_batch_keeps_row_zero_first():
-    _, vocabs, data = _encoded()
-    batch = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu")).batch(data, slice(0, 64))
+    samples = tiny_samples(n_events=600, n_users=300, n_items=400, category_mods=(37, 23))
+    vocabs = Vocabularies()
+    data = encode_period(samples, vocabs, period=1, history_len=30)
+    batch = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu")).batch(data, slice(300, 310))
     rows, local = compact_batch(batch)
-    for name in rows:
+    for name, kind in (("user_emb", "user"), ("item_emb", "item"), ("cat_emb", "category")):
         assert rows[name][0] == 0
+        assert torch.equal(rows[name], torch.unique(rows[name]))  # sorted, each row once
+        assert len(rows[name]) < vocabs.sizes()[kind]  # a real subset: the re-indexing is not the identity
+    assert torch.equal(rows["user_emb"][local.user], batch.user)
     assert torch.equal(rows["item_emb"][local.item], batch.item)
+    assert torch.equal(rows["item_emb"][local.history], batch.history)
+    assert torch.equal(rows["cat_emb"][local.item_cats], batch.item_cats)
     assert torch.equal(rows["cat_emb"][local.history_cats], batch.history_cats)
+    assert not torch.equal(local.item, batch.item)

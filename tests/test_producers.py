@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,8 +16,8 @@ from asmg.data.movielens import load_ml100k
 from asmg.events import events_from_log
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.topics import TopicNames, ensure_topics
+from tests.helpers import require_ml100k
 
-ML100K = "/work/shared/datasets/ml-100k"
 pytestmark = pytest.mark.kafka
 
 
@@ -45,9 +46,10 @@ def consume(settings: KafkaSettings, topic: str, expected: int, timeout: float =
 def test_replay_ml100k_slice_round_trips(kafka_settings: KafkaSettings, topic_names: TopicNames) -> None:
     from asmg_cli.main import app
 
+    ml100k = require_ml100k()
     n = 3000
     result = CliRunner().invoke(app, [
-        "replay", "--dataset", "ml-100k", "--data-dir", ML100K, "--limit", str(n), "--max",
+        "replay", "--dataset", "ml-100k", "--data-dir", str(ml100k), "--limit", str(n), "--max",
         "--bootstrap-servers", kafka_settings.bootstrap_servers, "--topic-prefix", topic_names.prefix,
         "--partitions", "3",
     ])
@@ -56,7 +58,7 @@ def test_replay_ml100k_slice_round_trips(kafka_settings: KafkaSettings, topic_na
 
     records = consume(kafka_settings, topic_names.interactions, n)
     assert len(records) == n
-    expected = {e["event_id"]: e for e in events_from_log(load_ml100k(ML100K), stop=n)}
+    expected = {e["event_id"]: e for e in events_from_log(load_ml100k(ml100k), stop=n)}
     got = {}
     for record in records:
         event = json.loads(record.value())
@@ -70,15 +72,57 @@ def test_replay_ml100k_slice_round_trips(kafka_settings: KafkaSettings, topic_na
     assert len({r.partition() for r in records}) == 3
 
 
-def test_replay_rate_paces_the_stream(kafka_settings: KafkaSettings, topic_names: TopicNames) -> None:
+class ClockedProducer:
+    """A real producer on a simulated clock: ``poll(timeout)`` advances the clock by the timeout instead of
+    waiting, and every ``produce`` notes the clock. Pacing is then checked exactly, not against a wall clock."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.now = 0.0
+        self.sent: list[tuple[float, bytes]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def produce(self, topic: str, value: bytes, **kwargs: Any) -> None:
+        self.producer.produce(topic, value=value, **kwargs)
+        self.sent.append((self.now, value))
+
+    def poll(self, timeout: float = 0) -> int:
+        self.now += max(0.0, timeout)
+        return self.producer.poll(0)
+
+    def flush(self, timeout: float) -> int:
+        return self.producer.flush(timeout)
+
+
+def test_replay_rate_paces_the_stream(kafka_settings: KafkaSettings, topic_names: TopicNames, monkeypatch) -> None:
+    import types
+
+    from producers import replay
     from producers.producer import make_producer
     from producers.replay import Pacing, replay_log
+    from tests.helpers import tiny_log
 
     ensure_topics(kafka_settings, topic_names, partitions=1)
-    log = load_ml100k(ML100K)
-    result = replay_log(log, make_producer(kafka_settings), topic_names.interactions, Pacing(rate=500), 0, 300)
-    assert result.events == 300
-    assert 0.55 <= result.seconds < 5, result.summary()
+    log = tiny_log(n_events=400)
+    clocked = ClockedProducer(make_producer(kafka_settings))
+    monkeypatch.setattr(replay, "time", types.SimpleNamespace(monotonic=clocked.monotonic))
+    rate, n = 500.0, 300
+    result = replay_log(log, clocked, topic_names.interactions, Pacing(rate=rate), 0, n)
+    assert result.events == n
+    # event i goes out once its due time i / rate has come, and no later than one poll (50 ms) after it
+    assert len(clocked.sent) == n
+    for i, (at, _) in enumerate(clocked.sent):
+        assert i / rate <= at <= i / rate + 0.05 + 1e-9, (i, at)
+    assert result.seconds == pytest.approx((n - 1) / rate, abs=0.05)  # simulated seconds
+    # and every one of them reached the topic, in order (one partition)
+    records = consume(kafka_settings, topic_names.interactions, n)
+    assert [r.value() for r in records] == [value for _, value in clocked.sent]
+    # event-time pacing: due at (ts - ts0) / speedup
+    ts = np.array([100, 100, 130, 400])
+    assert Pacing(speedup=10).offsets(np.arange(4), ts, 100).tolist() == [0.0, 0.0, 3.0, 30.0]
+    assert Pacing().offsets(np.arange(4), ts, 100) is None
     with pytest.raises(ValueError, match="either a rate or a speedup"):
         Pacing(rate=1, speedup=2)
 

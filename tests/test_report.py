@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,13 +93,14 @@ def test_report_of_a_streaming_run(tmp_path: Path) -> None:
 
 
 def test_report_picks_the_newest_run_and_reads_manifests(tmp_path: Path) -> None:
-    old, new = tmp_path / "asmg.demo-1", tmp_path / "asmg.demo-2"
-    for run_dir, auc in ((old, 0.6), (new, 0.8)):
+    # the newer run has the smaller name: "newest" is by modification time, not by name
+    old, new = tmp_path / "asmg.demo-2", tmp_path / "asmg.demo-1"
+    for run_dir, auc, mtime in ((old, 0.6, 1_700_000_000), (new, 0.8, 1_700_000_100)):
         manifest = run_dir / "models" / "asmg" / "v000001-p0004" / "manifest.json"
         manifest.parent.mkdir(parents=True)
         manifest.write_text(json.dumps({"format": 1, "kind": "model", "version": 1, "period": 4,
                                         "method": "iu", "metrics": {"auc": auc, "logloss": 0.5}}))
-        time.sleep(0.02)
+        os.utime(run_dir, (mtime, mtime))
     run = load_run(tmp_path)
     assert run.points[0].auc == 0.8 and "newest" in run.notes[0] and "manifests" in " ".join(run.notes)
     path, _ = report(tmp_path, out=tmp_path / "out" / "page.html", write_pngs=False)

@@ -2,12 +2,13 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from asmg.data.log import DataError, make_log
 from asmg.data.negatives import sample_negatives
 from asmg.data.periods import calendar_bounds, equal_count_bounds
-from asmg.data.samples import build_samples, history_matrix, padded_from_ragged
+from asmg.data.samples import build_samples, history_matrix, padded_from_ragged, ragged_from_padded
 
 
 def _log(rows, implicit=False, categories=None):
@@ -51,6 +52,8 @@ def test_history_matrix_matches_a_direct_loop_on_random_data():
         expected = [item[j] for j in range(n) if user[j] == user[i] and ts[j] < ts[i] and label[j] > 0][-5:]
         assert lengths[i] == len(expected)
         assert list(hist[i, 5 - lengths[i]:]) == expected
+        assert not hist[i, : 5 - lengths[i]].any()  # left-padded with 0
+    assert hist.dtype == np.int64 and (lengths < 5).any()
 
 
 def test_padded_ragged_round_trip_survives_slicing():
@@ -59,6 +62,9 @@ def test_padded_ragged_round_trip_survives_slicing():
     padded, lengths = padded_from_ragged(part["history"], 30)
     assert list(lengths) == [3, 4, 5, 6]
     assert list(padded[-1, -6:]) == [1, 2, 3, 4, 5, 6]
+    assert padded.dtype == np.int64 and not padded[:, :24].any()
+    empty = ragged_from_padded(np.zeros((3, 30), np.int64), np.zeros(3, np.int64))  # no history at all
+    assert str(pa.array(empty).type) == "list<item: int64>" and [list(h) for h in empty] == [[], [], []]
 
 
 def test_negatives_avoid_items_the_user_had_by_then():
@@ -72,6 +78,17 @@ def test_negatives_avoid_items_the_user_had_by_then():
         assert not any(i == item and t <= ts for i, t in seen[user])
     # user 1 at t=30 had items 1, 2, 3 (3 at that very second): only item 4 is left
     assert negatives.iloc[2]["item_id"] == 4
+
+
+def test_negatives_repeat_with_the_seed_and_change_with_it():
+    rng = np.random.default_rng(0)
+    rows = [(int(u), int(i), int(t), 1) for u, i, t in zip(rng.integers(1, 20, 400), rng.integers(1, 50, 400),
+                                                            np.sort(rng.integers(0, 1000, 400)), strict=True)]
+    log = _log(rows, implicit=True)
+    first, again, other = (build_samples(log, seed=s) for s in (5, 5, 6))
+    negatives = lambda frame: frame.loc[frame.label == 0, "item_id"].tolist()  # noqa: E731
+    assert negatives(first) == negatives(again)  # a replay of the same log draws the same negatives
+    assert negatives(first) != negatives(other)
 
 
 def test_negative_sampling_is_uniform_over_unseen_items():

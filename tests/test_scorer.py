@@ -34,8 +34,16 @@ from asmg.model import init_params, serving_copy
 from asmg.records import ModelRecord, RecordError, parse_model_record
 from asmg.serving import Scorer
 from asmg.vocab import Vocabularies
+from streams.scorer import evaluation as scorer_eval
 from streams.scorer.command import scorer_command
-from streams.scorer.evaluation import Evaluator, Prequential, UserHistories, padded_rows, quality_row
+from streams.scorer.evaluation import (
+    Evaluator,
+    Prequential,
+    UserHistories,
+    padded_rows,
+    quality_row,
+    score_rows,
+)
 from streams.scorer.service import ScorerOptions, ScorerService, _event, parse_score_request, running
 from streams.scorer.state import ModelHolder
 from streams.wire.kafka_config import KafkaSettings
@@ -299,15 +307,36 @@ def test_padded_rows_never_look_up_padding() -> None:
     assert rows[1].tolist() == [0, 0, *vocabs.items.lookup(np.array([100, 0])).tolist()]
 
 
-def test_sampled_negatives_for_implicit_streams(tmp_path: Path) -> None:
+def test_sampled_negatives_for_implicit_streams(tmp_path: Path, monkeypatch) -> None:
     holder = ModelHolder()
     model = holder.offer([make_model(tmp_path, 1, period=5)])
     evaluator = Evaluator(PeriodScheme(length=1000, origin=0), UserHistories(), Prequential(), negatives=2, seed=1)
     events = [Event(int(u), int(100 + (u + k) % 5), 5000 + k) for k in range(20) for u in USERS]
+    scored: list[tuple[np.ndarray, np.ndarray, list]] = []
+
+    def recording(model, users, items, histories, *args):  # what the evaluator scores, then the real scoring
+        scored.append((users.copy(), items.copy(), [list(h) for h in histories]))
+        return score_rows(model, users, items, histories, *args)
+
+    monkeypatch.setattr(scorer_eval, "score_rows", recording)
     assert evaluator.process(events, model) == 3 * len(events)
     row = evaluator.prequential.report()[6]
     assert row["n"] == 3 * len(events) and row["positives"] == len(events)
     assert evaluator.counts["negatives"] == 2 * len(events)
+    [(users, items, histories)] = scored
+    n = len(events)
+    assert users[:n].tolist() == [e.user_id for e in events] and items[:n].tolist() == [e.item_id for e in events]
+    # each positive's two negatives: the positive's user and history, an item of the model's catalogue that is
+    # neither the positive's item nor one in the user's history (the users here had 5 items of 21, so a
+    # sampler that ignored them would hit one of them within these 200 draws)
+    catalogue = set(model.scorer.artifact.items.tolist())
+    assert len(items) == 3 * n
+    for row_index in range(n, 3 * n):
+        owner = (row_index - n) // 2  # negatives follow the positives, two per positive in order
+        assert users[row_index] == users[owner] and histories[row_index] == histories[owner]
+        assert items[row_index] in catalogue
+        assert items[row_index] not in {int(items[owner]), *histories[owner]}, (row_index, owner)
+    assert any(histories[i] for i in range(n)), "no history to avoid"
 
 
 def test_parse_score_request() -> None:
@@ -343,10 +372,10 @@ def test_serves_newest_swaps_atomically_and_refuses_bad_checksums(kafka_settings
 
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(hammer, w) for w in range(4)]
-            time.sleep(0.3)
+            wait_for(lambda: all(any(v == 2 for _, v in r) for r in results), what="every client served by v2")
             publish_records(kafka_settings, topic_names, v3)
             wait_for(lambda: served_version(url) == 3, what="v3 served")
-            time.sleep(0.3)
+            wait_for(lambda: all(any(v == 3 for _, v in r) for r in results), what="every client served by v3")
             stop.set()
             for future in futures:
                 future.result()

@@ -1,5 +1,6 @@
 """The per-period update path: protocol order, checkpoints that resume exactly, method interface."""
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -65,7 +66,11 @@ def test_meta_training_changes_the_served_model():
         asmg.step(p, periods[p])
     served, base = asmg.serving(), asmg.method.incremental()
     assert not torch.allclose(served["mlp.0.weight"], base["mlp.0.weight"])
-    assert asmg.method.meta_steps > 0
+    # one Adam step per meta batch of the newest period, every epoch, for each period after pretraining
+    meta = CFG.meta
+    expected = sum(math.ceil(len(periods[p]) / meta.batch_size) * meta.epochs for p in range(4, 7))
+    assert asmg.method.meta_steps == expected
+    assert set(asmg.method.seconds) == {"meta_training", "base_update", "generation"}  # a record's phases
 
 
 def test_new_ids_mid_stream_grow_every_model_in_the_window():

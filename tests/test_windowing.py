@@ -13,7 +13,9 @@ tests/test_trainer.py and tests/test_streaming_e2e.py.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +81,8 @@ class Committed:
     def __init__(self) -> None:
         self.state: dict[str, bytes] = {}
         self.dead: list[dict[str, Any]] = []
+        self.lost: Batch | None = None
+        self.kinds: list[tuple[bool, bool]] = []  # per applied batch: (closed a period, refused a record)
 
     def apply(self, batch: Batch) -> None:
         for key, value in batch.writes:
@@ -87,6 +91,7 @@ class Committed:
             else:
                 self.state[key] = value
         self.dead.extend(json.loads(value) for _, value in batch.dead)
+        self.kinds.append((bool(batch.closed), bool(batch.dead)))
 
     def copy(self) -> Committed:
         other = Committed()
@@ -95,9 +100,13 @@ class Committed:
 
 
 def run_core(core: WindowingCore, records: Iterable[tuple[int, int, bytes]], root: Path,
-             committed: Committed | None = None, batch_size: int = 100, stop_after: int | None = None) -> Committed:
+             committed: Committed | None = None, batch_size: int = 100, stop_after: int | None = None,
+             in_flight: bool = False) -> Committed:
     """Feed each partition's records in batches of ``batch_size``, partitions taking turns (as a consumer
-    interleaves them); ``stop_after`` batches: stop there (a crash after that commit)."""
+    interleaves them); ``stop_after`` batches: stop there (a crash after that commit). With ``in_flight`` the
+    crash comes one batch later, after the core applied that batch (its memory changed, the period files it
+    closed are in the store) but before its transaction committed: its state writes, DLQ records and offsets
+    are lost (``committed.lost`` keeps the lost batch)."""
     committed = committed if committed is not None else Committed()
     store = PeriodStore(str(root))
     queues: dict[int, list[tuple[int, bytes]]] = {}
@@ -109,9 +118,13 @@ def run_core(core: WindowingCore, records: Iterable[tuple[int, int, bytes]], roo
             if not queue:
                 continue
             chunk, queue[:] = queue[:batch_size], queue[batch_size:]
-            committed.apply(core.process(partition, [o for o, _ in chunk], [v for _, v in chunk], store, TOPIC))
+            batch = core.process(partition, [o for o, _ in chunk], [v for _, v in chunk], store, TOPIC)
+            if in_flight and stop_after is not None and done >= stop_after:
+                committed.lost = batch  # the process dies before the transaction commits
+                return committed
+            committed.apply(batch)
             done += 1
-            if stop_after is not None and done >= stop_after:
+            if not in_flight and stop_after is not None and done >= stop_after:
                 return committed
     return committed
 
@@ -210,9 +223,13 @@ def file_state(committed: Committed) -> dict[str, Any]:
     return out
 
 
-def test_core_restored_after_any_commit_writes_the_same_files(tmp_path: Path) -> None:
-    """A crash loses the batch in flight; the worker restores the last committed state and the records after
-    it come again, cut into other batches: the files, the DLQ and the state equal an uninterrupted run's."""
+@pytest.mark.parametrize("in_flight", [False, True], ids=["after-commit", "batch-in-flight-lost"])
+def test_core_restored_after_any_commit_writes_the_same_files(tmp_path: Path, in_flight: bool) -> None:
+    """A crash right after a commit (a new process restores), or a batch in flight whose transaction aborts:
+    the core had applied it (memory, period files it closed) but its state writes, DLQ records and offsets are
+    lost, and the same core forgets and restores the last commit (the worker's abort path). The records after
+    the commit come again, cut into other batches: the files, the DLQ and the state equal an uninterrupted
+    run's, byte for byte."""
     log = implicit_log(n_events=1200)
     bounds = prepare_periods(log, PROTOCOL).bounds.to_list()
     records = partitioned_records(log, 2)
@@ -224,11 +241,24 @@ def test_core_restored_after_any_commit_writes_the_same_files(tmp_path: Path) ->
     straight = run_core(core(), records, tmp_path / "straight", batch_size=40)
     expected = file_bytes(tmp_path / "straight")
     assert len(expected) == PROTOCOL.n_periods * 2 and straight.dead
-    total_batches = sum(-(-len([r for r in records if r[0] == p]) // 40) for p in (0, 1))
-    for stop_after in (1, 5, 17, total_batches // 2, total_batches - 1):
+    total_batches = len(straight.kinds)
+    closing = [i for i, (closed, _) in enumerate(straight.kinds) if closed]  # batches that closed a period
+    refusing = [i for i, (_, dead) in enumerate(straight.kinds) if dead]
+    lost_files = lost_dead = 0
+    cuts = {0, 1, 5, 17, total_batches // 2, total_batches - 2, closing[0], closing[len(closing) // 2], refusing[0]}
+    for stop_after in sorted(cuts):
         root = tmp_path / f"crashed-{stop_after}"
-        committed = run_core(core(), records, root, batch_size=40, stop_after=stop_after)
-        restarted = core()
+        crashed = core()
+        committed = run_core(crashed, records, root, batch_size=40, stop_after=stop_after, in_flight=in_flight)
+        if in_flight:  # the lost batch did change the core's state: losing it is a real loss
+            assert committed.lost is not None and committed.lost.writes, f"nothing in flight at {stop_after}"
+            lost_files += bool(committed.lost.closed)  # its period files are in the store, uncommitted
+            lost_dead += len(committed.lost.dead)
+        if in_flight:  # the worker's abort path: the same core forgets and restores the last commit
+            restarted = crashed
+            restarted.forget()
+        else:  # a new process
+            restarted = core()
         for partition in (0, 1):
             restarted.restore(partition, committed.state)
         # Kafka redelivers from the committed offsets; an older one too, to show replays are skipped
@@ -237,6 +267,8 @@ def test_core_restored_after_any_commit_writes_the_same_files(tmp_path: Path) ->
         assert file_bytes(root) == expected, f"crash after {stop_after} batches"
         assert file_state(committed) == file_state(straight)
         assert committed.dead == straight.dead
+    if in_flight:
+        assert lost_files and lost_dead, "no lost batch had closed a period or refused a record"
 
 
 def test_core_refuses_late_malformed_and_outside_events(tmp_path: Path) -> None:
@@ -264,6 +296,38 @@ def test_core_refuses_late_malformed_and_outside_events(tmp_path: Path) -> None:
         assert files[1].item_id.tolist() == [1] and files[2].item_id.tolist() == [3]
 
 
+def test_control_records_are_checked(tmp_path: Path) -> None:
+    ctl = lambda **kw: json.dumps({"v": 1, **kw}).encode()  # noqa: E731
+    values = [ctl(control="watermark", ts=True), ctl(control="watermark", ts="soon"),
+              b'{"v": 1, "control": "watermark", "ts": NaN}', ctl(control="watermark"), ctl(control="end_of_stream"),
+              ctl(control="watermark", ts=150), ctl(control="watermark", ts=120.5)]
+    core = WindowingCore(PeriodScheme(length=100, origin=100))  # tumbling: an end of stream needs its time
+    committed = run_core(core, [(0, o, v) for o, v in enumerate(values)], tmp_path)
+    dead = {d["offset"]: d for d in committed.dead}
+    assert dead[0]["reason"] == "invalid control record: ts True"
+    assert dead[1]["reason"] == "invalid control record: ts 'soon'"
+    assert dead[2]["reason"] == "invalid control record: ts nan"
+    assert dead[3]["reason"] == "invalid control record: a watermark needs ts"
+    assert dead[4]["reason"] == "invalid control record" and "fixed period bounds" in dead[4]["detail"]
+    assert set(dead) == {0, 1, 2, 3, 4}
+    assert core.progress(0).marker == 150 and core.progress(0).closed == 0  # markers only move forward
+
+
+def test_watermark_never_goes_back(tmp_path: Path) -> None:
+    """An event older than the partition's newest (still within the lateness) leaves the watermark where it
+    was, in this batch, in the next one and after a restore: the coordinator closes periods on it."""
+    ev = lambda i, t: json.dumps({"user_id": 1, "item_id": i, "ts": t}).encode()  # noqa: E731
+    core = WindowingCore(PeriodScheme(bounds=[100, 200, 300]), lateness=30)
+    committed = run_core(core, [(0, 0, ev(1, 150)), (0, 1, ev(2, 190)), (0, 2, ev(3, 170))], tmp_path, batch_size=2)
+    assert core.progress(0).max_ts == 190 and core.watermark_of(TOPIC, 0)["watermark"] == 160
+    restored = WindowingCore(PeriodScheme(bounds=[100, 200, 300]), lateness=30)
+    restored.restore(0, committed.state)
+    run_core(restored, [(0, 3, ev(4, 180))], tmp_path, committed)
+    assert restored.progress(0).max_ts == 190 and restored.watermark_of(TOPIC, 0)["watermark"] == 160
+    assert not committed.dead  # all four within the lateness: period 1 holds them
+    assert restored.progress(0).closed == 0
+
+
 def test_lateness_keeps_a_period_open(tmp_path: Path) -> None:
     ev = lambda u, i, t: json.dumps({"user_id": u, "item_id": i, "ts": t}).encode()  # noqa: E731
     # ts 220 leaves the watermark at 190: the event at 195 still counts; 240 closes period 1
@@ -278,6 +342,43 @@ def test_lateness_keeps_a_period_open(tmp_path: Path) -> None:
         assert files[1].item_id.tolist() == [1, 3]
         # the out-of-order positive at 195 is in the history of the events at 220 and 240, as offline
         assert [list(h) for h in files[2].history] == [[1, 3], [1, 3, 2]]
+
+
+def test_period_starts_and_ends() -> None:
+    """What period records and the coordinator say a period spans (mutation testing found these unchecked)."""
+    fixed = PeriodScheme(bounds=[10, 20, 35])
+    assert [(fixed.start(p), fixed.end(p)) for p in (1, 2)] == [(10, 20), (20, 35)]
+    assert fixed.start(3) == fixed.end(3) == math.inf  # past the last period: never starts, never ends
+    assert fixed.end_of_stream() == 35 and fixed.n_periods == 2
+    tumbling = PeriodScheme(length=60, origin=1_000, count=3)
+    assert [(tumbling.start(p), tumbling.end(p)) for p in (1, 3)] == [(1_000, 1_060), (1_120, 1_180)]
+    assert tumbling.start(4) == math.inf and tumbling.end_of_stream() is None and tumbling.n_periods == 3
+    for scheme in (fixed, tumbling):  # a period holds [start, end): its own first second, not its end
+        for p in (1, 2):
+            assert scheme.period_of(scheme.start(p)) == p and scheme.period_of(scheme.end(p) - 1) == p
+            assert scheme.closable_through(scheme.end(p)) == p and scheme.closable_through(scheme.end(p) - 1) == p - 1
+
+
+def test_progress_round_trips_through_its_state_record() -> None:
+    from streams.windowing.core import Progress
+
+    progress = Progress(offset=41, max_ts=1_234, marker=1_300.5, closed=2, late=3, refused=4, applied=37)
+    assert Progress.load(json.loads(json.dumps(progress.dump()))) == progress
+    assert Progress.load(None) == Progress()
+
+
+def test_forget_drops_only_the_partitions_named(tmp_path: Path) -> None:
+    """A rebalance that takes partition 0 away keeps partition 1's memory (and forget() drops them all)."""
+    log = implicit_log(n_events=300)
+    core = WindowingCore(PeriodScheme(bounds=prepare_periods(log, PROTOCOL).bounds.to_list()), implicit=True)
+    run_core(core, partitioned_records(log, 2)[:200], tmp_path, batch_size=50)
+    kept = core.progress(1)
+    assert core.partitions == [0, 1] and kept.offset > 0
+    core.forget({0})
+    assert core.partitions == [1] and core.progress(1) is kept and not core.owns(0)
+    assert core.progress(0).offset == -1  # a partition not owned starts from nothing
+    core.forget()
+    assert core.partitions == []
 
 
 def test_period_schemes_and_settings(tmp_path: Path) -> None:
@@ -418,6 +519,34 @@ def wait_records(kafka_settings, topic: str, count: int, timeout: float, workers
     return wait_for(enough, timeout, workers, what or f"{count} records on {topic}")
 
 
+def assigned_partitions(worker: Worker) -> set[int]:
+    """The partitions of a windowing worker's last assignment (from its info log line)."""
+    match = re.search(r"assigned partitions \[([\d, ]*)\]", worker.assigned())
+    return {int(p) for p in match.group(1).split(",") if p.strip()} if match else set()
+
+
+def wait_consumed(kafka_settings, group: str, topic: str, timeout: float, workers: Iterable[Worker] = ()) -> None:
+    """Wait until ``group`` committed offsets past the last record of every partition of ``topic``: its worker
+    has handled every record (and published whatever it publishes for them), so nothing more comes."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.wire.records import read_topic
+
+    last: dict[int, int] = {}
+    for record in read_topic(kafka_settings, topic):
+        last[record.partition] = max(last.get(record.partition, -1), record.offset)
+
+    def caught_up() -> bool:
+        consumer = Consumer(kafka_settings.confluent_config(group_id=group, enable_auto_commit=False))
+        try:
+            committed = consumer.committed([TopicPartition(topic, p) for p in last], timeout=10)
+        finally:
+            consumer.close()
+        return all(tp.offset > last[tp.partition] for tp in committed)
+
+    wait_for(caught_up, timeout, workers, f"{group} to commit its offsets on {topic}")
+
+
 def stream_settings(topic_names, tmp_path: Path, **changes: Any) -> StreamSettings:
     base = dict(topic_prefix=topic_names.prefix, partitions=3, worker_dir=str(tmp_path / "faust"),
                 period_store=str(tmp_path / "periods"), artifact_store=str(tmp_path / "models"),
@@ -452,10 +581,13 @@ def test_worker_sends_late_and_malformed_events_to_the_dlq(kafka_settings, topic
     send_end_of_stream(kafka_settings, topic_names)
     worker = Worker("windowing", settings, kafka_settings, tmp_path)
     try:
-        periods = wait_records(kafka_settings, topic_names.periods, 3, 90, [worker])
-        dead = wait_records(kafka_settings, topic_names.dlq, 4, 30, [worker])
-        time.sleep(1)  # nothing more may come
-        assert len(read_json(kafka_settings, topic_names.periods)) == 3
+        wait_records(kafka_settings, topic_names.periods, 3, 90, [worker])
+        wait_records(kafka_settings, topic_names.dlq, 4, 30, [worker])
+        # every record handled and committed (with its outputs, one transaction): nothing more can come
+        wait_consumed(kafka_settings, settings.role_app_id("windowing"), topic_names.interactions, 60, [worker])
+        periods = read_json(kafka_settings, topic_names.periods)
+        dead = read_json(kafka_settings, topic_names.dlq)
+        assert len(periods) == 3 and len(dead) == 4
     finally:
         worker.stop()
     reasons = sorted(d["reason"] for d in dead)
@@ -481,12 +613,15 @@ def test_killed_windowing_worker_writes_the_same_samples(kafka_settings, topic_n
     log = implicit_log(n_events=3000, n_users=60, n_items=150)
     bounds = prepare_periods(log, PROTOCOL).bounds.to_list()
     records = event_records(log)
+    half = len(records) // 2
     runs = {}
     for name in ("straight", "killed"):
         names = TopicNames(f"{topic_names.prefix}{name}.")
         ensure_topics(kafka_settings, names, 3)
-        produce(kafka_settings, names.interactions, records)
-        send_end_of_stream(kafka_settings, names)
+        # the killed worker gets the first half only until it is killed: the kill is mid-stream for sure
+        produce(kafka_settings, names.interactions, records if name == "straight" else records[:half])
+        if name == "straight":
+            send_end_of_stream(kafka_settings, names)
         # small batches, so that the kill lands between commits in the middle of the stream
         runs[name] = (names, stream_settings(names, tmp_path / name, period_bounds=json.dumps(bounds),
                                              implicit=True, seed=5, batch_max=40))
@@ -495,10 +630,12 @@ def test_killed_windowing_worker_writes_the_same_samples(kafka_settings, topic_n
     workers = [straight, killed]
     try:
         killed_store = Path(runs["killed"][1].period_store)
-        # kill as soon as the first files appear: the worker is in the middle of the stream
+        # kill once the first files appear (mid-stream: the second half was not even produced yet)
         wait_for(lambda: list(killed_store.rglob("*.parquet")), 90, [killed], "the first period files")
         killed.kill()
         written_before = len(list(killed_store.rglob("*.parquet")))
+        produce(kafka_settings, runs["killed"][0].interactions, records[half:])
+        send_end_of_stream(kafka_settings, runs["killed"][0])
         restarted = Worker("windowing", runs["killed"][1], kafka_settings, tmp_path)
         workers.append(restarted)
         done = {}
@@ -539,11 +676,16 @@ def test_windowing_workers_share_partitions(kafka_settings, topic_names, tmp_pat
     try:
         wait_records(kafka_settings, topic_names.periods, 2, 90, workers, "the first worker's first periods")
         workers.append(Worker("windowing", settings, kafka_settings, tmp_path))
-        time.sleep(4)  # let the second one join: the group rebalances
+
+        def shared() -> bool:  # the group rebalanced: each worker holds some partitions, together all of them
+            first, second = (assigned_partitions(w) for w in workers)
+            return bool(first) and bool(second) and not first & second and first | second == {0, 1, 2}
+
+        wait_for(shared, 90, workers, "the two workers to share the partitions")
         produce(kafka_settings, topic_names.interactions, records[half:])
         send_end_of_stream(kafka_settings, topic_names)
-        periods = wait_records(kafka_settings, topic_names.periods, PROTOCOL.n_periods, 120, workers)
-        time.sleep(1.5)
+        wait_records(kafka_settings, topic_names.periods, PROTOCOL.n_periods, 120, workers)
+        wait_consumed(kafka_settings, settings.role_app_id("windowing"), topic_names.interactions, 60, workers)
         periods = read_json(kafka_settings, topic_names.periods)
     finally:
         for worker in workers:

@@ -388,11 +388,20 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host if host != "localhost" else "127.0.0.1", port)) == 0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port the OS says is free now (for tests; a tiny race with other processes remains)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port the OS says is free now, never one this process handed out before (so two callers asking at
+    once get two ports). Another process may still bind it first: whoever starts a server on it retries on
+    a conflict (the test fixtures do)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _proc_alive(pid: int) -> bool:

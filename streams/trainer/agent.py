@@ -29,7 +29,8 @@ there are never two records for one period. One trainer per model name at a time
 topic's single partition gives that within a consumer group).
 
 ``ASMG_TRAINER_FAULT=<stage>@<period>`` (tests only) kills the process at a stage of a period:
-before-step, after-step, after-artifact, after-checkpoint, after-publish.
+before-step, after-step, after-artifact, after-checkpoint, after-publish; ``ASMG_WRITE_FAULT=<path suffix>``
+(asmg/artifacts.py) kills it with SIGKILL half way through writing an artifact or checkpoint file.
 """
 
 from __future__ import annotations
