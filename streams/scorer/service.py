@@ -2,7 +2,9 @@
 
 Two background threads feed it (confluent-kafka consumers, each with its own throw-away group so every
 scorer sees everything): one reads the compacted models topic from the start, verifies and loads each new
-version off the request path and swaps it in with one reference assignment; the other reads labelled
+version off the request path and swaps it in with one reference assignment (with a signing key, only
+records with a valid signature; only artifacts inside the artifact store; loads bounded in time:
+streams/scorer/state.py); the other reads labelled
 interactions in micro-batches, scores them with the served model and its shadow before they join the
 users' histories (prequential evaluation), and keeps those histories for requests that bring none.
 
@@ -32,7 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from asmg.config import HISTORY_LEN
 from asmg.data.periods import PeriodScheme
 from asmg.events import Event, EventError, id_value
-from asmg.records import RecordError, parse_model_record
+from asmg.records import RecordError, SignatureError, parse_model_record
 from asmg.safejson import UntrustedJSONError
 from asmg.safejson import loads as untrusted_loads
 from streams.http_security import guard, load_token, metrics_protected
@@ -69,6 +71,10 @@ class ScorerOptions:
     wait_models: float = 30.0
     max_periods: int = 200
     seed: int = 0
+    # where model records may point to (the trainer's ASMG_ARTIFACT_STORE); None: anywhere (tests only)
+    artifact_store: str | None = "runs/stream/models"
+    signing_key: bytes | None = field(default=None, repr=False)  # require signed model records
+    load_timeout: float | None = 120.0  # seconds a model load may take before it is given up
 
 
 # --- Kafka feeds --------------------------------------------------------------------------------------------
@@ -128,9 +134,11 @@ class _Feed(threading.Thread):
 class ModelFeed(_Feed):
     """Reads the models topic from the start; ``caught_up`` is set once it reached the end the first time."""
 
-    def __init__(self, settings: KafkaSettings, topic: str, holder: ModelHolder, stop: threading.Event) -> None:
+    def __init__(self, settings: KafkaSettings, topic: str, holder: ModelHolder, stop: threading.Event,
+                 signing_key: bytes | None = None) -> None:
         super().__init__("scorer-models", stop)
         self.settings, self.topic, self.holder = settings, topic, holder
+        self.signing_key = signing_key  # set: a record without a valid signature is refused as forged
         self.caught_up = threading.Event()
         self.assigned: set[int] = set()
         self.at_end: set[int] = set()
@@ -153,7 +161,10 @@ class ModelFeed(_Feed):
                     self.kafka_error(error)
                 continue
             try:
-                records.append(parse_model_record(message.value(), message.key()))
+                records.append(parse_model_record(message.value(), message.key(), self.signing_key))
+            except SignatureError as exc:
+                self.holder.refuse("records_forged", f"models topic [{message.partition()}]@{message.offset()}",
+                                   exc.reason)
             except Exception as exc:  # noqa: BLE001 - one poison record must not cost the batch's others
                 self.holder.count("records_invalid")
                 reason = exc.reason if isinstance(exc, RecordError) else f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -346,11 +357,12 @@ class ScorerService:
 
     def __post_init__(self) -> None:
         opts = self.options
-        self.holder = ModelHolder(opts.device, opts.model_name)
+        self.holder = ModelHolder(opts.device, opts.model_name, artifact_store=opts.artifact_store,
+                                  load_timeout=opts.load_timeout)
         self.histories = UserHistories(opts.max_users, opts.history_len)
         self.prequential = Prequential(opts.max_periods)
         self.evaluator = Evaluator(opts.periods, self.histories, self.prequential, opts.negatives, opts.seed)
-        self.models = ModelFeed(self.settings, self.names.models, self.holder, self.stopped)
+        self.models = ModelFeed(self.settings, self.names.models, self.holder, self.stopped, opts.signing_key)
         self.interactions = InteractionFeed(self.settings, self.names.interactions, self.holder, self.evaluator,
                                             opts, self.models.caught_up, self.stopped)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scorer-http")
