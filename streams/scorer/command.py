@@ -77,6 +77,10 @@ def scorer_command(
     load_timeout: Annotated[float, typer.Option(
         "--load-timeout", envvar="ASMG_LOAD_TIMEOUT", min=0.1,
         help="Seconds a model load may take before it is given up (the old model keeps serving).")] = 120.0,
+    session_timeout: Annotated[float, typer.Option(
+        "--session-timeout", envvar="ASMG_SESSION_TIMEOUT", min=1.0, max=300.0,
+        help="Seconds of the consumers' group session; after a longer broker outage they rejoin and resume at "
+             "their own bookmark.")] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level", envvar="ASMG_LOG_LEVEL")] = "info",
     log_format: Annotated[str, typer.Option("--log-format", envvar="ASMG_LOG_FORMAT",
                                             help="text, or json: one JSON object per line.")] = "text",
@@ -118,7 +122,7 @@ def scorer_command(
                             max_users=max_users, batch_size=eval_batch, batch_seconds=eval_batch_ms / 1000,
                             negatives=1 if implicit else 0, interactions_from=interactions_from,
                             wait_models=wait_models, seed=seed, artifact_store=artifact_store, signing_key=key,
-                            load_timeout=load_timeout)
+                            load_timeout=load_timeout, session_timeout=session_timeout)
     service = ScorerService(settings, TopicNames(topic_prefix), options)
     logs.bind(model_version=lambda: service.holder.current.version if service.holder.current else None)
     serve_forever(service, host, port)
