@@ -18,15 +18,24 @@ for the serving guard (method ``asmg-guarded``) ``candidate``, the candidate thi
 ``candidates``, every candidate tested on period t (``{"iu": {"auc": .., "logloss": .., "samples": ..,
 "score": ..}, ...}``; ``score`` is the guard's running record that chose ``candidate``).
 
+Signatures. When the trainer has a key (``ASMG_MODEL_SIGNING_KEY`` or ``ASMG_MODEL_SIGNING_KEY_FILE``) it adds
+``signature``: the HMAC-SHA256 (lowercase hex) of the record's canonical bytes, i.e. :func:`dumps` of the JSON
+object without its ``signature`` field (compact, keys sorted): :func:`sign_record`. A scorer with a key passes it
+to :func:`parse_model_record`, which then refuses (:class:`SignatureError`) a record whose signature is missing
+or does not match the bytes it received; every field, including ones this reader does not know, is covered.
+Readers without a key ignore the field.
+
 :data:`VERSION` and :class:`RecordError` are those of every record on the wire (streams/wire/records.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from asmg.safejson import UntrustedJSONError, has_surrogate
@@ -44,6 +53,16 @@ class RecordError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SignatureError(RecordError):
+    """A model record without a valid signature, read with a key: forged, tampered with, or signed with another
+    key."""
+
+
+SIGNATURE = "signature"
+SIGNATURE_HEX = re.compile(r"[0-9a-f]{64}")
+MIN_KEY_BYTES = 16
 
 
 def dumps(record: Mapping[str, Any]) -> bytes:
@@ -71,6 +90,7 @@ class ModelRecord:
     # ``period`` ({"asmg-gru-multi": {"auc": .., "logloss": .., "samples": .., "score": ..}, "iu": {...}})
     candidate: str | None = None
     candidates: dict[str, dict[str, Any]] | None = None
+    signature: str | None = None  # HMAC-SHA256 of the canonical bytes (sign_record), when the trainer has a key
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON values (untested metrics are null, as the schema says)."""
@@ -85,11 +105,45 @@ class ModelRecord:
             out["candidate"] = self.candidate
         if self.candidates is not None:
             out["candidates"] = self.candidates
+        if self.signature is not None:
+            out[SIGNATURE] = self.signature
         return out
 
     def to_json(self) -> bytes:
         """The record's wire form (what the trainer writes); tests and tools publish with it."""
         return dumps(self.to_dict())
+
+
+def canonical_bytes(raw: Mapping[str, Any]) -> bytes:
+    """What a signature covers: the record's JSON object without its ``signature``, compact with sorted keys."""
+    return dumps({k: v for k, v in raw.items() if k != SIGNATURE})
+
+
+def signature_of(raw: Mapping[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 (lowercase hex) of :func:`canonical_bytes`."""
+    return hmac.new(key, canonical_bytes(raw), hashlib.sha256).hexdigest()
+
+
+def sign_record(record: ModelRecord, key: bytes) -> ModelRecord:
+    """The record with its ``signature`` for ``key`` (replacing any old one)."""
+    unsigned = replace(record, signature=None)
+    return replace(unsigned, signature=signature_of(unsigned.to_dict(), key))
+
+
+def verify_signature(raw: Mapping[str, Any], key: bytes) -> None:
+    """Raise :class:`SignatureError` unless ``raw`` (the JSON object as received) carries a valid signature for
+    ``key`` (compared in constant time)."""
+    given = raw.get(SIGNATURE)
+    if given is None:
+        raise SignatureError("record is not signed (no signature field) and this reader requires signed records")
+    if not isinstance(given, str) or not SIGNATURE_HEX.fullmatch(given):
+        raise SignatureError(f"signature must be 64 lowercase hex digits, got {str(given)[:80]!r}")
+    try:
+        expected = signature_of(raw, key)
+    except (TypeError, ValueError) as exc:  # cannot happen for parsed JSON; never crash a reader
+        raise SignatureError(f"cannot compute the record's canonical bytes: {exc}") from None
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise SignatureError("signature does not match the record (tampered with, forged, or another key)")
 
 
 def _int(raw: Mapping[str, Any], name: str, minimum: int = 0) -> int:
@@ -144,10 +198,12 @@ def _created(raw: Mapping[str, Any]) -> float | str | None:
     raise RecordError(f"created must be unix seconds or an ISO timestamp, got {value!r}")
 
 
-def parse_model_record(value: bytes | str | Mapping[str, Any] | None, key: bytes | None = None) -> ModelRecord:
+def parse_model_record(value: bytes | str | Mapping[str, Any] | None, key: bytes | None = None,
+                       signing_key: bytes | None = None) -> ModelRecord:
     """Validate a model record (wire bytes, or a JSON object already read); raise :class:`RecordError` with the
     reason for anything unusable (and nothing else, whatever the bytes). ``key``: the Kafka key, which must
-    name the record's model."""
+    name the record's model. ``signing_key``: require a valid signature (:class:`SignatureError` otherwise),
+    checked after the schema."""
     if value is None:
         raise RecordError("tombstone (no value)")
     if isinstance(value, Mapping):
@@ -174,11 +230,17 @@ def parse_model_record(value: bytes | str | Mapping[str, Any] | None, key: bytes
     if candidate is not None:
         candidate = _text(raw, "candidate")
     candidates = _candidates(raw.get("candidates"))
+    if signing_key is not None:
+        verify_signature(raw, signing_key)
+    signature = raw.get(SIGNATURE)
+    if not isinstance(signature, str) or not SIGNATURE_HEX.fullmatch(signature):
+        signature = None  # a reader without a key ignores the field
     return ModelRecord(model=model, version=_int(raw, "version", 1), period=_int(raw, "period"),
                        method=_text(raw, "method"), uri=_text(raw, "uri"), sha256=sha,
                        metrics=_mapping(raw, "metrics"), shadow_metrics=_mapping(raw, "shadow_metrics"),
                        created=_created(raw), pretrained=_flag(raw, "pretrained"), seconds=_number(raw, "seconds"),
-                       phases=phases, candidate=candidate, candidates=candidates)
+                       phases=phases, candidate=candidate, candidates=candidates,
+                       signature=signature)
 
 
 def _candidates(value: Any) -> dict[str, dict[str, Any]] | None:

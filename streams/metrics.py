@@ -361,9 +361,12 @@ class ScorerCollector:
             yield GaugeMetricFamily("asmg_scorer_model_loaded_timestamp_seconds", "Unix time the served model "
                                     "went live.", value=model.loaded_at)
         loads = CounterMetricFamily("asmg_scorer_model_records", "Model records by outcome (load_failures: the "
-                                    "artifact failed to verify or load).", labels=["outcome"])
-        for outcome in ("models_loaded", "load_failures", "records_stale", "records_invalid"):
-            loads.add_metric([outcome], stats[outcome])
+                                    "artifact failed to verify or load, load_timeouts among them; records_forged: "
+                                    "no valid signature; records_refused: uri outside the artifact store).",
+                                    labels=["outcome"])
+        for outcome in ("models_loaded", "load_failures", "load_timeouts", "records_stale", "records_invalid",
+                        "records_forged", "records_refused"):  # streams/scorer/state.py OUTCOMES
+            loads.add_metric([outcome], stats.get(outcome, 0))
         yield loads
         events = CounterMetricFamily("asmg_scorer_events", "Interaction events by outcome.", labels=["outcome"])
         for outcome, n in service.event_counts().items():

@@ -153,7 +153,7 @@ def test_scorer_refuses_hostile_bodies_and_checks_the_token(kafka_settings: Kafk
     from tests.test_scorer import wait_for as wait_until
 
     monkeypatch.setenv("ASMG_AUTH_TOKEN", TOKEN)
-    service = service_for(kafka_settings, topic_names, wait_models=0.5)
+    service = service_for(kafka_settings, topic_names, tmp_path, wait_models=0.5)
     publish_records(kafka_settings, topic_names, make_model(tmp_path, 1))
     import urllib.error
     import urllib.request

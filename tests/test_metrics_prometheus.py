@@ -384,7 +384,8 @@ def test_prometheus_scrapes_every_referenced_metric(kafka_settings, topic_names,
     prometheus = Prometheus(tmp_path / "prometheus", {f"asmg-{role}": [f"127.0.0.1:{port}"]
                                                       for role, port in ports.items()})
     scorer = ScorerService(kafka_settings, topic_names, ScorerOptions(
-        periods=FixedPeriods(tuple(bounds)), model_name="asmg", wait_models=1.0, batch_seconds=0.1))
+        periods=FixedPeriods(tuple(bounds)), model_name="asmg", wait_models=1.0, batch_seconds=0.1,
+        artifact_store=settings.artifact_store))
     try:
         with prometheus, running(scorer, port=ports["scorer"]) as scorer_url, \
                 serving(make_app(kafka_settings, topic_names), ports["ingest"]) as ingest_url:

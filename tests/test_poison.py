@@ -89,7 +89,7 @@ def test_scorer_quarantines_bad_model_records_and_keeps_the_batch(kafka_settings
                                                                   tmp_path: Path) -> None:
     """A deeply nested and a 5,000-digit model record ahead of two valid versions in one consumed batch: both
     refused and counted, v2 served; /healthz is 503 until a model is served."""
-    service = service_for(kafka_settings, topic_names, wait_models=0.5)
+    service = service_for(kafka_settings, topic_names, tmp_path, wait_models=0.5)
     v1, v2 = make_model(tmp_path, 1), make_model(tmp_path, 2)
     with running(service) as url:
         status, health = call(f"{url}/healthz")

@@ -137,10 +137,13 @@ def served_version(url: str) -> int | None:
     return body["version"] if status == 200 else None
 
 
-def service_for(settings: KafkaSettings, names: TopicNames, periods: Any = None, **options: Any) -> ScorerService:
+def service_for(settings: KafkaSettings, names: TopicNames, store: Path, periods: Any = None,
+                **options: Any) -> ScorerService:
+    """A scorer serving artifacts from ``store`` (where make_model writes them)."""
     ensure_topics(settings, names, partitions=2)
     spec = periods or FixedPeriods((0, 1000, 2000, 3000))
-    return ScorerService(settings, names, ScorerOptions(periods=spec, **{"wait_models": 20, **options}))
+    options = {"wait_models": 20, "artifact_store": str(store), **options}
+    return ScorerService(settings, names, ScorerOptions(periods=spec, **options))
 
 
 # --- records ------------------------------------------------------------------------------------------------
@@ -353,7 +356,7 @@ def test_serves_newest_swaps_atomically_and_refuses_bad_checksums(kafka_settings
                                                                     topic_names: TopicNames,
                                                                     tmp_path: Path) -> None:
     v1, v2, v3, v4 = (make_model(tmp_path, v) for v in (1, 2, 3, 4))
-    service = service_for(kafka_settings, topic_names)
+    service = service_for(kafka_settings, topic_names, tmp_path)
     publish_records(kafka_settings, topic_names, v1, v2)
     publish(kafka_settings, topic_names.models, [(b"asmg", b"{garbage"), (b"asmg", None)])
     with running(service) as url:
@@ -404,7 +407,7 @@ def test_serves_newest_swaps_atomically_and_refuses_bad_checksums(kafka_settings
 
 def test_http_contract(kafka_settings: KafkaSettings, topic_names: TopicNames, tmp_path: Path) -> None:
     v1 = make_model(tmp_path, 1)
-    service = service_for(kafka_settings, topic_names, wait_models=0.5)
+    service = service_for(kafka_settings, topic_names, tmp_path, wait_models=0.5)
     with running(service) as url:
         assert call(f"{url}/score", {"user_id": 1, "items": [100]}) == (503, {"error": "no model yet"})
         assert call(f"{url}/model")[0] == 503
@@ -451,7 +454,8 @@ def test_prequential_metrics_equal_a_direct_computation(kafka_settings: KafkaSet
     v1 = make_model(tmp_path, 1, period=1)
     bounds = tmp_path / "bounds.json"
     bounds.write_text(json.dumps([0, 1000, 2000, 3000]))
-    service = service_for(kafka_settings, topic_names, periods=periods_from_options(str(bounds)), batch_size=64)
+    service = service_for(kafka_settings, topic_names, tmp_path, periods=periods_from_options(str(bounds)),
+                          batch_size=64)
     rng = np.random.default_rng(7)
     n = 900
     user = rng.integers(1, 13, n)  # 11 and 12 are unknown to the model
@@ -503,7 +507,8 @@ def test_command_serves_and_stops_on_sigterm(kafka_settings: KafkaSettings, topi
     port = free_port()
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
            "ASMG_TOPIC_PREFIX": topic_names.prefix, "ASMG_SCORER_PORT": str(port), "ASMG_SCORER_HOST": "127.0.0.1",
-           "ASMG_PERIOD_BOUNDS": "[0, 1000, 2000]", "ASMG_MODEL_NAME": MODEL, "ASMG_LOG_LEVEL": "warning"}
+           "ASMG_PERIOD_BOUNDS": "[0, 1000, 2000]", "ASMG_MODEL_NAME": MODEL,
+           "ASMG_ARTIFACT_STORE": str(tmp_path), "ASMG_LOG_LEVEL": "warning"}
     code = "from asmg_cli.main import main; main()"
     process = subprocess.Popen([sys.executable, "-c", code, "worker", "scorer"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)

@@ -589,6 +589,18 @@ class LocalBroker:
         say("Kafka stopped")
         return True
 
+    def kill(self) -> bool:
+        """SIGKILL, as a crash (tests of what clients do meanwhile); False if it was not running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        while self._alive(pid):
+            time.sleep(0.1)
+        self.config.pid_file.unlink(missing_ok=True)
+        self._process = None
+        return True
+
     def _alive(self, pid: int) -> bool:
         if self._process is not None and self._process.pid == pid:
             return self._process.poll() is None

@@ -64,6 +64,23 @@ def scorer_command(
     wait_models: Annotated[float, typer.Option(
         "--wait-models", envvar="ASMG_WAIT_MODELS", min=0.0,
         help="Seconds to wait for the models topic before reading interactions.")] = 30.0,
+    artifact_store: Annotated[str, typer.Option(
+        "--artifact-store", envvar="ASMG_ARTIFACT_STORE",
+        help="Serve only artifacts inside this store (the trainer's ASMG_ARTIFACT_STORE: local path or pyarrow URI); "
+             "a record pointing elsewhere is refused.")] = "runs/stream/models",
+    model_signing_key: Annotated[str | None, typer.Option(
+        "--model-signing-key", envvar="ASMG_MODEL_SIGNING_KEY", show_default=False,
+        help="Serve only model records signed with this HMAC key (the trainer's). Prefer the _FILE form.")] = None,
+    model_signing_key_file: Annotated[str | None, typer.Option(
+        "--model-signing-key-file", envvar="ASMG_MODEL_SIGNING_KEY_FILE",
+        help="A file holding the model signing key.")] = None,
+    load_timeout: Annotated[float, typer.Option(
+        "--load-timeout", envvar="ASMG_LOAD_TIMEOUT", min=0.1,
+        help="Seconds a model load may take before it is given up (the old model keeps serving).")] = 120.0,
+    session_timeout: Annotated[float, typer.Option(
+        "--session-timeout", envvar="ASMG_SESSION_TIMEOUT", min=1.0, max=300.0,
+        help="Seconds of the consumers' group session; after a longer broker outage they rejoin and resume at "
+             "their own bookmark.")] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level", envvar="ASMG_LOG_LEVEL")] = "info",
     log_format: Annotated[str, typer.Option("--log-format", envvar="ASMG_LOG_FORMAT",
                                             help="text, or json: one JSON object per line.")] = "text",
@@ -71,7 +88,7 @@ def scorer_command(
     """Serve scores from the newest model and evaluate it online (prequential AUC/logloss vs the IU shadow)."""
     from asmg import logs
     from streams.wire.kafka_config import KafkaConfigError, KafkaSettings
-    from streams.wire.settings import periods_from_options
+    from streams.wire.settings import SettingsError, periods_from_options, signing_key
 
     try:
         logs.configure(log_level, log_format, role="scorer")
@@ -85,6 +102,12 @@ def scorer_command(
         periods = periods_from_options(period_bounds, period_length, period_origin, period_count)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--period-bounds/--period-length") from None
+    try:
+        key = signing_key(model_signing_key, model_signing_key_file)
+    except SettingsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model-signing-key/--model-signing-key-file") from None
+    if key is None:
+        log.warning("no model signing key (ASMG_MODEL_SIGNING_KEY_FILE): model records are served unsigned")
     if periods is None:
         log.warning("no periods configured (ASMG_PERIOD_BOUNDS or ASMG_PERIOD_LENGTH): online evaluation is off")
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers} if bootstrap_servers else {}
@@ -98,7 +121,8 @@ def scorer_command(
     options = ScorerOptions(periods=periods, model_name=model_name, device=device, history_len=history_len,
                             max_users=max_users, batch_size=eval_batch, batch_seconds=eval_batch_ms / 1000,
                             negatives=1 if implicit else 0, interactions_from=interactions_from,
-                            wait_models=wait_models, seed=seed)
+                            wait_models=wait_models, seed=seed, artifact_store=artifact_store, signing_key=key,
+                            load_timeout=load_timeout, session_timeout=session_timeout)
     service = ScorerService(settings, TopicNames(topic_prefix), options)
     logs.bind(model_version=lambda: service.holder.current.version if service.holder.current else None)
     serve_forever(service, host, port)

@@ -1,10 +1,15 @@
 """The scorer role's service: serve the newest verified model over HTTP and evaluate it online against its IU shadow.
 
 Two background threads feed it (confluent-kafka consumers, each with its own throw-away group so every
-scorer sees everything): one reads the compacted models topic from the start, verifies and loads each new
-version off the request path and swaps it in with one reference assignment; the other reads labelled
-interactions in micro-batches, scores them with the served model and its shadow before they join the
-users' histories (prequential evaluation), and keeps those histories for requests that bring none.
+scorer sees everything; each keeps its own bookmark, the next offset per partition after what it has
+processed, and resumes there whenever the group hands it its partitions again, e.g. after a broker outage
+longer than the session timeout, so no event is evaluated twice; nothing is committed, since the
+histories and counts live in memory and a restarted scorer rebuilds them from the start): one reads the
+compacted models topic from the start, verifies and loads each new version off the request path and swaps
+it in with one reference assignment (with a signing key, only records with a valid signature; only
+artifacts inside the artifact store; loads bounded in time: streams/scorer/state.py); the other reads
+labelled interactions in micro-batches, scores them with the served model and its shadow before they join
+the users' histories (prequential evaluation), and keeps those histories for requests that bring none.
 
 HTTP (aiohttp): ``POST /score``, ``GET /model``, ``GET /quality``, ``GET /healthz``, ``GET /metrics``.
 The command (``asmg worker scorer``) is in streams/scorer/command.py, which imports this module only when it runs.
@@ -32,7 +37,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from asmg.config import HISTORY_LEN
 from asmg.data.periods import PeriodScheme
 from asmg.events import Event, EventError, id_value
-from asmg.records import RecordError, parse_model_record
+from asmg.records import RecordError, SignatureError, parse_model_record
 from asmg.safejson import UntrustedJSONError
 from asmg.safejson import loads as untrusted_loads
 from streams.http_security import guard, load_token, metrics_protected
@@ -69,18 +74,25 @@ class ScorerOptions:
     wait_models: float = 30.0
     max_periods: int = 200
     seed: int = 0
+    # where model records may point to (the trainer's ASMG_ARTIFACT_STORE); None: anywhere (tests only)
+    artifact_store: str | None = "runs/stream/models"
+    signing_key: bytes | None = field(default=None, repr=False)  # require signed model records
+    load_timeout: float | None = 120.0  # seconds a model load may take before it is given up
+    session_timeout: float = 10.0  # the consumers' group session (an outage longer than this revokes partitions)
 
 
 # --- Kafka feeds --------------------------------------------------------------------------------------------
 
 
-def _consumer(settings: KafkaSettings, role: str, offset_reset: str, **extra: Any) -> Consumer:
+def _consumer(settings: KafkaSettings, role: str, offset_reset: str, session_timeout: float = 10.0,
+              **extra: Any) -> Consumer:
     """A consumer in a group of its own: this scorer sees every partition and commits nothing."""
     from confluent_kafka import Consumer
 
     return Consumer(settings.confluent_config(
         group_id=f"asmg-scorer-{role}-{uuid.uuid4().hex[:12]}", auto_offset_reset=offset_reset,
-        enable_auto_commit=False, logger_name=f"{__name__}.kafka", **extra))
+        enable_auto_commit=False, session_timeout_ms=int(session_timeout * 1000),
+        logger_name=f"{__name__}.kafka", **extra))
 
 
 class _Feed(threading.Thread):
@@ -90,6 +102,40 @@ class _Feed(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.stop = stop
         self.errors = 0
+        self.positions: dict[int, int] = {}  # the bookmark: partition -> next offset after what was processed
+        self.assignments = 0
+        self.revocations = 0
+
+    def subscribe(self, consumer: Consumer, topic: str) -> None:
+        """Subscribe so that every assignment resumes at the bookmark (the reset policy applies only to
+        partitions never read)."""
+
+        def on_assign(consumer: Consumer, partitions: list[Any]) -> None:
+            for tp in partitions:
+                if tp.partition in self.positions:
+                    tp.offset = self.positions[tp.partition]
+            self.assignments += 1
+            self.assigned_partitions(partitions)
+            consumer.assign(partitions)
+            if self.assignments > 1:
+                log.warning("%s: partitions assigned again (%s); resuming at the bookmark %s", self.name,
+                            [tp.partition for tp in partitions], self.positions)
+
+        def on_revoke(_consumer: Consumer, partitions: list[Any]) -> None:
+            self.revocations += 1
+            log.info("%s: partitions revoked: %s", self.name, [tp.partition for tp in partitions])
+
+        consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+
+    def assigned_partitions(self, partitions: list[Any]) -> None:
+        """Hook: what a feed notes about an assignment."""
+
+    def advance(self, messages: list[Any]) -> None:
+        """Move the bookmark past ``messages`` (once they are processed)."""
+        for message in messages:
+            if message.error() is None:
+                self.positions[message.partition()] = max(self.positions.get(message.partition(), 0),
+                                                          message.offset() + 1)
 
     def run(self) -> None:
         consumer = None
@@ -128,23 +174,30 @@ class _Feed(threading.Thread):
 class ModelFeed(_Feed):
     """Reads the models topic from the start; ``caught_up`` is set once it reached the end the first time."""
 
-    def __init__(self, settings: KafkaSettings, topic: str, holder: ModelHolder, stop: threading.Event) -> None:
+    def __init__(self, settings: KafkaSettings, topic: str, holder: ModelHolder, stop: threading.Event,
+                 signing_key: bytes | None = None, session_timeout: float = 10.0) -> None:
         super().__init__("scorer-models", stop)
         self.settings, self.topic, self.holder = settings, topic, holder
+        self.signing_key = signing_key  # set: a record without a valid signature is refused as forged
+        self.session_timeout = session_timeout
         self.caught_up = threading.Event()
         self.assigned: set[int] = set()
         self.at_end: set[int] = set()
 
     def open(self) -> Consumer:
-        consumer = _consumer(self.settings, "models", "earliest", enable_partition_eof=True)
-        consumer.subscribe([self.topic], on_assign=lambda _c, parts: self.assigned.update(p.partition for p in parts))
+        consumer = _consumer(self.settings, "models", "earliest", self.session_timeout, enable_partition_eof=True)
+        self.subscribe(consumer, self.topic)
         return consumer
+
+    def assigned_partitions(self, partitions: list[Any]) -> None:
+        self.assigned.update(p.partition for p in partitions)
 
     def step(self, consumer: Consumer) -> None:
         from confluent_kafka import KafkaError
 
         records = []
-        for message in consumer.consume(num_messages=100, timeout=0.5):
+        messages = consumer.consume(num_messages=100, timeout=0.5)
+        for message in messages:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
@@ -153,13 +206,17 @@ class ModelFeed(_Feed):
                     self.kafka_error(error)
                 continue
             try:
-                records.append(parse_model_record(message.value(), message.key()))
+                records.append(parse_model_record(message.value(), message.key(), self.signing_key))
+            except SignatureError as exc:
+                self.holder.refuse("records_forged", f"models topic [{message.partition()}]@{message.offset()}",
+                                   exc.reason)
             except Exception as exc:  # noqa: BLE001 - one poison record must not cost the batch's others
                 self.holder.count("records_invalid")
                 reason = exc.reason if isinstance(exc, RecordError) else f"{type(exc).__name__}: {str(exc)[:200]}"
                 log.warning("models topic [%d]@%d: refused record: %s", message.partition(), message.offset(), reason)
         if records:
             self.holder.offer(records)
+        self.advance(messages)
         if not self.caught_up.is_set() and self.assigned and self.assigned <= self.at_end:
             self.caught_up.set()
 
@@ -180,8 +237,9 @@ class InteractionFeed(_Feed):
         deadline = time.monotonic() + self.options.wait_models
         while not self.models_ready.is_set() and time.monotonic() < deadline and not self.stop.is_set():
             self.models_ready.wait(0.2)
-        consumer = _consumer(self.settings, "interactions", self.options.interactions_from)
-        consumer.subscribe([self.topic])
+        consumer = _consumer(self.settings, "interactions", self.options.interactions_from,
+                             self.options.session_timeout)
+        self.subscribe(consumer, self.topic)
         return consumer
 
     def step(self, consumer: Consumer) -> None:
@@ -202,6 +260,7 @@ class InteractionFeed(_Feed):
             else:
                 events.append(event)
         self.evaluator.process(events, self.holder.current)
+        self.advance(messages)
 
 
 def _event(raw: bytes | None) -> Event | None:
@@ -346,11 +405,13 @@ class ScorerService:
 
     def __post_init__(self) -> None:
         opts = self.options
-        self.holder = ModelHolder(opts.device, opts.model_name)
+        self.holder = ModelHolder(opts.device, opts.model_name, artifact_store=opts.artifact_store,
+                                  load_timeout=opts.load_timeout)
         self.histories = UserHistories(opts.max_users, opts.history_len)
         self.prequential = Prequential(opts.max_periods)
         self.evaluator = Evaluator(opts.periods, self.histories, self.prequential, opts.negatives, opts.seed)
-        self.models = ModelFeed(self.settings, self.names.models, self.holder, self.stopped)
+        self.models = ModelFeed(self.settings, self.names.models, self.holder, self.stopped, opts.signing_key,
+                                opts.session_timeout)
         self.interactions = InteractionFeed(self.settings, self.names.interactions, self.holder, self.evaluator,
                                             opts, self.models.caught_up, self.stopped)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scorer-http")

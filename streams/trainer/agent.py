@@ -8,7 +8,8 @@ were partitioned), run :meth:`asmg.updater.PeriodUpdater.step` with the IU shado
 1. write the model artifact (``save_model``) to ``{artifact_store}/{model}/v{version:06d}-p{period:04d}``,
 2. write a checkpoint bundle of ``updater.state()`` (plus the version counter and the model record's
    content) to ``{checkpoint_store}/{model}/p{period:06d}``,
-3. publish ONE model record (asmg/records.py) to the models topic, key = model name.
+3. publish ONE model record (asmg/records.py) to the models topic, key = model name; signed (HMAC-SHA256, its
+   ``signature`` field) when a key is configured (``ASMG_MODEL_SIGNING_KEY`` or ``_FILE``).
 
 Pretraining (periods 1..pretrain_periods) collects periods; the periods before the last one publish
 nothing (no model exists yet), but every period is checkpointed. The period that completes pretraining
@@ -46,7 +47,7 @@ from typing import Any
 from asmg.artifacts import ArtifactError, bundle_exists, load_bundle, save_bundle, save_model
 from asmg.config import RunConfig
 from asmg.logs import bind, log_context
-from asmg.records import ModelRecord, RecordError, parse_model_record
+from asmg.records import ModelRecord, RecordError, parse_model_record, sign_record
 from asmg.updater import PeriodUpdater
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.period_store import PeriodStoreError, open_uri, read_period_record, within_store
@@ -105,6 +106,7 @@ class Trainer:
         self.version = 0  # versions handed out so far
         self.published = 0  # newest period with a model record
         self._producer: RecordProducer | None = None
+        self.signing_key = settings.signing_key()  # None: records go out unsigned
         self.metrics = None  # streams/metrics.py TrainerMetrics, when the worker serves metrics
         if settings.torch_threads > 0:
             import torch
@@ -276,6 +278,8 @@ class Trainer:
             return
         if self._producer is None:
             self._producer = RecordProducer(self.kafka)
+        if self.signing_key is not None:  # signed as it goes out: a checkpoint holds the record's content only
+            model = sign_record(model, self.signing_key)
         self._producer.send(self.names.models, self.model.encode(), model.to_json())
         self.published = model.period
         if self.metrics is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,18 +48,28 @@ def open_uri(uri: str) -> tuple[fs.FileSystem, str]:
     return fs.FileSystem.from_uri(uri)
 
 
+SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_~+=,@.-]+")
+
+
 def within_store(uri: str, store: str) -> bool:
-    """True when ``uri`` names a place inside ``store`` (same scheme and host; a path below the store's, with no
-    ``..`` segment): records on a topic name files, and a record must not make a role open anything else."""
-    if not isinstance(uri, str) or not uri or "\x00" in uri:
+    """True when ``uri`` names a place inside ``store`` (same scheme and host; a path below the store's whose
+    segments are plain names: no ``.`` or ``..``, no empty segment, no query, fragment, percent escape or
+    backslash): records on a topic name files, and a record must not make a role open anything else (a query
+    such as ``?endpoint_override=`` would choose another host)."""
+    if not isinstance(uri, str) or not uri or not isinstance(store, str) or not store:
         return False
     uri, store = uri.rstrip("/"), store.rstrip("/")
-    if "/../" in f"/{uri}/" or "/./" in f"/{uri}/":
-        return False
     if "://" in store or "://" in uri:
-        return uri.startswith(store + "/") and "://" in store
-    root = os.path.abspath(store)
-    return os.path.isabs(uri) and os.path.normpath(uri).startswith(root + os.sep)
+        if "://" not in store or not uri.startswith(store + "/"):
+            return False
+        rest = uri[len(store) + 1:]
+    else:
+        root = os.path.abspath(store)
+        if not os.path.isabs(uri) or not uri.startswith(root.rstrip(os.sep) + os.sep):
+            return False
+        rest = uri[len(root.rstrip(os.sep)) + 1:]
+    segments = rest.split("/")
+    return all(SAFE_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments)
 
 
 def ragged_samples_table(user: np.ndarray, item: np.ndarray, ts: np.ndarray, label: np.ndarray,

@@ -20,6 +20,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asmg.config import HISTORY_LEN, SettingsError
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 ENV_PREFIX = "ASMG_"
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 - the word typer uses
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, secret: bool = False) -> Any:  # noqa: A002 - the word typer uses
+    return field(default=default, metadata={"help": help, "secret": secret}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class StreamSettings:
     # -- trainer ---------------------------------------------------------------------------------------
     artifact_store: str = _opt("runs/stream/models", "Where model artifacts go (local path or pyarrow URI).")
     checkpoint_store: str = _opt("runs/stream/checkpoints", "Where trainer checkpoints go.")
+    model_signing_key: str | None = _opt(None, "Sign model records with HMAC-SHA256 under this key (at least 16 "
+                                               "bytes; scorers given the same key refuse unsigned or forged "
+                                               "records). Prefer --model-signing-key-file.", secret=True)
+    model_signing_key_file: str | None = _opt(None, "A file holding the model signing key (container secrets).")
     keep_checkpoints: int = _opt(2, "Checkpoints kept per model (older ones are deleted).")
     model_name: str = _opt("asmg", "Model name: key of the model records.")
     method: str = _opt("asmg-guarded", "Update method (see `asmg experiment --help`); the default serving guard "
@@ -115,6 +120,11 @@ class StreamSettings:
             raise SettingsError(f"--metrics-port/{env_name('metrics_port')} must be a port number (0: any free one)")
         if self.output not in (None, "direct", "residual"):
             raise SettingsError(f"--output/{env_name('output')} must be 'direct' or 'residual'")
+        signing_key(self.model_signing_key, self.model_signing_key_file)  # fail at start, not at the first record
+
+    def signing_key(self) -> bytes | None:
+        """The model-record signing key (None: records go out unsigned)."""
+        return signing_key(self.model_signing_key, self.model_signing_key_file)
 
     # -- derived ---------------------------------------------------------------------------------------
     def role_app_id(self, role: str) -> str:
@@ -146,6 +156,31 @@ class StreamSettings:
             if value is not None:
                 out[env_name(f.name)] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
+
+
+def signing_key(key: str | None, key_file: str | None) -> bytes | None:
+    """The model-record signing key from its value (``ASMG_MODEL_SIGNING_KEY``) or a file holding it
+    (``ASMG_MODEL_SIGNING_KEY_FILE``; surrounding whitespace is dropped); None when neither is set. Raises
+    :class:`SettingsError` for both at once, an unreadable or empty file, or a key under 16 bytes."""
+    from asmg.records import MIN_KEY_BYTES
+
+    key = (key or "").strip() or None
+    key_file = (key_file or "").strip() or None
+    if key and key_file:
+        raise SettingsError("give either ASMG_MODEL_SIGNING_KEY or ASMG_MODEL_SIGNING_KEY_FILE, not both")
+    if key_file:
+        try:
+            data = Path(key_file).read_bytes().strip()
+        except OSError as exc:
+            raise SettingsError(f"ASMG_MODEL_SIGNING_KEY_FILE {key_file}: {exc.strerror or exc}") from None
+        where = f"ASMG_MODEL_SIGNING_KEY_FILE {key_file}"
+    elif key:
+        data, where = key.encode(), "ASMG_MODEL_SIGNING_KEY"
+    else:
+        return None
+    if len(data) < MIN_KEY_BYTES:
+        raise SettingsError(f"{where}: the key has {len(data)} bytes; at least {MIN_KEY_BYTES} are needed")
+    return data
 
 
 def env_name(name: str) -> str:
