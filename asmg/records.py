@@ -38,8 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from asmg.safejson import UntrustedJSONError, has_surrogate
-from asmg.safejson import loads as untrusted_loads
+from asmg.safejson import has_surrogate, load_object
 
 VERSION = 1
 MAX_INT = 2**63 - 1  # versions and periods are int64 wherever they are stored
@@ -206,15 +205,7 @@ def parse_model_record(value: bytes | str | Mapping[str, Any] | None, key: bytes
     checked after the schema."""
     if value is None:
         raise RecordError("tombstone (no value)")
-    if isinstance(value, Mapping):
-        raw = value
-    else:
-        try:
-            raw = untrusted_loads(value)
-        except UntrustedJSONError as exc:
-            raise RecordError(f"value is not JSON: {exc.reason}") from None
-    if not isinstance(raw, Mapping):
-        raise RecordError(f"value must be a JSON object, got {type(raw).__name__}")
+    raw = value if isinstance(value, Mapping) else load_object(value, "value", RecordError)
     if raw.get("v", VERSION) != VERSION or isinstance(raw.get("v"), bool):
         raise RecordError(f"unsupported record version v={raw.get('v')!r}; expected {VERSION}")
     model = _text(raw, "model")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -112,4 +113,17 @@ def loads(raw: bytes | bytearray | memoryview | str, *, max_bytes: int | None = 
         raise UntrustedJSONError(f"unreadable JSON: {exc}") from None
     if escapes:
         _depth_and_strings(value, max_depth, escapes)
+    return value
+
+
+def load_object(raw: bytes | bytearray | memoryview | str, what: str,
+                error: Callable[[str], Exception]) -> dict[str, Any]:
+    """Untrusted JSON that must be an object; anything else raises ``error(reason)``, where the reason names
+    ``what`` ("value", "body", "period record"), so each reader keeps its own error type."""
+    try:
+        value = loads(raw)
+    except UntrustedJSONError as exc:
+        raise error(f"{what} is not JSON: {exc.reason}") from None
+    if not isinstance(value, dict):
+        raise error(f"{what} must be a JSON object, got {type(value).__name__}")
     return value

@@ -38,8 +38,7 @@ from asmg.config import HISTORY_LEN
 from asmg.data.periods import PeriodScheme
 from asmg.events import Event, EventError, id_value
 from asmg.records import RecordError, SignatureError, parse_model_record
-from asmg.safejson import UntrustedJSONError
-from asmg.safejson import loads as untrusted_loads
+from asmg.safejson import load_object
 from streams.http_security import guard, load_token, metrics_protected
 from streams.metrics import request_timer, scorer_registry
 from streams.scorer.evaluation import Evaluator, Prequential, UserHistories
@@ -308,12 +307,7 @@ class ScoreRequest:
 
 def parse_score_request(raw: bytes) -> ScoreRequest:
     """Validate a /score body; raise :class:`RequestError` with the reason."""
-    try:
-        body = untrusted_loads(raw)
-    except UntrustedJSONError as exc:
-        raise RequestError(f"body is not JSON: {exc.reason}") from None
-    if not isinstance(body, dict):
-        raise RequestError(f"body must be a JSON object, got {type(body).__name__}")
+    body = load_object(raw, "body", RequestError)
     if body.get("user_id") is None:
         raise RequestError("missing field user_id")
     items = _id_list(body, "items", MAX_ITEMS, required=True)

@@ -40,7 +40,7 @@ from typing import Any
 
 from asmg.events import Event, EventError, parse_event
 from asmg.records import VERSION, RecordError, dumps
-from asmg.safejson import UntrustedJSONError
+from asmg.safejson import UntrustedJSONError, load_object
 from asmg.safejson import loads as untrusted_loads
 from streams.wire.kafka_config import KafkaSettings
 
@@ -54,12 +54,7 @@ def loads(raw: bytes | str | None, kind: str) -> dict[str, Any]:
     """A record from a topic: untrusted JSON, refused with :class:`RecordError` (and nothing else)."""
     if raw is None:
         raise RecordError(f"{kind} record has no value")
-    try:
-        record = untrusted_loads(raw)
-    except UntrustedJSONError as exc:
-        raise RecordError(f"{kind} record is not JSON: {exc.reason}") from None
-    if not isinstance(record, dict):
-        raise RecordError(f"{kind} record must be a JSON object")
+    record = load_object(raw, f"{kind} record", RecordError)
     if record.get("v") != VERSION:
         raise RecordError(f"{kind} record has version {record.get('v')!r}; expected {VERSION}")
     return record
