@@ -89,6 +89,9 @@ def _assign_new_item_categories(vocabs: Vocabularies, item_ids: np.ndarray, new_
                                   lengths)
 
 
+CHUNK_SAMPLES = 65_536  # samples assembled at once: bounded memory, few large ops
+
+
 class BatchMaker:
     """Cuts batches; clamps rows a model does not have yet to its fallback row 0."""
 
@@ -114,12 +117,20 @@ class BatchMaker:
         )
 
     def epoch(self, data: PeriodTensors, batch_size: int, gen: torch.Generator | None) -> Iterator[Batch]:
-        """Shuffled when a generator is given (training), in order otherwise (evaluation)."""
+        """Shuffled when a generator is given (training), in order otherwise (evaluation).
+
+        Batches are cut from chunks assembled in one go (gathers, category look-ups, clamps and masks over
+        ~64k samples at once), so a step only slices contiguous tensors; the batches are the same.
+        """
         n = len(data)
         order = torch.randperm(n, generator=gen).to(self.device) if gen is not None else None
-        for start in range(0, n, batch_size):
-            index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
-            yield self.batch(data, index)
+        chunk = max(batch_size, CHUNK_SAMPLES // batch_size * batch_size)
+        for chunk_start in range(0, n, chunk):
+            index = (order[chunk_start:chunk_start + chunk] if order is not None
+                     else slice(chunk_start, chunk_start + chunk))
+            assembled = self.batch(data, index)
+            for start in range(0, len(assembled), batch_size):
+                yield assembled.slice(start, start + batch_size)
 
 
 def _clamp(rows: torch.Tensor, size: int) -> torch.Tensor:

@@ -99,6 +99,10 @@ class Batch:
     def __len__(self) -> int:
         return self.user.shape[0]
 
+    def slice(self, start: int, stop: int) -> Batch:
+        """Rows start:stop of every field, as views."""
+        return Batch(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
+
     def to(self, device: torch.device) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 

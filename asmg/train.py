@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ def train_base(params: Params, data: PeriodTensors, item_cats: np.ndarray, cfg: 
     objective = objective or loss
     device = device or next(iter(params.values())).device
     leaves = {name: t.detach().clone().to(device).requires_grad_(True) for name, t in params.items()}
-    optimiser = torch.optim.Adam(leaves.values(), lr=cfg.lr)
+    optimiser = adam(leaves.values(), cfg.lr)
     maker = BatchMaker(item_cats, table_sizes(leaves), device)
     data = data.to(device)
     for epoch in range(epochs or cfg.epochs):
@@ -37,6 +37,18 @@ def train_base(params: Params, data: PeriodTensors, item_cats: np.ndarray, cfg: 
             objective(leaves, batch).backward()
             optimiser.step()
     return {name: t.detach() for name, t in leaves.items()}
+
+
+def adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel: one pass over each tensor instead of ~10 ops per tensor per step (the
+    dense update of every embedding row was a fifth of an IU step on CPU). Same update rule."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def warm_up_optimiser() -> None:
+    """The first optimiser built in a process imports torch._dynamo (~6 s on CPU): do it at start-up, so
+    the first period a role trains is not 6 s late."""
+    adam([torch.zeros(1, requires_grad=True)], 1e-3)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from asmg.config import RunConfig, seeded
 from asmg.generator import GruGenerator, LinearGenerator, as_rows, from_rows
 from asmg.methods.base import State, UpdateMethod, pack, pack_periods, unpack, unpack_periods
 from asmg.model import EMBEDDINGS, Batch, Params, compact_batch, loss, serving_copy, table_sizes
-from asmg.train import train_base
+from asmg.train import adam, train_base
 
 Variant = Literal["multi", "single", "unif", "zero", "full", "linear"]
 GENERATOR_INIT_PURPOSE = 23
@@ -116,7 +116,7 @@ class AsmgMethod(UpdateMethod):
         meta, steps = self.cfg.meta, len(self.models)
         weights = self.step_weights(steps)
         active = [i for i, w in enumerate(weights) if w > 0]
-        optimiser = torch.optim.Adam(self.generator.parameters(), lr=meta.lr)
+        optimiser = adam(self.generator.parameters(), meta.lr)
         maker = BatchMaker(item_cats, table_sizes(self.base), self.device)
         newest = self.periods[-1]
         iterations = math.ceil(len(newest) / meta.batch_size)

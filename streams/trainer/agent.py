@@ -48,6 +48,7 @@ from asmg.artifacts import ArtifactError, bundle_exists, load_bundle, save_bundl
 from asmg.config import RunConfig
 from asmg.logs import bind, log_context
 from asmg.records import ModelRecord, RecordError, parse_model_record, sign_record
+from asmg.train import warm_up_optimiser
 from asmg.updater import PeriodUpdater
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.period_store import PeriodStoreError, open_uri, read_period_record, within_store
@@ -112,6 +113,7 @@ class Trainer:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
+        warm_up_optimiser()
 
     # -- locations -----------------------------------------------------------------------------------------
     def artifact_uri(self, version: int, period: int) -> str:
