@@ -19,7 +19,7 @@ import typer
 from streams.scorer.command import scorer_command
 
 kafka_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="Run a local single-node Kafka (KRaft, no Docker) and create the project's topics.")
+                        help="Run a local Kafka (KRaft, no Docker; one node or a cluster) and create the topics.")
 
 PortOpt = Annotated[int | None, typer.Option("--port", envvar="ASMG_KAFKA_PORT",
                                              help="Broker port of the local Kafka [default: 9092].")]
@@ -29,6 +29,10 @@ DirOpt = Annotated[Path | None, typer.Option(
     "--dir", envvar="ASMG_KAFKA_DIR", help="State folder (jars, data, logs, pid) [default: .kafka in the repo].")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", envvar="ASMG_KAFKA_TIMEOUT",
                                            help="Seconds to wait for the broker.")]
+NodesOpt = Annotated[int, typer.Option(
+    "--nodes", envvar="ASMG_KAFKA_NODES", min=1, max=9,
+    help="Nodes of the local cluster (combined broker+controller each; 3: replication 3, min.insync.replicas 2; "
+         "state in .kafka/cluster, broker ports --port.. and controller ports after them).")]
 BootstrapOpt = Annotated[str | None, typer.Option(
     "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
     help="Use this existing cluster instead of the local broker.")]
@@ -56,11 +60,27 @@ def _broker(port: int | None, controller_port: int | None, home: Path | None, he
     return LocalBroker(BrokerConfig.from_env(port=port, controller_port=controller_port, home=home, heap=heap))
 
 
+def _cluster(nodes: int, port: int | None, controller_port: int | None, home: Path | None,
+             heap: str | None = None):  # -> LocalCluster | None
+    """The local cluster meant by the options: ``--nodes`` above 1, or a --dir holding a cluster's layout."""
+    from streams.local.broker import BrokerConfig
+    from streams.local.cluster import ClusterConfig, LocalCluster, default_cluster_home, saved_layout
+
+    if nodes > 1:
+        base = BrokerConfig.from_env(heap=heap or "384m")
+        return LocalCluster(ClusterConfig.from_broker(base, nodes, home, port, controller_port))
+    where = home or default_cluster_home()
+    if saved_layout(where) is not None and (home is not None or port is None):
+        return LocalCluster.open(where)
+    return None
+
+
 @kafka_app.command()
 def start(
     port: PortOpt = None,
     controller_port: ControllerPortOpt = None,
     home: DirOpt = None,
+    nodes: NodesOpt = 1,
     heap: Annotated[str | None, typer.Option("--heap", envvar="ASMG_KAFKA_HEAP",
                                              help="JVM max heap [default: 512m].")] = None,
     timeout: TimeoutOpt = 90.0,
@@ -80,11 +100,14 @@ def start(
             console.print(f"KAFKA_BOOTSTRAP_SERVERS is set: using the existing cluster at "
                           f"{settings.bootstrap_servers} ({brokers} broker(s) answering); nothing started.")
             return
-        broker = _broker(port, controller_port, home, heap)
-        status = broker.start(timeout=timeout, say=console.print)
+        if nodes > 1:
+            cluster = _cluster(nodes, port, controller_port, home, heap)
+            bootstrap = cluster.start(timeout=max(timeout, 120.0), say=console.print).bootstrap_servers
+        else:
+            bootstrap = _broker(port, controller_port, home, heap).start(timeout=timeout, say=console.print).bootstrap
     except (BrokerError, KafkaConfigError) as exc:
         raise _fail(str(exc)) from None
-    console.print(f"[green]ok[/] bootstrap servers: {status.bootstrap}")
+    console.print(f"[green]ok[/] bootstrap servers: {bootstrap}")
 
 
 @kafka_app.command()
@@ -92,15 +115,20 @@ def stop(
     port: PortOpt = None,
     controller_port: ControllerPortOpt = None,
     home: DirOpt = None,
+    nodes: NodesOpt = 1,
     timeout: TimeoutOpt = 30.0,
 ) -> None:
-    """Stop the local broker: SIGTERM (controlled shutdown), then SIGKILL after --timeout seconds."""
+    """Stop the local broker or cluster: SIGTERM (controlled shutdown), then SIGKILL after --timeout seconds."""
     from rich.console import Console
 
     from streams.local.broker import BrokerError
 
+    say = Console(highlight=False).print
     try:
-        _broker(port, controller_port, home).stop(timeout=timeout, say=Console(highlight=False).print)
+        if (cluster := _cluster(nodes, port, controller_port, home)) is not None:
+            cluster.stop(timeout=timeout, say=say)
+        else:
+            _broker(port, controller_port, home).stop(timeout=timeout, say=say)
     except BrokerError as exc:
         raise _fail(str(exc)) from None
 
@@ -110,6 +138,7 @@ def status(
     port: PortOpt = None,
     controller_port: ControllerPortOpt = None,
     home: DirOpt = None,
+    nodes: NodesOpt = 1,
     bootstrap_servers: BootstrapOpt = None,
 ) -> None:
     """Say whether Kafka runs and where; exit 1 when it does not."""
@@ -128,6 +157,14 @@ def status(
                 answering = False
             state = BrokerStatus(running=answering, bootstrap=settings.bootstrap_servers, external=True,
                                  answering=answering)
+        elif (cluster := _cluster(nodes, port, controller_port, home)) is not None:
+            from streams.local.cluster import describe_status
+
+            states = cluster.status()
+            Console(highlight=False).print(describe_status(states))
+            if not all(s.running for s in states):
+                raise typer.Exit(1)
+            return
         else:
             state = _broker(port, controller_port, home).status()
     except (BrokerError, KafkaConfigError) as exc:

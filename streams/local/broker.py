@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from streams.wire.kafka_config import KafkaSettings
+from streams.wire.topics import min_insync_replicas
 
 KAFKA_VERSION = "4.4.0"
 LOG4J_VERSION = "2.25.5"
@@ -128,6 +129,11 @@ class BrokerConfig:
     lib_dir: Path | None = None  # jar cache shared by every state folder; default .kafka/lib in the repo
     kafka_home: Path | None = None  # an unpacked Kafka distribution; its libs/ replace Maven
     jvm_opts: tuple[str, ...] = ()
+    # cluster membership (streams/local/cluster.py); the defaults are the single-node broker
+    node_id: int = NODE_ID
+    voters: tuple[tuple[int, int], ...] = ()  # (node id, controller port) of every voter; () = this node alone
+    cluster_id: str | None = None  # shared by every node of a cluster; None = a random one at first format
+    replication: int = 1  # replication factor of Kafka's internal topics and the default for new topics
 
     @classmethod
     def from_env(cls, **overrides: object) -> BrokerConfig:
@@ -155,6 +161,8 @@ class BrokerConfig:
             raise BrokerError(f"broker port and controller port are both {self.port}; they must differ")
         if not re.fullmatch(r"\d+[kmg]", self.heap.lower()):
             raise BrokerError(f"heap {self.heap!r}; expected a JVM size such as 512m or 1g")
+        if self.replication < 1:
+            raise BrokerError(f"replication {self.replication}; must be >= 1")
 
     @property
     def jar_dir(self) -> Path:
@@ -317,10 +325,13 @@ def server_properties(config: BrokerConfig) -> str:
     lets the controller port change between runs without reformatting, and works on 3.x too.
     """
     host, port, cport = config.host, config.port, config.controller_port
+    voters = config.voters or ((config.node_id, cport),)
+    replicas = config.replication
+    min_isr = min_insync_replicas(replicas)
     props = {
         "process.roles": "broker,controller",
-        "node.id": NODE_ID,
-        "controller.quorum.voters": f"{NODE_ID}@{host}:{cport}",
+        "node.id": config.node_id,
+        "controller.quorum.voters": ",".join(f"{node}@{host}:{vport}" for node, vport in voters),
         "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
         "advertised.listeners": f"PLAINTEXT://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -328,14 +339,15 @@ def server_properties(config: BrokerConfig) -> str:
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": config.data_dir,
         "num.partitions": 1,
-        "default.replication.factor": 1,
-        "offsets.topic.replication.factor": 1,
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": 8,
-        "transaction.state.log.replication.factor": 1,
-        "transaction.state.log.min.isr": 1,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": 4,
-        "share.coordinator.state.topic.replication.factor": 1,
-        "share.coordinator.state.topic.min.isr": 1,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": 0,
         "num.network.threads": 2,
         "num.io.threads": 4,
@@ -372,7 +384,8 @@ def _format_storage(config: BrokerConfig, java: str, jars: Path, say: Say) -> No
         return
     say(f"Formatting KRaft storage in {config.data_dir}")
     cmd = _java_cmd(config, java, jars, "256m", "kafka.tools.StorageTool", "format",
-                    "-t", random_cluster_id(), "-c", str(config.config_file), "--ignore-formatted")
+                    "-t", config.cluster_id or random_cluster_id(), "-c", str(config.config_file),
+                    "--ignore-formatted")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise BrokerError(f"formatting Kafka storage failed (exit {done.returncode}):\n"
@@ -539,6 +552,15 @@ class LocalBroker:
             say(f"Kafka already running (pid {pid}) at {config.bootstrap}")
             wait_until_ready(config.settings(), timeout, log_files=(config.log_file,))
             return self.status(probe=False)
+        self.launch(say, die_with_parent)
+        self.wait_ready(timeout)
+        say(f"Kafka is ready at {config.bootstrap}")
+        return self.status(probe=False)
+
+    def launch(self, say: Say = _quiet, die_with_parent: bool = False) -> None:
+        """Start the JVM without waiting for it to answer (the nodes of a cluster answer only once a quorum of
+        them runs, so they are all launched before any is waited for)."""
+        config = self.config
         for port in (config.port, config.controller_port):
             if port_in_use(config.host, port):
                 raise BrokerError(f"port {port} on {config.host} is already in use by another process; "
@@ -549,21 +571,23 @@ class LocalBroker:
         _write_config(config)
         _format_storage(config, java, jars, say)
         cmd = _java_cmd(config, java, jars, config.heap, "kafka.Kafka", str(config.config_file))
-        say(f"Starting Kafka at {config.bootstrap} (logs in {config.log_dir})")
+        say(f"Starting Kafka node {config.node_id} at {config.bootstrap} (logs in {config.log_dir})")
         with open(config.out_file, "wb") as out:
             self._process = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=config.home,
                 start_new_session=True, preexec_fn=_set_parent_death_signal if die_with_parent else None,
             )
         config.pid_file.write_text(f"{self._process.pid}\n")
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the launched node answers a metadata request; stop it and raise if it does not."""
+        config = self.config
         try:
             wait_until_ready(config.settings(), timeout, process=self._process,
                              log_files=(config.out_file, config.log_file))
         except BrokerError:
             self.stop(timeout=10)
             raise
-        say(f"Kafka is ready at {config.bootstrap}")
-        return self.status(probe=False)
 
     def stop(self, timeout: float = 30.0, say: Say = _quiet) -> bool:
         """SIGTERM (controlled shutdown), wait up to ``timeout`` s, then SIGKILL. False if it was not running."""
