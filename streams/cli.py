@@ -85,6 +85,17 @@ def start(
                                              help="JVM max heap [default: 512m].")] = None,
     timeout: TimeoutOpt = 90.0,
     bootstrap_servers: BootstrapOpt = None,
+    sasl_ssl_port: Annotated[int | None, typer.Option(
+        "--sasl-ssl-port", envvar="ASMG_KAFKA_SASL_SSL_PORT",
+        help="Also listen for SASL_SSL (SCRAM-SHA-512 over TLS) on this port (single node).")] = None,
+    ssl_keystore: Annotated[Path | None, typer.Option(
+        "--ssl-keystore", envvar="ASMG_KAFKA_SSL_KEYSTORE",
+        help="PEM file with the broker's private key (PKCS#8, unencrypted) and certificate chain.")] = None,
+    scram_user: Annotated[str | None, typer.Option(
+        "--scram-user", envvar="ASMG_KAFKA_SCRAM_USER", help="Create (or update) this SCRAM-SHA-512 user.")] = None,
+    scram_password_file: Annotated[Path | None, typer.Option(
+        "--scram-password-file", envvar="ASMG_KAFKA_SCRAM_PASSWORD_FILE",
+        help="A file holding the SCRAM user's password.")] = None,
 ) -> None:
     """Start the local broker (jars fetched from Maven Central once) and wait until it answers."""
     from rich.console import Console
@@ -100,11 +111,32 @@ def start(
             console.print(f"KAFKA_BOOTSTRAP_SERVERS is set: using the existing cluster at "
                           f"{settings.bootstrap_servers} ({brokers} broker(s) answering); nothing started.")
             return
+        secure = sasl_ssl_port is not None or scram_user is not None
         if nodes > 1:
+            if secure:
+                raise BrokerError("--sasl-ssl-port and --scram-user are for a single node (--nodes 1)")
             cluster = _cluster(nodes, port, controller_port, home, heap)
             bootstrap = cluster.start(timeout=max(timeout, 120.0), say=console.print).bootstrap_servers
         else:
-            bootstrap = _broker(port, controller_port, home, heap).start(timeout=timeout, say=console.print).bootstrap
+            broker = _broker(port, controller_port, home, heap)
+            if secure:
+                from dataclasses import replace
+
+                users = ()
+                if scram_user:
+                    if scram_password_file is None:
+                        raise BrokerError("--scram-user needs --scram-password-file (ASMG_KAFKA_SCRAM_PASSWORD_FILE)")
+                    try:
+                        password = scram_password_file.read_text().strip()
+                    except OSError as exc:
+                        raise BrokerError(f"--scram-password-file {scram_password_file}: {exc.strerror}") from None
+                    if len(password) < 8:
+                        raise BrokerError("the SCRAM password must have at least 8 characters")
+                    users = ((scram_user, password),)
+                broker = type(broker)(replace(broker.config, sasl_ssl_port=sasl_ssl_port or broker.config.sasl_ssl_port,
+                                              ssl_keystore=ssl_keystore or broker.config.ssl_keystore,
+                                              scram_users=users))
+            bootstrap = broker.start(timeout=timeout, say=console.print).bootstrap
     except (BrokerError, KafkaConfigError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"[green]ok[/] bootstrap servers: {bootstrap}")
