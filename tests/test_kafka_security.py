@@ -93,6 +93,7 @@ def test_sasl_ssl_listener_round_trip_and_refusals(tmp_path: Path) -> None:
         for value in values:
             producer.produce(names.interactions, value=value)
         assert producer.flush(60) == 0
+        del producer  # closed before the broker stops (no reconnect noise)
         consumer = Consumer(secure.confluent_config(group_id=f"g-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest"))
         consumer.subscribe([names.interactions])
         got: list[bytes] = []

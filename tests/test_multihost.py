@@ -166,6 +166,12 @@ def test_roles_on_separate_hosts_survive_a_broker_and_a_worker_kill(kafka_cluste
         for host in hosts:
             host.stop()
 
+    # every topic of the run, the roles' own included (windowing state, faust's), has three replicas
+    topics = AdminClient(kafka.confluent_config()).list_topics(timeout=10).topics
+    ours = {name: info for name, info in topics.items() if name.startswith(names.prefix)}
+    assert len(ours) > len(names.all())
+    assert {name: {len(p.replicas) for p in info.partitions.values()} for name, info in ours.items()} == {
+        name: {3} for name in ours}
     assert [p["period"] for p in periods] == list(range(1, PROTOCOL.n_periods + 1)), "every period closed once"
     for record in periods:
         assert_same_samples(read_period_record(record), prepared.periods[record["period"]])

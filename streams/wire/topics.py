@@ -159,6 +159,14 @@ def create_missing(settings: KafkaSettings, specs: list[TopicSpec], timeout: flo
     return {spec.name: result[spec.name] for spec in specs}
 
 
+def default_replication(kafka: KafkaSettings, timeout: float = 30.0) -> int:
+    """min(3, brokers in the cluster): the replication factor of the topics the roles create (faust's own too)."""
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient(kafka.confluent_config()).list_topics(timeout=timeout)
+    return min(3, max(1, len(metadata.brokers)))
+
+
 def interactions_partitions(kafka: KafkaSettings, names: TopicNames, timeout: float = 30.0) -> int:
     from confluent_kafka.admin import AdminClient
 
