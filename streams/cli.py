@@ -62,17 +62,19 @@ def _broker(port: int | None, controller_port: int | None, home: Path | None, he
 
 def _cluster(nodes: int, port: int | None, controller_port: int | None, home: Path | None,
              heap: str | None = None):  # -> LocalCluster | None
-    """The local cluster meant by the options: ``--nodes`` above 1, or a --dir holding a cluster's layout."""
+    """The local cluster meant by the options (``--nodes`` above 1, or a --dir holding a cluster's layout), or
+    None for the single broker. A cluster started before keeps its saved ports unless others are given."""
     from streams.local.broker import BrokerConfig
     from streams.local.cluster import ClusterConfig, LocalCluster, default_cluster_home, saved_layout
 
-    if nodes > 1:
-        base = BrokerConfig.from_env(heap=heap or "384m")
-        return LocalCluster(ClusterConfig.from_broker(base, nodes, home, port, controller_port))
+    if nodes <= 1 and (home is None or saved_layout(home) is None):
+        return None
     where = home or default_cluster_home()
-    if saved_layout(where) is not None and (home is not None or port is None):
-        return LocalCluster.open(where)
-    return None
+    base = BrokerConfig.from_env(heap=heap or "384m")
+    if saved_layout(where) is not None and port is None and controller_port is None:
+        return LocalCluster.open(where, heap=base.heap, lib_dir=base.lib_dir, kafka_home=base.kafka_home,
+                                 jvm_opts=base.jvm_opts)
+    return LocalCluster(ClusterConfig.from_broker(base, nodes, where, port, controller_port))
 
 
 @kafka_app.command()

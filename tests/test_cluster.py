@@ -90,3 +90,18 @@ def test_acked_writes_survive_sigkill_of_a_broker(kafka_cluster) -> None:
     finally:
         cluster.start_node(victim, timeout=120, die_with_parent=True)
     assert cluster.pids()[victim] is not None
+
+
+def test_cli_finds_the_cluster_by_its_options_or_its_folder(tmp_path) -> None:
+    from streams.cli import _cluster
+    from streams.local.cluster import LocalCluster
+
+    assert _cluster(1, None, None, tmp_path) is None  # no cluster there: the single broker
+    cluster = _cluster(3, 19092, None, tmp_path)
+    assert cluster.config.ports == (19092, 19093, 19094) and cluster.config.controller_ports == (19095, 19096, 19097)
+    assert cluster.config.home == tmp_path.absolute()
+    cluster._save_layout()  # what start() writes first
+    again = _cluster(1, None, None, tmp_path)  # stop/status with --dir only: the saved ports and cluster id
+    assert isinstance(again, LocalCluster) and again.config.ports == (19092, 19093, 19094)
+    assert again.cluster_id == cluster.cluster_id
+    assert _cluster(3, 29092, 29192, tmp_path).config.controller_ports == (29192, 29193, 29194)
