@@ -102,7 +102,9 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     failures = []
     for _ in range(3):  # a picked port may be taken by another process before the node binds it: pick again
         config = ClusterConfig(home=tmp_path_factory.mktemp("cluster"), ports=tuple(free_port() for _ in range(3)),
-                               controller_ports=tuple(free_port() for _ in range(3)), heap="320m")
+                               controller_ports=tuple(free_port() for _ in range(3)), heap="320m",
+                               # C1 only: three JVMs start in about half the time on two cores (30 s vs 62 s)
+                               jvm_opts=("-XX:TieredStopAtLevel=1", "-Xshare:auto"))
         cluster = LocalCluster(config)
         try:
             cluster.start(timeout=240, die_with_parent=True)
