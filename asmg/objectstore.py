@@ -34,10 +34,6 @@ class StoreConfigError(ValueError):
     """A store URI or an S3 setting is invalid; the message names the URI or variable at fault."""
 
 
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:

@@ -48,8 +48,9 @@ def test_bundle_round_trip_on_s3_and_tamper_detection(s3_store: str) -> None:
 
 def test_period_files_on_s3_are_read_only_as_their_record_names_them(s3_store: str) -> None:
     store = PeriodStore(f"{s3_store}/periods")
-    tables = [ragged_samples_table([1, 2], [10, 11], [5, 6], [1.0, 0.0], (np.array([1, 0]), np.array([7])), (np.array([0, 1]), np.array([3])), 4),
-              ragged_samples_table([3], [12], [7], [1.0], (np.array([2]), np.array([8, 9])), (np.array([0]), np.array([], dtype=np.int64)), 4)]
+    a = np.array
+    tables = [ragged_samples_table([1, 2], [10, 11], [5, 6], [1.0, 0.0], (a([1, 0]), a([7])), (a([0, 1]), a([3])), 4),
+              ragged_samples_table([3], [12], [7], [1.0], (a([2]), a([8, 9])), (a([0]), a([], dtype=np.int64)), 4)]
     parts = [store.write_partition(4, p, t) for p, t in enumerate(tables)]
     assert store.describe(4, 2) == parts
     record = {"period": 4, "uri": store.period_uri(4), "partitions": 2, "parts": [dict(p) for p in parts],

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.local.broker import (
@@ -240,7 +240,3 @@ def describe_status(states: Sequence[BrokerStatus]) -> str:
     """One line per node, as `asmg kafka status` prints them."""
     return "\n".join(f"node {i}: {state.describe()}" for i, state in enumerate(states, start=1))
 
-
-def with_ports(config: ClusterConfig, ports: Sequence[int], controller_ports: Sequence[int]) -> ClusterConfig:
-    """The same cluster on other ports (tests pick free ones)."""
-    return replace(config, ports=tuple(ports), controller_ports=tuple(controller_ports))
