@@ -1,8 +1,10 @@
 """Model artifacts and trainer checkpoints: safetensors + a JSON manifest with sha256 checksums.
 
-A bundle is a folder (local path or any pyarrow filesystem URI) holding ``tensors.safetensors`` and
-``manifest.json``; the manifest records the tensor file's sha256 and the reader refuses a mismatch.
-Records on Kafka carry the manifest's own sha256, so a reader checks the whole chain. No pickle.
+A bundle is a folder (local path, ``s3://`` URI, or another pyarrow filesystem URI: asmg/objectstore.py)
+holding ``tensors.safetensors`` and ``manifest.json``; the manifest records the tensor file's sha256 and the
+reader refuses a mismatch. Records on Kafka carry the manifest's own sha256, so a reader checks the whole
+chain. The manifest is written last: on a store without rename a bundle exists once its manifest does. No
+pickle.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from asmg.model import Params
+from asmg.objectstore import StoreConfigError, make_dirs, open_uri, write_atomic
 
 FORMAT = 1
 WRITE_FAULT_ENV = "ASMG_WRITE_FAULT"  # tests only: SIGKILL half way through writing a file whose path ends so
@@ -37,19 +40,19 @@ def sha256_hex(data: bytes) -> str:
 
 
 def _filesystem(uri: str) -> tuple[fs.FileSystem, str]:
-    if "://" not in uri:
-        return fs.LocalFileSystem(), uri
-    return fs.FileSystem.from_uri(uri)
+    try:
+        return open_uri(uri)
+    except StoreConfigError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def _write(filesystem: fs.FileSystem, path: str, data: bytes) -> None:
-    """Write beside, then move into place: a reader never sees half a file."""
-    tmp = path + ".tmp"
-    with filesystem.open_output_stream(tmp) as stream:
-        if (fault := os.environ.get(WRITE_FAULT_ENV)) and path.endswith(fault):
+    """Local: write beside, then move into place; object store: one PUT, visible once complete. Either way a
+    reader never sees half a file."""
+    if (fault := os.environ.get(WRITE_FAULT_ENV)) and path.endswith(fault):
+        with filesystem.open_output_stream(path + ".tmp") as stream:
             _die_half_written(stream, data, path)
-        stream.write(data)
-    filesystem.move(tmp, path)
+    write_atomic(filesystem, path, data, tmp_suffix=".tmp")
 
 
 def _die_half_written(stream: Any, data: bytes, path: str) -> None:
@@ -71,7 +74,7 @@ def _read(filesystem: fs.FileSystem, path: str) -> bytes:
 def save_bundle(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """Write a bundle; returns the manifest's sha256 (what a Kafka record should carry)."""
     filesystem, root = _filesystem(uri)
-    filesystem.create_dir(root, recursive=True)
+    make_dirs(filesystem, root)
     blob = save_tensors(_unshared(tensors))
     manifest = {"format": FORMAT, **meta, "files": {TENSORS: {"sha256": sha256_hex(blob), "bytes": len(blob)}}}
     text = json.dumps(manifest, indent=2, sort_keys=True).encode()
@@ -110,7 +113,7 @@ def load_bundle(uri: str, manifest_sha256: str | None = None) -> tuple[dict[str,
 
 def bundle_exists(uri: str) -> bool:
     filesystem, root = _filesystem(uri)
-    return filesystem.get_file_info(f"{root}/{MANIFEST}").type != fs.FileType.NotFound
+    return filesystem.get_file_info(f"{root}/{MANIFEST}").type == fs.FileType.File
 
 
 @dataclass(frozen=True)

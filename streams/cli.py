@@ -19,7 +19,7 @@ import typer
 from streams.scorer.command import scorer_command
 
 kafka_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="Run a local single-node Kafka (KRaft, no Docker) and create the project's topics.")
+                        help="Run a local Kafka (KRaft, no Docker; one node or a cluster) and create the topics.")
 
 PortOpt = Annotated[int | None, typer.Option("--port", envvar="ASMG_KAFKA_PORT",
                                              help="Broker port of the local Kafka [default: 9092].")]
@@ -29,6 +29,10 @@ DirOpt = Annotated[Path | None, typer.Option(
     "--dir", envvar="ASMG_KAFKA_DIR", help="State folder (jars, data, logs, pid) [default: .kafka in the repo].")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", envvar="ASMG_KAFKA_TIMEOUT",
                                            help="Seconds to wait for the broker.")]
+NodesOpt = Annotated[int, typer.Option(
+    "--nodes", envvar="ASMG_KAFKA_NODES", min=1, max=9,
+    help="Nodes of the local cluster (combined broker+controller each; 3: replication 3, min.insync.replicas 2; "
+         "state in .kafka/cluster, broker ports --port.. and controller ports after them).")]
 BootstrapOpt = Annotated[str | None, typer.Option(
     "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
     help="Use this existing cluster instead of the local broker.")]
@@ -56,15 +60,44 @@ def _broker(port: int | None, controller_port: int | None, home: Path | None, he
     return LocalBroker(BrokerConfig.from_env(port=port, controller_port=controller_port, home=home, heap=heap))
 
 
+def _cluster(nodes: int, port: int | None, controller_port: int | None, home: Path | None,
+             heap: str | None = None):  # -> LocalCluster | None
+    """The local cluster meant by the options (``--nodes`` above 1, or a --dir holding a cluster's layout), or
+    None for the single broker. A cluster started before keeps its saved ports unless others are given."""
+    from streams.local.broker import BrokerConfig
+    from streams.local.cluster import ClusterConfig, LocalCluster, default_cluster_home, saved_layout
+
+    if nodes <= 1 and (home is None or saved_layout(home) is None):
+        return None
+    where = home or default_cluster_home()
+    base = BrokerConfig.from_env(heap=heap or "384m")
+    if saved_layout(where) is not None and port is None and controller_port is None:
+        return LocalCluster.open(where, heap=base.heap, lib_dir=base.lib_dir, kafka_home=base.kafka_home,
+                                 jvm_opts=base.jvm_opts)
+    return LocalCluster(ClusterConfig.from_broker(base, nodes, where, port, controller_port))
+
+
 @kafka_app.command()
 def start(
     port: PortOpt = None,
     controller_port: ControllerPortOpt = None,
     home: DirOpt = None,
+    nodes: NodesOpt = 1,
     heap: Annotated[str | None, typer.Option("--heap", envvar="ASMG_KAFKA_HEAP",
                                              help="JVM max heap [default: 512m].")] = None,
     timeout: TimeoutOpt = 90.0,
     bootstrap_servers: BootstrapOpt = None,
+    sasl_ssl_port: Annotated[int | None, typer.Option(
+        "--sasl-ssl-port", envvar="ASMG_KAFKA_SASL_SSL_PORT",
+        help="Also listen for SASL_SSL (SCRAM-SHA-512 over TLS) on this port (single node).")] = None,
+    ssl_keystore: Annotated[Path | None, typer.Option(
+        "--ssl-keystore", envvar="ASMG_KAFKA_SSL_KEYSTORE",
+        help="PEM file with the broker's private key (PKCS#8, unencrypted) and certificate chain.")] = None,
+    scram_user: Annotated[str | None, typer.Option(
+        "--scram-user", envvar="ASMG_KAFKA_SCRAM_USER", help="Create (or update) this SCRAM-SHA-512 user.")] = None,
+    scram_password_file: Annotated[Path | None, typer.Option(
+        "--scram-password-file", envvar="ASMG_KAFKA_SCRAM_PASSWORD_FILE",
+        help="A file holding the SCRAM user's password.")] = None,
 ) -> None:
     """Start the local broker (jars fetched from Maven Central once) and wait until it answers."""
     from rich.console import Console
@@ -80,11 +113,35 @@ def start(
             console.print(f"KAFKA_BOOTSTRAP_SERVERS is set: using the existing cluster at "
                           f"{settings.bootstrap_servers} ({brokers} broker(s) answering); nothing started.")
             return
-        broker = _broker(port, controller_port, home, heap)
-        status = broker.start(timeout=timeout, say=console.print)
+        secure = sasl_ssl_port is not None or scram_user is not None
+        if nodes > 1:
+            if secure:
+                raise BrokerError("--sasl-ssl-port and --scram-user are for a single node (--nodes 1)")
+            cluster = _cluster(nodes, port, controller_port, home, heap)
+            bootstrap = cluster.start(timeout=max(timeout, 120.0), say=console.print).bootstrap_servers
+        else:
+            broker = _broker(port, controller_port, home, heap)
+            if secure:
+                from dataclasses import replace
+
+                users = ()
+                if scram_user:
+                    if scram_password_file is None:
+                        raise BrokerError("--scram-user needs --scram-password-file (ASMG_KAFKA_SCRAM_PASSWORD_FILE)")
+                    try:
+                        password = scram_password_file.read_text().strip()
+                    except OSError as exc:
+                        raise BrokerError(f"--scram-password-file {scram_password_file}: {exc.strerror}") from None
+                    if len(password) < 8:
+                        raise BrokerError("the SCRAM password must have at least 8 characters")
+                    users = ((scram_user, password),)
+                broker = type(broker)(replace(broker.config, sasl_ssl_port=sasl_ssl_port or broker.config.sasl_ssl_port,
+                                              ssl_keystore=ssl_keystore or broker.config.ssl_keystore,
+                                              scram_users=users))
+            bootstrap = broker.start(timeout=timeout, say=console.print).bootstrap
     except (BrokerError, KafkaConfigError) as exc:
         raise _fail(str(exc)) from None
-    console.print(f"[green]ok[/] bootstrap servers: {status.bootstrap}")
+    console.print(f"[green]ok[/] bootstrap servers: {bootstrap}")
 
 
 @kafka_app.command()
@@ -92,15 +149,20 @@ def stop(
     port: PortOpt = None,
     controller_port: ControllerPortOpt = None,
     home: DirOpt = None,
+    nodes: NodesOpt = 1,
     timeout: TimeoutOpt = 30.0,
 ) -> None:
-    """Stop the local broker: SIGTERM (controlled shutdown), then SIGKILL after --timeout seconds."""
+    """Stop the local broker or cluster: SIGTERM (controlled shutdown), then SIGKILL after --timeout seconds."""
     from rich.console import Console
 
     from streams.local.broker import BrokerError
 
+    say = Console(highlight=False).print
     try:
-        _broker(port, controller_port, home).stop(timeout=timeout, say=Console(highlight=False).print)
+        if (cluster := _cluster(nodes, port, controller_port, home)) is not None:
+            cluster.stop(timeout=timeout, say=say)
+        else:
+            _broker(port, controller_port, home).stop(timeout=timeout, say=say)
     except BrokerError as exc:
         raise _fail(str(exc)) from None
 
@@ -110,6 +172,7 @@ def status(
     port: PortOpt = None,
     controller_port: ControllerPortOpt = None,
     home: DirOpt = None,
+    nodes: NodesOpt = 1,
     bootstrap_servers: BootstrapOpt = None,
 ) -> None:
     """Say whether Kafka runs and where; exit 1 when it does not."""
@@ -128,6 +191,14 @@ def status(
                 answering = False
             state = BrokerStatus(running=answering, bootstrap=settings.bootstrap_servers, external=True,
                                  answering=answering)
+        elif (cluster := _cluster(nodes, port, controller_port, home)) is not None:
+            from streams.local.cluster import describe_status
+
+            states = cluster.status()
+            Console(highlight=False).print(describe_status(states))
+            if not all(s.running for s in states):
+                raise typer.Exit(1)
+            return
         else:
             state = _broker(port, controller_port, home).status()
     except (BrokerError, KafkaConfigError) as exc:

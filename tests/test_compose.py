@@ -50,8 +50,10 @@ def _asmg_services() -> dict[str, list[str]]:
 
 
 def _settings_variables() -> set[str]:
-    """KAFKA_*/ASMG_* names read straight from the environment by KafkaSettings (not CLI options)."""
+    """KAFKA_*/ASMG_* names read straight from the environment by KafkaSettings and the object store (not CLI
+    options)."""
     source = (ROOT / "streams" / "wire" / "kafka_config.py").read_text()
+    source += (ROOT / "asmg" / "objectstore.py").read_text()
     return set(re.findall(r'"((?:KAFKA|ASMG)_[A-Z0-9_]+)"', source))
 
 
@@ -95,8 +97,9 @@ def test_compose_runs_every_part_of_the_system() -> None:
     commands = {tuple(args[:len(key)]) for args in _asmg_services().values() for key in ROLES}
     missing = [what for key, what in ROLES.items() if key not in commands]
     assert not missing, f"docker-compose.yml runs no {missing}"
-    assert services["kafka"]["image"].split(":-")[-1].startswith("apache/kafka")
-    assert "broker,controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    for node in ("kafka-1", "kafka-2", "kafka-3"):
+        assert services[node]["image"].split(":-")[-1].startswith("apache/kafka")
+        assert "broker,controller" in services[node]["environment"]["KAFKA_PROCESS_ROLES"]
     assert {"prometheus", "grafana"} <= set(services)
     for name in _asmg_services():
         build = services[name].get("build") or {}
@@ -152,3 +155,34 @@ def test_the_check_itself_catches_mistakes() -> None:
     assert "ASMG_NO_SUCH_SETTING" not in _envvars(command) | _settings_variables()
     assert "--port" in _flags(command) and "--no-such-flag" not in _flags(command)
     assert {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL"} <= _settings_variables()
+
+
+def test_compose_has_the_several_machines_shape() -> None:
+    """Three Kafka nodes in one quorum with replicated topics, an S3 store, two windowing workers and two
+    scorers; the roles' stores are on S3, not on a volume they would have to share."""
+    services = _compose()["services"]
+    nodes = {name: _environment(services[name]) for name in ("kafka-1", "kafka-2", "kafka-3")}
+    assert sorted(env["KAFKA_NODE_ID"] for env in nodes.values()) == ["1", "2", "3"]
+    assert {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in nodes.values()} == {
+        "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert len({env["CLUSTER_ID"] for env in nodes.values()}) == 1
+    for env in nodes.values():
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3" and env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+    published = [str(port) for svc in services.values() for port in svc.get("ports", [])]
+    assert all(port.startswith("127.0.0.1:") for port in published), "no port beyond the host's loopback"
+    assert "s3" in services and "S3PROXY_CREDENTIAL" in _environment(services["s3"])
+    roles = {name: _command(svc)[1:3] for name, svc in services.items() if _command(svc)[:1] == ["asmg"]}
+    assert [n for n, r in roles.items() if r == ["worker", "scorer"]] == ["scorer", "scorer-2"]
+    windowing = [n for n, r in roles.items() if r == ["worker", "windowing"]]
+    assert len(windowing) == 2
+    assert len({_environment(services[n])["ASMG_WORKER_NAME"] for n in windowing}) == 2, "unique transactional ids"
+    for name, role in roles.items():
+        if role[1:] not in (["windowing"], ["trainer"], ["scorer"]):
+            continue
+        env = _environment(services[name])
+        assert env["KAFKA_BOOTSTRAP_SERVERS"].count(",") == 2, name
+        stores = [env[k] for k in ("ASMG_PERIOD_STORE", "ASMG_ARTIFACT_STORE", "ASMG_CHECKPOINT_STORE") if k in env]
+        assert stores and all(v.startswith("s3://") for v in stores), (name, stores)
+        assert env["ASMG_S3_ENDPOINT"] and env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"], name

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.settings import StreamSettings
-from streams.wire.topics import TopicNames, ensure_topics, interactions_partitions
+from streams.wire.topics import TopicNames, default_replication, ensure_topics, interactions_partitions
 
 log = logging.getLogger(__name__)
 ROLE = "trainer"
@@ -39,6 +39,7 @@ def create_app(settings: StreamSettings, kafka: KafkaSettings | None = None):
         **kafka.faust_app_kwargs(),
         store="memory://",
         topic_partitions=partitions,
+        topic_replication_factor=default_replication(kafka),  # faust's own topics survive a broker's loss too
         web_enabled=False,
         datadir=str(datadir),
         autodiscover=False,

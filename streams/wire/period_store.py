@@ -7,8 +7,10 @@ Layout under the store URI (a local path, or any URI pyarrow's filesystems open:
 
 A file's name depends only on (period, partition), and its content only on that partition's samples of
 that period (rows sorted by ts, user_id, item_id, label; no timestamps or pandas metadata in the file),
-so rewriting it after a restart yields the same bytes. Writes go to a temporary name first and are
-moved into place, so a reader never sees half a file.
+so rewriting it after a restart yields the same bytes. On a local disk writes go to a temporary name first
+and are moved into place; on an object store (no rename) a part is one PUT, visible once complete
+(asmg/objectstore.py). Either way a reader never sees half a file, and a reader trusts only the parts a
+period record names, with their sha256: the record is published after every part is written.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs
 
+from asmg import objectstore
 from asmg.ragged import list_array
 from streams.wire.records import PART_FILE, combined_sha256
 
@@ -43,9 +46,11 @@ class PeriodStoreError(RuntimeError):
 
 
 def open_uri(uri: str) -> tuple[fs.FileSystem, str]:
-    if "://" not in uri:
-        return fs.LocalFileSystem(), os.path.abspath(uri)
-    return fs.FileSystem.from_uri(uri)
+    """(filesystem, path) of a store URI (asmg/objectstore.py: local, s3:// with the AWS variables, ...)."""
+    try:
+        return objectstore.open_uri(uri)
+    except objectstore.StoreConfigError as exc:
+        raise PeriodStoreError(str(exc)) from None
 
 
 SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_~+=,@.-]+")
@@ -125,11 +130,8 @@ class PeriodStore:
         """Write (or rewrite identically) one partition's samples of a period; returns its part entry."""
         data = table_bytes(table)
         filesystem, path = self._part_path(period, partition)
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with filesystem.open_output_stream(tmp) as stream:
-            stream.write(data)
-        filesystem.move(tmp, path)
+        objectstore.make_dirs(filesystem, path.rsplit("/", 1)[0])
+        objectstore.write_atomic(filesystem, path, data)
         return {"partition": partition, "file": self.part_name(partition), "rows": table.num_rows,
                 "sha256": hashlib.sha256(data).hexdigest()}
 

@@ -239,13 +239,10 @@ def load_bounds(spec: str) -> list[float]:
     """Period boundaries from a JSON list, or from a JSON file (local path or pyarrow URI)."""
     text = spec.strip()
     if not text.startswith(("[", "{")):
-        from pyarrow import fs
+        from asmg.objectstore import open_uri
 
         try:
-            if "://" in text:
-                filesystem, path = fs.FileSystem.from_uri(text)
-            else:
-                filesystem, path = fs.LocalFileSystem(), os.path.abspath(text)
+            filesystem, path = open_uri(text)  # a local path, or s3:// with the AWS variables
             with filesystem.open_input_stream(path) as stream:
                 text = stream.read().decode()
         except (OSError, ValueError) as exc:

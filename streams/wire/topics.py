@@ -16,6 +16,12 @@ DEFAULT_PARTITIONS = 4
 DAY_MS = 24 * 3600 * 1000
 
 
+def min_insync_replicas(replicas: int) -> int:
+    """2 once there are 3 or more replicas (a write acknowledged with acks=all is on two brokers, and the
+    cluster still takes writes with one broker down); 1 below that (a lone broker must accept writes)."""
+    return 2 if replicas >= 3 else 1
+
+
 class TopicError(RuntimeError):
     """A topic could not be created or has an incompatible existing layout."""
 
@@ -90,7 +96,8 @@ def ensure_topics(settings: KafkaSettings, names: TopicNames | None = None,
                   replication_factor: int | None = None) -> dict[str, str]:
     """Create missing topics; return ``{name: "created" | "exists"}``. Safe to call any number of times.
 
-    The replication factor defaults to min(3, brokers in the cluster): 1 on the local broker.
+    The replication factor defaults to min(3, brokers in the cluster): 1 on the local broker, 3 on a
+    cluster of three or more, with ``min.insync.replicas`` 2 from three replicas on.
     """
     return create_missing(settings, topic_specs(names or TopicNames.from_env(), partitions), timeout,
                           replication_factor)
@@ -133,8 +140,9 @@ def create_missing(settings: KafkaSettings, specs: list[TopicSpec], timeout: flo
     missing = [spec for spec in specs if spec.name not in metadata.topics]
     if not missing:
         return result
+    isr = {"min.insync.replicas": str(min_insync_replicas(replicas))}
     futures = admin.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replicas, config=s.config)
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replicas, config={**isr, **s.config})
          for s in missing],
         operation_timeout=timeout, request_timeout=timeout,
     )
@@ -149,6 +157,14 @@ def create_missing(settings: KafkaSettings, specs: list[TopicSpec], timeout: flo
             else:
                 raise TopicError(f"cannot create topic {name}: {exc}") from exc
     return {spec.name: result[spec.name] for spec in specs}
+
+
+def default_replication(kafka: KafkaSettings, timeout: float = 30.0) -> int:
+    """min(3, brokers in the cluster): the replication factor of the topics the roles create (faust's own too)."""
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient(kafka.confluent_config()).list_topics(timeout=timeout)
+    return min(3, max(1, len(metadata.brokers)))
 
 
 def interactions_partitions(kafka: KafkaSettings, names: TopicNames, timeout: float = 30.0) -> int:
