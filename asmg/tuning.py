@@ -103,8 +103,12 @@ def choose_base(data: PreparedPeriods, cfg: RunConfig, seeds: Sequence[int] = (0
         scores.append((candidate, auc))
         if on_candidate:
             on_candidate(candidate, auc)
-    best = max(scores, key=lambda pair: pair[1])[0]
-    return best.apply(cfg), scores
+    return best_of(scores)[0].apply(cfg), scores
+
+
+def best_of(scores: Sequence[tuple[BaseCandidate, float]]) -> tuple[BaseCandidate, float]:
+    """The candidate with the highest validation AUC (the first of equals)."""
+    return max(scores, key=lambda pair: pair[1])
 
 
 def auto_base(data: PreparedPeriods, cfg: RunConfig, seeds: Sequence[int], workers: int = 1,
@@ -116,7 +120,7 @@ def auto_base(data: PreparedPeriods, cfg: RunConfig, seeds: Sequence[int], worke
         f"seeds {', '.join(map(str, seeds))})")
     chosen, scores = choose_base(data, cfg, seeds, AUTO_GRID, workers,
                                  on_candidate=lambda c, auc: say(f"  {c.label}: IU validation AUC {auc:.4f}"))
-    best = max(scores, key=lambda pair: pair[1])
+    best = best_of(scores)
     note = (f"--preset auto: base training chosen by IU's AUC on validation periods {first}-{last} among "
             f"{len(scores)} candidates ({best[0].label}: {best[1]:.4f}); generator: the default ASMG configuration")
     say(f"chosen: {best[0].label}")

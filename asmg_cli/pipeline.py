@@ -189,13 +189,11 @@ def load_log(dataset: str, data_dir: Path, say: Say, synthetic_events: int = 77_
     (log, synthetic?)."""
     from asmg.data.log import DataError
     from asmg.data.registry import load_dataset
-    from asmg.data.synthetic import synthetic_log
+    from asmg.data.synthetic import scaled_synthetic_log
 
     if dataset != "synthetic":
         try:
             return load_dataset(dataset, data_dir), False
         except DataError as exc:
             say(f"[yellow]No {dataset} data found ({exc}); replaying the synthetic drifting stream instead.[/]")
-    per_period = max(1, synthetic_events // 31)
-    return synthetic_log(n_users=max(800, per_period // 4), n_items=max(600, per_period // 5), n_categories=12,
-                         n_periods=31, events_per_period=per_period, seed=0, implicit=False, name="synthetic"), True
+    return scaled_synthetic_log(synthetic_events), True

@@ -100,3 +100,13 @@ def test_bad_arguments() -> None:
 def test_large_catalogue_uses_sampled_candidates() -> None:
     log = synthetic_log(n_users=2000, n_items=5000, n_periods=3, events_per_period=3000, seed=0)
     assert len(log.events) == 9000 and log.events["item_id"].nunique() > 500
+
+
+def test_the_demo_replay_at_its_default_size_is_the_named_synthetic_stream() -> None:
+    """The demo replays `scaled_synthetic_log(77_500)`; the experiments' `synthetic` must be that same stream."""
+    from asmg.data.synthetic import named_synthetic_log, scaled_synthetic_log
+
+    demo, named = scaled_synthetic_log(77_500), named_synthetic_log("synthetic", cache_dir=None)
+    pd.testing.assert_frame_equal(demo.events, named.events)
+    bigger = scaled_synthetic_log(310_000)
+    assert len(bigger.events) > 3 * len(demo.events) and bigger.events["user_id"].nunique() > 800

@@ -10,7 +10,7 @@ from asmg.config import RunConfig
 from asmg.data.synthetic import synthetic_log
 from asmg.prepare import prepare_periods
 from asmg.presets import AUTO, default_preset, preset
-from asmg.tuning import BaseCandidate, choose_base, validation_runs, validation_window
+from asmg.tuning import BaseCandidate, best_of, choose_base, validation_runs, validation_window
 
 CFG = RunConfig(protocol=replace(RunConfig().protocol, n_periods=12, pretrain_periods=3, first_test_period=10))
 
@@ -41,6 +41,7 @@ def test_choose_base_takes_the_best_validated_candidate(data) -> None:
     chosen, scores = choose_base(data, CFG, (0,), grid)
     assert [c for c, _ in scores] == grid
     best = max(scores, key=lambda pair: pair[1])[0]
+    assert best_of(scores)[0] == best
     assert (chosen.train.lr, chosen.train.epochs, chosen.train.batch_size) == (best.lr, best.epochs, best.batch_size)
     assert scores[1][1] > scores[0][1]  # the learning candidate validates better: the choice is not arbitrary
     assert chosen.meta == CFG.meta and chosen.protocol == CFG.protocol

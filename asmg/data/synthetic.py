@@ -156,6 +156,16 @@ SYNTHETIC_SETTINGS: dict[str, dict] = {
 }
 
 
+def scaled_synthetic_log(total_events: int) -> InteractionLog:
+    """The 'synthetic' stream stretched to about ``total_events`` (the demo's and benchmarks' replay): the
+    same drift and periods, users and items growing with the events once past its defaults."""
+    settings = SYNTHETIC_SETTINGS["synthetic"]
+    per_period = max(1, total_events // settings["n_periods"])
+    return synthetic_log(**{**settings, "events_per_period": per_period,
+                            "n_users": max(settings["n_users"], per_period // 4),
+                            "n_items": max(settings["n_items"], per_period // 5)}, name="synthetic")
+
+
 GENERATOR_VERSION = "1"  # bump when the generator's output changes, so cached logs are rebuilt
 
 
