@@ -69,7 +69,7 @@ def _role_metrics(app, settings: StreamSettings, kafka: KafkaSettings):
 
     metrics = RoleMetrics(ROLE)
     faust_sensors(app, metrics.registry)
-    metrics.watch_lag(kafka, [settings.role_app_id(ROLE)])
+    metrics.watch_lag(kafka, {settings.role_app_id(ROLE): [TopicNames(settings.topic_prefix).periods]})
     return metrics
 
 

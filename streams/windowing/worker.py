@@ -296,7 +296,7 @@ def run_windowing(settings: StreamSettings, kafka: KafkaSettings) -> None:
         metrics.windowing = WindowingMetrics(metrics.registry, worker.core)
         metrics.coordinator = CoordinatorMetrics(metrics.registry, coordinator.coordinator)
         coordinator.coordinator.metrics = metrics.coordinator
-        metrics.watch_lag(kafka, [worker.app_id])
+        metrics.watch_lag(kafka, {worker.app_id: [names.interactions]})
         worker.metrics = metrics.windowing
         metrics.serve(settings.metrics_port, settings.metrics_host)
     stop = threading.Event()
