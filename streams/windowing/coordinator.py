@@ -175,7 +175,13 @@ class CoordinatorLoop:
                     changed |= self._merge(message.value())
                 if self.owned and (changed or time.monotonic() - last_try >= self.retry_every):
                     last_try = time.monotonic()
-                    self.coordinator.try_publish(self.table)
+                    try:
+                        self.coordinator.try_publish(self.table)
+                    except (KafkaException, RuntimeError, TimeoutError) as exc:
+                        # the broker away (a restart, an outage): the record may or may not be written, so
+                        # forget what was published and read the periods topic again before the next try
+                        log.warning("coordinator: publishing failed (%s); trying again", exc)
+                        self.coordinator.reset()
         finally:
             consumer.close()
 
