@@ -234,14 +234,14 @@ def assert_everything_once(pipeline: Pipeline, names: TopicNames, stream: Stream
 @pytest.mark.kafka
 @pytest.mark.timeout(420)
 def test_broker_stopped_and_started_twice_mid_stream(broker: LocalBroker, stream: Stream, run, tmp_path: Path) -> None:
-    """``asmg kafka stop``, an outage past every session, ``asmg kafka start`` (twice, with events between):
-    no role hangs or dies (issue 10: the windowing worker sat in send_offsets_to_transaction for good)."""
+    """``asmg kafka stop`` (then a SIGKILL crash), an outage past every session, ``asmg kafka start``, twice with
+    events between: no role hangs or dies (issue 10: the windowing worker sat in send_offsets_to_transaction for good)."""
     pipeline, names = run
     for part in range(3):
         feed(pipeline, names, stream, part, 3)
         if part < 2:
             some_progress(pipeline, names, 2 * part + 1, f"periods closing before outage {part + 1}")
-            broker.stop(timeout=30)
+            broker.stop(timeout=30) if part == 0 else broker.kill()  # a controlled shutdown, then a crash
             deadline = time.monotonic() + OUTAGE
             while time.monotonic() < deadline:  # the outage itself: the roles must not die meanwhile
                 pipeline.check()

@@ -50,8 +50,8 @@ KAFKA_LOG = f"{__name__}.kafka"  # librdkafka's own lines go through logging (JS
 
 TRANSACTION_TIMEOUT_MS = 30_000
 RESTORE_TIMEOUT = 120.0
-CALL_TIMEOUT = 15.0  # seconds given to one transactional call (init, send offsets, commit, abort)
-CALL_GRACE = 10.0  # past the call's own timeout: the call is stuck in librdkafka and given up
+CALL_TIMEOUT = 10.0  # seconds given to one transactional call (init, send offsets, commit, abort)
+CALL_GRACE = 5.0  # past the call's own timeout: the call is stuck in librdkafka and given up
 REINIT_EXIT = 75  # EX_TEMPFAIL: the producer could not be re-created; a supervisor restarts the worker
 
 
