@@ -235,7 +235,8 @@ def assert_everything_once(pipeline: Pipeline, names: TopicNames, stream: Stream
 @pytest.mark.timeout(420)
 def test_broker_stopped_and_started_twice_mid_stream(broker: LocalBroker, stream: Stream, run, tmp_path: Path) -> None:
     """``asmg kafka stop`` (then a SIGKILL crash), an outage past every session, ``asmg kafka start``, twice with
-    events between: no role hangs or dies (issue 10: the windowing worker sat in send_offsets_to_transaction for good)."""
+    events between: no role hangs or dies (issue 10: the windowing worker sat in send_offsets_to_transaction for
+    good)."""
     pipeline, names = run
     for part in range(3):
         feed(pipeline, names, stream, part, 3)
@@ -292,3 +293,50 @@ def test_each_role_killed_at_a_random_point(broker: LocalBroker, stream: Stream,
         pipeline.start(role)
         wait_ready(pipeline, role)
     assert_everything_once(pipeline, names, stream, tmp_path)
+
+
+# --- the pieces that keep roles alive -----------------------------------------------------------------------
+
+
+def test_bounded_gives_up_on_a_call_that_ignores_its_timeout() -> None:
+    """What the windowing worker does around librdkafka's transactional calls: a call that never returns
+    (librdkafka #5456) is given up after its timeout plus the grace; a call's own error reaches the caller."""
+    import threading
+
+    from streams.windowing.worker import TransactionStuck, bounded
+
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(TransactionStuck, match="send_offsets_to_transaction did not return") as stuck:
+        bounded("send_offsets_to_transaction", lambda timeout: release.wait(), timeout=0.2, grace=0.3)
+    assert time.monotonic() - started < 5.0
+    assert stuck.value.thread.is_alive()  # still inside the call: the worker parks the producer, never destroys it
+    release.set()
+    stuck.value.thread.join(5)
+    seen = []
+    bounded("commit_transaction", seen.append, timeout=0.5)
+    assert seen == [0.5]  # the timeout is handed to the call
+    with pytest.raises(ValueError, match="refused"):
+        bounded("abort_transaction", lambda timeout: (_ for _ in ()).throw(ValueError("refused")), timeout=0.5)
+
+
+@pytest.mark.kafka
+def test_consumer_lag_reads_committed_offsets(broker: LocalBroker) -> None:
+    """The lag watcher (now a plain consumer, see streams/metrics.py) reports high watermark minus the
+    group's committed offset, and leaves out partitions the group never committed."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.metrics import ConsumerLag
+
+    broker.start(timeout=180, die_with_parent=True)
+    kafka = broker.config.settings()
+    names = TopicNames(f"lag-{os.getpid()}-{random.randrange(1 << 20)}.")
+    ensure_topics(kafka, names, 2)
+    produce(kafka, names.interactions, [(0, i, b"{}") for i in range(10)] + [(1, i, b"{}") for i in range(3)])
+    group = f"{names.prefix}group"
+    committer = Consumer(kafka.confluent_config(group_id=group, enable_auto_commit=False))
+    committer.commit(offsets=[TopicPartition(names.interactions, 0, 4)], asynchronous=False)
+    committer.close()
+    lag = ConsumerLag(kafka, {group: [names.interactions]})
+    assert lag.refresh() == {(group, names.interactions, 0): 6}
+    assert lag.refreshed is not None
