@@ -66,22 +66,26 @@ class Sampler(threading.Thread):
                     self.samples.append({"t": t, "process": name, "pid": pid, "rss_mb": round(value, 1)})
 
 
-def rss_figures(samples: list[dict[str, Any]], seconds: float) -> dict[str, dict[str, float]]:
-    """Per process: max, the median of the first and of the last fifth of the run (after the restarts each
-    role's new process counts), and the least-squares slope over the second half in MiB per minute."""
+def rss_figures(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per process name: the peak over the run, and for its last process (the one alive at the end, after any
+    restart) the median of the first and of the last fifth of its life and the least-squares slope over the
+    second half of its life in MiB per minute (flat memory: a slope near 0)."""
     import numpy as np
 
     out = {}
     for name in sorted({s["process"] for s in samples}):
-        t = np.array([s["t"] for s in samples if s["process"] == name])
-        v = np.array([s["rss_mb"] for s in samples if s["process"] == name])
-        if len(t) < 4:
-            continue
-        first, last, second_half = t <= seconds / 5, t >= seconds * 4 / 5, t >= seconds / 2
-        slope = float(np.polyfit(t[second_half], v[second_half], 1)[0] * 60) if second_half.sum() >= 4 else None
-        out[name] = {"max_mb": float(v.max()), "first_fifth_median_mb": float(np.median(v[first])) if first.any()
-                     else None, "last_fifth_median_mb": float(np.median(v[last])) if last.any() else None,
-                     "second_half_slope_mb_per_min": None if slope is None else round(slope, 2)}
+        rows = [s for s in samples if s["process"] == name]
+        last = [s for s in rows if s["pid"] == rows[-1]["pid"]]
+        t, v = np.array([s["t"] for s in last]), np.array([s["rss_mb"] for s in last])
+        figures: dict[str, Any] = {"max_mb": max(s["rss_mb"] for s in rows), "processes": len({s["pid"] for s in rows}),
+                                   "last_process_seconds": round(float(t[-1] - t[0]), 1)}
+        if len(t) >= 10:
+            span = t[-1] - t[0]
+            first, end, late = t <= t[0] + span / 5, t >= t[-1] - span / 5, t >= t[0] + span / 2
+            figures.update(first_fifth_median_mb=float(np.median(v[first])),
+                           last_fifth_median_mb=float(np.median(v[end])),
+                           second_half_slope_mb_per_min=round(float(np.polyfit(t[late], v[late], 1)[0] * 60), 2))
+        out[name] = figures
     return out
 
 
@@ -92,9 +96,12 @@ def plot(samples: list[dict[str, Any]], faults: list[dict[str, Any]], path: Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 5))
-    for name in sorted({s["process"] for s in samples}):
+    for index, name in enumerate(sorted({s["process"] for s in samples})):
         rows = [s for s in samples if s["process"] == name]
-        ax.plot([s["t"] / 60 for s in rows], [s["rss_mb"] for s in rows], label=name, lw=1)
+        for n, pid in enumerate(dict.fromkeys(s["pid"] for s in rows)):  # one line per process: restarts show as gaps
+            mine = [s for s in rows if s["pid"] == pid]
+            ax.plot([s["t"] / 60 for s in mine], [s["rss_mb"] for s in mine], color=f"C{index}", lw=1,
+                    label=name if n == 0 else None)
     for fault in faults:
         ax.axvline(fault["t"] / 60, color="grey", ls=":", lw=1)
         ax.text(fault["t"] / 60, ax.get_ylim()[1], fault["what"], rotation=90, va="top", ha="right", fontsize=7)
@@ -247,7 +254,7 @@ def soak(minutes: float, rate: float, out: Path, session_timeout: float = 6.0, p
                     "one model per period": sorted(models) == list(range(PRETRAIN, n_periods + 1)),
                     "scorer counted every event once": counted == produced_events,
                     "producer delivered every event": replayed.get("events") == produced_events},
-            rss=rss_figures(sampler.samples, seconds), samples=sampler.samples)
+            rss=rss_figures(sampler.samples), samples=sampler.samples)
     (out / "soak.json").write_text(json.dumps(report, indent=1))
     plot(report["samples"], report["faults"], out / "soak-rss.png")
     return report
