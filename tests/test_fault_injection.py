@@ -340,3 +340,27 @@ def test_consumer_lag_reads_committed_offsets(broker: LocalBroker) -> None:
     lag = ConsumerLag(kafka, {group: [names.interactions]})
     assert lag.refresh() == {(group, names.interactions, 0): 6}
     assert lag.refreshed is not None
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_trainer_started_while_the_broker_is_down(broker: LocalBroker, stream: Stream, tmp_path: Path) -> None:
+    """A supervisor restarting the trainer during a broker restart: it waits for the broker instead of exiting
+    (faust gives up at once when it cannot bootstrap; found by the soak)."""
+    broker.start(timeout=180, die_with_parent=True)
+    kafka = broker.config.settings()
+    names = TopicNames(f"faults-{tmp_path.name[-12:]}.")
+    ensure_topics(kafka, names, PARTITIONS)
+    settings = stream_settings(names, tmp_path, period_bounds=json.dumps(stream.prepared.bounds.to_list()),
+                               session_timeout=SESSION, log_level="info", **TRAIN)
+    broker.stop(timeout=30)
+    pipeline = Pipeline(settings, kafka, tmp_path, free_port())
+    try:
+        pipeline.start("trainer")
+        trainer = pipeline.workers["trainer"]
+        until(pipeline, lambda: "waiting up to" in trainer.log.read_text(errors="replace"), 120,
+              "the trainer to wait for the broker")
+        broker.start(timeout=180, die_with_parent=True)
+        wait_ready(pipeline, "trainer")
+    finally:
+        pipeline.stop()
