@@ -115,8 +115,9 @@ def plot(samples: list[dict[str, Any]], faults: list[dict[str, Any]], path: Path
 
 
 def soak(minutes: float, rate: float, out: Path, session_timeout: float = 6.0, partitions: int = 3,
-         say=print) -> dict[str, Any]:
-    """Run the soak; returns the report (also written to ``out/soak.json``)."""
+         say=print, broker=None) -> dict[str, Any]:
+    """Run the soak; returns the report (also written to ``out/soak.json``). ``broker``: a running
+    :class:`~streams.local.broker.LocalBroker` to use (and restart) instead of one of its own (the tests')."""
     import shutil
 
     from asmg.data.synthetic import synthetic_log
@@ -139,15 +140,17 @@ def soak(minutes: float, rate: float, out: Path, session_timeout: float = 6.0, p
     report: dict[str, Any] = {"minutes": minutes, "rate": rate, "events": produced_events, "periods": PERIODS,
                               "session_timeout": session_timeout, "faults": []}
     with ExitStack() as stack:
-        home = Path(tempfile.mkdtemp(prefix="asmg-soak-"))
-        port, controller = free_port(), free_port()
-        while controller == port:
-            controller = free_port()
-        broker = LocalBroker(BrokerConfig(home=home / "kafka", port=port, controller_port=controller, heap="512m"))
-        broker.start(timeout=180, die_with_parent=True)
-        stack.callback(broker.stop, timeout=30)
+        if broker is None:
+            home = Path(tempfile.mkdtemp(prefix="asmg-soak-"))
+            port, controller = free_port(), free_port()
+            while controller == port:
+                controller = free_port()
+            broker = LocalBroker(BrokerConfig(home=home / "kafka", port=port, controller_port=controller,
+                                              heap="512m"))
+            broker.start(timeout=180, die_with_parent=True)
+            stack.callback(broker.stop, timeout=30)
         kafka = broker.config.settings()
-        names = TopicNames("soak.")
+        names = TopicNames(f"soak-{os.getpid()}-{time.time_ns() % 10**9}.")
         ensure_topics(kafka, names, partitions)
         bounds, n_periods = pipeline.write_bounds(log, protocol.split, PERIODS, out)
         scorer_port = free_port()

@@ -364,3 +364,26 @@ def test_trainer_started_while_the_broker_is_down(broker: LocalBroker, stream: S
         wait_ready(pipeline, "trainer")
     finally:
         pipeline.stop()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(420)
+def test_soak_short(broker: LocalBroker, tmp_path: Path) -> None:
+    """scripts/soak.py for 20 seconds of stream (its faults then follow each other closely): the checks hold,
+    and the RSS of every role and of the broker was sampled throughout and plotted."""
+    import importlib.util
+
+    from tests.helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("soak", REPO / "scripts" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    broker.start(timeout=180, die_with_parent=True)
+    report = soak.soak(minutes=1 / 3, rate=60, out=tmp_path / "soak", broker=broker, say=lambda *_: None)
+    assert report["checks"] and all(report["checks"].values()), {k: v for k, v in report.items() if k != "samples"}
+    assert [f["what"] for f in report["faults"]][:2] == ["broker stop", "broker started"]
+    assert set(report["rss"]) == {"windowing", "trainer", "scorer", "broker"}
+    # each role killed once and started again, the broker restarted once: two processes each, both sampled
+    assert {name: figures["processes"] for name, figures in report["rss"].items()} == \
+        {"windowing": 2, "trainer": 2, "scorer": 2, "broker": 2}
+    assert (tmp_path / "soak" / "soak-rss.png").stat().st_size > 10_000
