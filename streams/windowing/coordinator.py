@@ -171,7 +171,10 @@ class CoordinatorLoop:
                 first = consumer.poll(0.5)  # returns at the first record; the rest is taken without waiting
                 for message in ([first] + consumer.consume(10_000, timeout=0)) if first is not None else []:
                     if message.error() is not None:
-                        raise KafkaException(message.error())
+                        if message.error().fatal():
+                            raise KafkaException(message.error())
+                        log.warning("coordinator: consumer error %s", message.error())  # librdkafka retries
+                        continue
                     changed |= self._merge(message.value())
                 if self.owned and (changed or time.monotonic() - last_try >= self.retry_every):
                     last_try = time.monotonic()
