@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -411,14 +411,23 @@ def scorer_registry(service: Any) -> tuple[CollectorRegistry, Histogram]:
 class ConsumerLag:
     """Lag per consumer group: each partition's high watermark minus the group's committed offset.
 
-    A daemon thread refreshes the numbers every ``interval`` seconds with one AdminClient (never in the
-    scrape path); a scrape reports the last refresh. Partitions the group never committed are left out.
+    A daemon thread refreshes the numbers every ``interval`` seconds (never in the scrape path); a scrape
+    reports the last refresh. Partitions the group never committed are left out. ``groups``: group -> the
+    topics it reads.
+
+    Why a plain consumer per group (never subscribed, so it never joins the group) and not the AdminClient:
+    librdkafka's group admin requests (``list_consumer_group_offsets``) go through its coordinator-request
+    machinery, which crashed whole workers here: a segfault when a worker started on a fresh broker, and
+    ``rd_kafka_enq_once_del_source_return: Assertion 'eonce->refcnt > 0'`` (a native abort) in the trainer
+    during a broker restart (librdkafka issue #4605, open). ``committed()`` and ``get_watermark_offsets()``
+    take the consumer's ordinary paths, and both honour their timeouts.
     """
 
-    def __init__(self, kafka: KafkaSettings, groups: Sequence[str], registry: CollectorRegistry | None = None,
-                 interval: float = 5.0, timeout: float = 10.0) -> None:
+    def __init__(self, kafka: KafkaSettings, groups: Mapping[str, Sequence[str]] | Sequence[str],
+                 registry: CollectorRegistry | None = None, interval: float = 5.0, timeout: float = 10.0) -> None:
         self.kafka = kafka
-        self.groups = list(groups)
+        self.groups = {g: list(t) for g, t in groups.items()} if isinstance(groups, Mapping) else \
+            {g: [] for g in groups}
         self.interval = interval
         self.timeout = timeout
         self.lags: dict[tuple[str, str, int], int] = {}
@@ -426,7 +435,7 @@ class ConsumerLag:
         self.errors = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._admin = None
+        self._consumers: dict[str, Any] = {}  # group -> its long-lived consumer (one client for the role's life)
         if registry is not None:
             registry.register(_Callback(self._collect))
 
@@ -448,27 +457,36 @@ class ConsumerLag:
                 log.debug("consumer lag refresh failed: %s", exc)
             self._stop.wait(self.interval)
 
-    def refresh(self) -> dict[tuple[str, str, int], int]:
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-        from confluent_kafka.admin import AdminClient, OffsetSpec
+    def _consumer(self, group: str) -> Any:
+        from confluent_kafka import Consumer
 
-        if self._admin is None:
-            self._admin = AdminClient(self.kafka.confluent_config())
-        admin = self._admin
+        if group not in self._consumers:
+            self._consumers[group] = Consumer(self.kafka.confluent_config(
+                group_id=group, enable_auto_commit=False, logger_name=f"{__name__}.kafka"))
+        return self._consumers[group]
+
+    def refresh(self) -> dict[tuple[str, str, int], int]:
+        from confluent_kafka import KafkaException, TopicPartition
+
         lags: dict[tuple[str, str, int], int] = {}
-        for group in self.groups:
-            futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                        request_timeout=self.timeout)
-            committed = [tp for tp in futures[group].result(self.timeout).topic_partitions or []
-                         if tp.offset >= 0 and tp.error is None]
-            if not committed:
+        for group, topics in self.groups.items():
+            consumer = self._consumer(group)
+            partitions = []
+            for topic in topics:
+                info = consumer.list_topics(topic, timeout=self.timeout).topics.get(topic)
+                if info is not None and info.error is None:
+                    partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+            if not partitions:
                 continue
-            request = {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in committed}
-            ends = {(tp.topic, tp.partition): future.result(self.timeout).offset
-                    for tp, future in admin.list_offsets(request, request_timeout=self.timeout).items()}
-            for tp in committed:
-                high = ends.get((tp.topic, tp.partition))
-                if high is not None and high >= 0:
+            for tp in consumer.committed(partitions, timeout=self.timeout):
+                if tp.offset < 0 or tp.error is not None:
+                    continue
+                try:
+                    _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                             timeout=self.timeout, cached=False)
+                except KafkaException:
+                    continue
+                if high >= 0:
                     lags[(group, tp.topic, tp.partition)] = max(0, high - tp.offset)
         self.lags = lags
         self.refreshed = time.time()
@@ -514,8 +532,10 @@ class RoleMetrics:
         self.lag: ConsumerLag | None = None
         self.port: int | None = None
 
-    def watch_lag(self, kafka: KafkaSettings, groups: Iterable[str], interval: float = 5.0) -> ConsumerLag:
-        self.lag = ConsumerLag(kafka, list(groups), self.registry, interval).start()
+    def watch_lag(self, kafka: KafkaSettings, groups: Mapping[str, Sequence[str]],
+                  interval: float = 5.0) -> ConsumerLag:
+        """Lag of each group (-> the topics it reads), refreshed in the background."""
+        self.lag = ConsumerLag(kafka, groups, self.registry, interval).start()
         return self.lag
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:

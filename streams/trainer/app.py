@@ -21,6 +21,23 @@ from streams.wire.topics import TopicNames, default_replication, ensure_topics, 
 
 log = logging.getLogger(__name__)
 ROLE = "trainer"
+STARTUP_WAIT = 300.0  # seconds a starting trainer waits for the broker (a restart of both at once)
+
+
+def wait_for_broker(kafka: KafkaSettings, timeout: float = STARTUP_WAIT) -> None:
+    """Block until the cluster answers (metadata only), so a trainer started while the broker restarts does
+    not exit at once: faust gives up when it cannot bootstrap. Raises RuntimeError after ``timeout``."""
+    from streams.local.broker import BrokerError, check_reachable, wait_until_ready
+
+    try:
+        check_reachable(kafka, timeout=3.0)
+        return
+    except BrokerError as exc:
+        log.warning("waiting up to %.0fs for Kafka: %s", timeout, exc)
+    try:
+        wait_until_ready(kafka, timeout)
+    except BrokerError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def create_app(settings: StreamSettings, kafka: KafkaSettings | None = None):
@@ -29,6 +46,7 @@ def create_app(settings: StreamSettings, kafka: KafkaSettings | None = None):
 
     kafka = kafka or KafkaSettings.from_env()
     names = TopicNames(settings.topic_prefix)
+    wait_for_broker(kafka)
     ensure_topics(kafka, names, settings.partitions)
     partitions = interactions_partitions(kafka, names)
     app_id = settings.role_app_id(ROLE)
@@ -52,6 +70,7 @@ def create_app(settings: StreamSettings, kafka: KafkaSettings | None = None):
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 6),
         broker_rebalance_timeout=max(settings.session_timeout * 2, 20.0),
     )
+    app.asmg_kafka = kafka
     app.asmg_metrics = _role_metrics(app, settings, kafka)  # None unless --metrics-port is set
     from streams.trainer import agent
 
@@ -70,7 +89,7 @@ def _role_metrics(app, settings: StreamSettings, kafka: KafkaSettings):
 
     metrics = RoleMetrics(ROLE)
     faust_sensors(app, metrics.registry)
-    metrics.watch_lag(kafka, [settings.role_app_id(ROLE)])
+    metrics.watch_lag(kafka, {settings.role_app_id(ROLE): [TopicNames(settings.topic_prefix).periods]})
     return metrics
 
 
@@ -83,6 +102,7 @@ def run_worker(app, log_level: str = "warning", log_format: str = "text") -> Non
 
     if log_format == "json":
         wrap_native_stderr()
+    wait_for_broker(app.asmg_kafka)  # again: building the app took seconds (imports), the broker may have gone
 
     Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False,
            logging_config=dict_config(log_level, log_format)).execute_from_commandline()

@@ -171,11 +171,20 @@ class CoordinatorLoop:
                 first = consumer.poll(0.5)  # returns at the first record; the rest is taken without waiting
                 for message in ([first] + consumer.consume(10_000, timeout=0)) if first is not None else []:
                     if message.error() is not None:
-                        raise KafkaException(message.error())
+                        if message.error().fatal():
+                            raise KafkaException(message.error())
+                        log.warning("coordinator: consumer error %s", message.error())  # librdkafka retries
+                        continue
                     changed |= self._merge(message.value())
                 if self.owned and (changed or time.monotonic() - last_try >= self.retry_every):
                     last_try = time.monotonic()
-                    self.coordinator.try_publish(self.table)
+                    try:
+                        self.coordinator.try_publish(self.table)
+                    except (KafkaException, RuntimeError, TimeoutError) as exc:
+                        # the broker away (a restart, an outage): the record may or may not be written, so
+                        # forget what was published and read the periods topic again before the next try
+                        log.warning("coordinator: publishing failed (%s); trying again", exc)
+                        self.coordinator.reset()
         finally:
             consumer.close()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import signal
 import socket
 import threading
@@ -49,6 +50,41 @@ KAFKA_LOG = f"{__name__}.kafka"  # librdkafka's own lines go through logging (JS
 
 TRANSACTION_TIMEOUT_MS = 30_000
 RESTORE_TIMEOUT = 120.0
+CALL_TIMEOUT = 10.0  # seconds given to one transactional call (init, send offsets, commit, abort)
+CALL_GRACE = 5.0  # past the call's own timeout: the call is stuck in librdkafka and given up
+REINIT_EXIT = 75  # EX_TEMPFAIL: the producer could not be re-created; a supervisor restarts the worker
+
+
+class TransactionStuck(RuntimeError):
+    """A transactional call did not return within its timeout plus a grace: librdkafka ignored the timeout
+    (issue 10: send_offsets_to_transaction sat for good after a broker restart; librdkafka #5456 and #5511,
+    open: its coordinator requests never check their deadline)."""
+
+
+def bounded(what: str, call: Callable[..., object], *args: object, timeout: float = CALL_TIMEOUT,
+            grace: float = CALL_GRACE) -> threading.Thread | None:
+    """Run ``call(*args, timeout)`` with a deadline the library cannot ignore: in a helper thread, waited for at
+    most ``timeout + grace`` seconds. Re-raises what the call raised; raises :class:`TransactionStuck` (its
+    ``thread`` attribute holds the thread still inside the call) when it did not return."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            call(*args, timeout)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, name=f"kafka-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout + grace)
+    if not outcome:
+        stuck = TransactionStuck(f"{what} did not return within {timeout + grace:.0f}s")
+        stuck.thread = thread  # type: ignore[attr-defined]
+        raise stuck
+    if outcome[0] is not None:
+        raise outcome[0]
+    return None
 
 
 def claim_worker_name(folder: Path) -> tuple[str, IO[str]]:
@@ -122,18 +158,17 @@ class WindowingWorker:
         self.batches = 0
         self._consumer = None
         self._producer = None
+        self._transactional_id = ""
+        self._abandoned = 0  # producers given up (stuck or fatal) and replaced
+        self._stop: threading.Event | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def _clients(self, worker_name: str) -> None:
         from confluent_kafka import Consumer, Producer
 
         ensure_state_topic(self.kafka, self.state_topic, self.partitions)
-        self._producer = Producer(self.kafka.confluent_config(
-            transactional_id=f"{self.app_id}-{worker_name}", logger_name=KAFKA_LOG, enable_idempotence=True, acks="all",
-            linger_ms=5,
-            compression_type="lz4", transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-            queue_buffering_max_messages=1_000_000, message_max_bytes=8 * 1024 * 1024))
-        self._producer.init_transactions(60)
+        self._transactional_id = f"{self.app_id}-{worker_name}"
+        self._new_producer(Producer)
         session_ms = int(self.settings.session_timeout * 1000)
         self._consumer = Consumer(self.kafka.confluent_config(
             group_id=self.app_id, enable_auto_commit=False, logger_name=KAFKA_LOG,
@@ -143,6 +178,54 @@ class WindowingWorker:
             partition_assignment_strategy="range", fetch_max_bytes=64 * 1024 * 1024))
         self._consumer.subscribe([self.names.interactions], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
+
+    def _new_producer(self, producer_class=None) -> None:
+        """A fresh transactional producer under our id; its init fences the previous one (of this process or a
+        crashed predecessor) and aborts whatever transaction that left open. Retried while the error is
+        retriable (the broker is away); a fatal error exits with :data:`REINIT_EXIT` for a supervisor."""
+        if producer_class is None:
+            from confluent_kafka import Producer as producer_class
+        from confluent_kafka import KafkaException
+
+        self._producer = None
+        while True:
+            self._stopping()
+            producer = producer_class(self.kafka.confluent_config(
+                transactional_id=self._transactional_id, logger_name=KAFKA_LOG, enable_idempotence=True, acks="all",
+                linger_ms=5, compression_type="lz4", transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                queue_buffering_max_messages=1_000_000, message_max_bytes=8 * 1024 * 1024))
+            try:
+                bounded("init_transactions", producer.init_transactions, timeout=60)
+                self._producer = producer
+                return
+            except TransactionStuck as exc:
+                self._abandon(producer, exc.thread)  # type: ignore[attr-defined]
+                log.warning("windowing: %s; trying a new producer", exc)
+            except KafkaException as exc:
+                error = exc.args[0]
+                self._abandon(producer)
+                if error.fatal() or not error.retriable():
+                    log.critical("windowing: cannot initialise the transactional producer: %s", error)
+                    _exit(REINIT_EXIT)
+                log.warning("windowing: initialising the transactional producer failed (%s); retrying", error)
+
+    def _abandon(self, producer, thread: threading.Thread | None = None) -> None:
+        """Let go of a producer without ever blocking on it: librdkafka's destroy waits for its threads, and a
+        thread of ours may still be inside one of its calls. Its last reference goes in a daemon thread
+        (after ``thread`` left the call); its unsent records are purged (the transaction is aborted anyway)."""
+        self._abandoned += 1
+
+        def drop(producer=producer) -> None:
+            if thread is not None:
+                thread.join()
+            try:
+                producer.purge()
+                producer.flush(0)
+            except Exception:  # a fenced or fatal producer may refuse; it goes anyway
+                pass
+            del producer
+
+        threading.Thread(target=drop, name="kafka-abandoned-producer", daemon=True).start()
 
     def _on_assign(self, consumer, partitions) -> None:
         mine = {tp.partition for tp in partitions if tp.topic == self.names.interactions}
@@ -165,7 +248,13 @@ class WindowingWorker:
         self.core.forget({tp.partition for tp in partitions})
 
     # -- the loop ---------------------------------------------------------------------------------------------
+    def _stopping(self) -> None:
+        """Within a retry loop: leave it when the worker is told to stop."""
+        if self._stop is not None and self._stop.is_set():
+            raise SystemExit(0)
+
     def run(self, stop: threading.Event, worker_name: str) -> None:
+        self._stop = stop
         self._clients(worker_name)
         log.info("windowing worker %s-%s: batches of up to %d records", self.app_id, worker_name,
                  self.settings.batch_max)
@@ -175,7 +264,8 @@ class WindowingWorker:
                 self.step(messages)
         finally:
             self._consumer.close()
-            self._producer.flush(10)
+            if self._producer is not None:
+                self._producer.flush(10)
 
     def step(self, messages: list) -> None:
         """One batch: process, then commit everything it produced with the offsets, or nothing."""
@@ -184,7 +274,10 @@ class WindowingWorker:
         by_partition: dict[int, list] = {}
         for message in messages:  # the one loop over single records: keep it to the bare calls
             if message.error() is not None:
-                raise KafkaException(message.error())
+                if message.error().fatal():
+                    raise KafkaException(message.error())
+                log.warning("windowing: consumer error %s", message.error())  # e.g. a broker away; it retries
+                continue
             by_partition.setdefault(message.partition(), []).append(message)
         grouped = {p: ([m.offset() for m in ms], [m.value() for m in ms])
                    for p, ms in by_partition.items() if self.core.owns(p)}
@@ -194,13 +287,14 @@ class WindowingWorker:
             return
         outcomes = [(partition, self._process(partition, *grouped[partition])) for partition in sorted(grouped)]
         # the transaction spans only the sending: its timeout must not depend on how long processing took
-        self._producer.begin_transaction()
         try:
+            self._producer.begin_transaction()
             commit = self._produce(outcomes, due)
             if commit:
-                self._producer.send_offsets_to_transaction(commit, self._consumer.consumer_group_metadata(), 60)
-            self._producer.commit_transaction(60)
-        except KafkaException as exc:
+                self._retrying("send_offsets_to_transaction", self._producer.send_offsets_to_transaction, commit,
+                               self._consumer.consumer_group_metadata())
+            self._retrying("commit_transaction", self._producer.commit_transaction)
+        except (KafkaException, TransactionStuck) as exc:
             self._recover(exc)
             return
         self.batches += 1
@@ -259,24 +353,84 @@ class WindowingWorker:
             except BufferError:  # the local queue is full: let librdkafka send some
                 self._producer.poll(0.05)
 
-    def _recover(self, exc: Exception) -> None:
-        """The transaction failed: abort it, forget what the batch changed, and go back to the last commit."""
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    def _retrying(self, what: str, call: Callable[..., object], *args: object) -> None:
+        """A transactional call, bounded; again while its error is retriable (e.g. a timeout while the broker
+        restarts: librdkafka keeps the request going), for at most :data:`TRANSACTION_TIMEOUT_MS`."""
+        from confluent_kafka import KafkaException
 
-        error = exc.args[0] if exc.args else None
-        if error is None or not error.txn_requires_abort():
-            fail_stop(exc, "windowing transaction")  # fenced or fatal: a newer instance owns our id
-        log.warning("windowing transaction aborted (%s); going back to the last committed batch", error)
-        self._producer.abort_transaction(60)
-        assignment = [tp for tp in self._consumer.assignment() if tp.topic == self.names.interactions]
-        committed = self._consumer.committed(assignment, timeout=60)
-        for tp in committed:
-            start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+        deadline = time.monotonic() + TRANSACTION_TIMEOUT_MS / 1000
+        while True:
+            try:
+                bounded(what, call, *args)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if (error.fatal() or error.txn_requires_abort() or not error.retriable()
+                        or time.monotonic() > deadline):
+                    raise
+                log.warning("windowing: %s failed (%s); retrying", what, error)
+
+    def _recover(self, exc: Exception) -> None:
+        """The transaction failed: abort it (or, when it cannot be aborted, replace the producer), forget what
+        the batch changed, and go back to the last commit, so the batch is done again, once."""
+        from confluent_kafka import KafkaException
+
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        fresh = True  # a fatal or fenced error, a stuck call, or a timeout that aborting does not resolve
+        if error is not None and error.txn_requires_abort() and not error.fatal():
+            try:
+                bounded("abort_transaction", self._producer.abort_transaction)
+                fresh = False
+            except TransactionStuck as stuck:
+                self._abandon(self._producer, stuck.thread)  # type: ignore[attr-defined]
+                self._producer = None
+            except KafkaException as failed:
+                log.warning("windowing: abort_transaction failed (%s)", failed.args[0] if failed.args else failed)
+        elif isinstance(exc, TransactionStuck):
+            self._abandon(self._producer, exc.thread)  # type: ignore[attr-defined]
+            self._producer = None
+        log.warning("windowing transaction failed (%s); %s and going back to the last committed batch",
+                    error or exc, "re-creating the producer" if fresh else "aborted")
+        if fresh:
+            if self._producer is not None:
+                self._abandon(self._producer)
+            self._new_producer()
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Seek every assigned partition to its committed offset and restore the state committed with it."""
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+        deadline = time.monotonic() + 10 * RESTORE_TIMEOUT
+        while True:
+            self._stopping()
+            assignment = [tp for tp in self._consumer.assignment() if tp.topic == self.names.interactions]
+            try:
+                committed = self._consumer.committed(assignment, timeout=CALL_TIMEOUT)
+                for tp in committed:
+                    start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+                states = read_state(self.kafka, self.state_topic, [tp.partition for tp in assignment])
+                break
+            except (KafkaException, TimeoutError) as exc:  # the broker is still away: try again
+                if time.monotonic() > deadline:
+                    log.critical("windowing: cannot go back to the last committed batch: %s", exc)
+                    _exit(REINIT_EXIT)
+                time.sleep(1.0)
+                log.warning("windowing: cannot read the committed offsets and state yet (%s); retrying", exc)
         self.core.forget()
         self.published.clear()
-        for partition, state in read_state(self.kafka, self.state_topic, [tp.partition for tp in assignment]).items():
+        for partition, state in states.items():
             self.core.restore(partition, state)
+
+
+def _exit(code: int) -> None:
+    """Exit at once with ``code`` (logs flushed): what a supervisor restarts."""
+    from asmg.logs import flush_native_stderr
+
+    logging.shutdown()
+    flush_native_stderr()
+    os._exit(code)
 
 
 def run_windowing(settings: StreamSettings, kafka: KafkaSettings) -> None:
@@ -296,7 +450,7 @@ def run_windowing(settings: StreamSettings, kafka: KafkaSettings) -> None:
         metrics.windowing = WindowingMetrics(metrics.registry, worker.core)
         metrics.coordinator = CoordinatorMetrics(metrics.registry, coordinator.coordinator)
         coordinator.coordinator.metrics = metrics.coordinator
-        metrics.watch_lag(kafka, [worker.app_id])
+        metrics.watch_lag(kafka, {worker.app_id: [names.interactions]})
         worker.metrics = metrics.windowing
         metrics.serve(settings.metrics_port, settings.metrics_host)
     stop = threading.Event()

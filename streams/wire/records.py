@@ -256,9 +256,18 @@ def read_topic(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> li
         consumer.close()
 
 
+SEND_TIMEOUT = 120.0
+
+
 class RecordProducer:
     """A blocking idempotent producer (acks=all) for the few records whose delivery must be confirmed
-    before the caller goes on (period and model records, control markers)."""
+    before the caller goes on (period and model records, control markers).
+
+    One per role for its whole life (never one per record: clients destroyed while reconnecting are where
+    librdkafka's rarer crashes live). ``send`` waits up to :data:`SEND_TIMEOUT`, longer than a broker
+    restart takes: librdkafka keeps retrying the one record meanwhile, idempotently, so a record sent across
+    an outage is written once; a role gives up (and exits for its supervisor) only after that.
+    """
 
     def __init__(self, settings: KafkaSettings) -> None:
         from confluent_kafka import Producer
@@ -267,7 +276,7 @@ class RecordProducer:
                                                             logger_name=f"{__name__}.kafka"))
 
     def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
-             timeout: float = 30.0) -> None:
+             timeout: float = SEND_TIMEOUT) -> None:
         errors: list[str] = []
 
         def done(error, message) -> None:
