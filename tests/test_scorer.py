@@ -35,6 +35,7 @@ from asmg.records import ModelRecord, RecordError, parse_model_record
 from asmg.serving import Scorer
 from asmg.vocab import Vocabularies
 from streams.scorer import evaluation as scorer_eval
+from streams.scorer import service as scorer_service
 from streams.scorer.command import scorer_command
 from streams.scorer.evaluation import (
     Evaluator,
@@ -347,6 +348,64 @@ def test_parse_score_request() -> None:
     assert request.user_id == stable_id("alice") and request.items == [1, stable_id("sku-2")]
     assert request.history == [3]
     assert parse_score_request(b'{"user_id": 1, "items": [2], "history": null}').history is None
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_one_user_path_matches_the_batched_forward(tmp_path: Path, grown: bool) -> None:
+    """Scorer.score_user (one user's vector and history mean computed once, NumPy) against the batched forward
+    (a row per candidate): known, unknown and string ids, empty and unknown histories, and (``grown``) a
+    vocabulary with more items and users than the weights have rows (clamped to the fallback row)."""
+    vocabs = tiny_vocabs()
+    params = init_params(vocabs.sizes(), 3)
+    params = {k: v * 20 if k.endswith("_emb") else v for k, v in params.items()}
+    if grown:  # ids the vocabulary has but the tables do not (rows past the end fall back to row 0)
+        vocabs.items.add(np.arange(500, 505))
+        vocabs.users.add(np.arange(50, 53))
+        vocabs.item_categories.grow(len(vocabs.items))
+    sha = save_model(str(tmp_path / "m"), version=1, period=1, method="asmg-gru", serving=serving_copy(params),
+                     shadow=params, vocabs=vocabs, config={}, metrics=None)
+    scorer = Scorer(load_model(str(tmp_path / "m"), sha))
+    assert scorer.dense is not None
+    rng = np.random.default_rng(0)
+    candidates = [*ITEMS.tolist(), 7, 999, stable_id("sku-x"), 500, 504]
+    cases = [(1, candidates, []), (99_999, candidates, [100, 101]), (51, [100], [500, 999, 103] * 20),
+             (2, [104, 104], [999])]
+    cases += [(int(rng.choice([*USERS, 0, 51])), rng.choice(candidates, int(rng.integers(1, 30))).tolist(),
+               rng.choice(candidates, int(rng.integers(0, 40))).tolist()) for _ in range(30)]
+    for user, items, history in cases:
+        fast, batched = scorer.score_user(user, items, history), scorer.score_user_batched(user, items, history)
+        assert fast.dtype == np.float64 and fast.shape == (len(items),)
+        np.testing.assert_allclose(fast, batched, rtol=0, atol=1e-6, err_msg=str((user, items, history)))
+    # the path sees the user and the history: scores move with them
+    assert not np.allclose(scorer.score_user(1, candidates), scorer.score_user(2, candidates))
+    assert not np.allclose(scorer.score_user(1, candidates), scorer.score_user(1, candidates, [100, 101]))
+
+
+def test_sorted_ids_look_up_as_the_vocabulary() -> None:
+    from asmg.serving import SortedIds
+    from asmg.vocab import Vocabulary
+
+    rng = np.random.default_rng(1)
+    ids = rng.choice(10**12, 500, replace=False) - 10**6  # unsorted, negatives too
+    vocabulary = Vocabulary(ids)
+    raw = np.concatenate([rng.choice(ids, 200), rng.integers(-(10**12), 10**12, 200), [ids.max() + 1, ids.min() - 1]])
+    assert np.array_equal(SortedIds(vocabulary).lookup(raw), vocabulary.lookup(raw))
+    assert SortedIds(Vocabulary()).lookup(np.array([1, 2])).tolist() == [0, 0]
+
+
+def test_parse_score_request_reads_with_orjson_and_explains_with_safejson() -> None:
+    """The fast reader accepts what the defensive one accepts; what it refuses gets the defensive reason."""
+    body = b'{"user_id": 7, "items": [1, "sku-2", 3.0], "history": [4], "extra": {"x": [1, 2]}}'
+    request = parse_score_request(body)
+    assert (request.user_id, request.items, request.history) == (7, [1, stable_id("sku-2"), 3], [4])
+    for raw, reason in [(b"\xff{}", "not UTF-8"), (b'{"user_id": "\\ud800", "items": [1]}', "surrogate"),
+                        (b"[" * 2000 + b"]" * 2000, "nested deeper"), (b"[1]", "JSON object"),
+                        (b'{"user_id": 1, "items": [NaN]}', "items[]"),
+                        (b'{"user_id": ' + b"9" * 5000 + b', "items": [1]}', "digits"),
+                        (b'{"user_id": 1e30, "items": [1]}', "user_id")]:
+        with pytest.raises(scorer_service.RequestError, match=None) as info:
+            parse_score_request(raw)
+        assert reason in str(info.value), (raw[:40], str(info.value))
 
 
 # --- against the broker -------------------------------------------------------------------------------------
