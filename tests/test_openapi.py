@@ -12,7 +12,7 @@ import os
 import threading
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,14 @@ def fetch_document(url: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
+def _checker(url: str, statuses: Counter[int]) -> Callable[[Any], None]:
+    def check(case: Any) -> None:
+        response = case.call_and_validate(base_url=url, headers=AUTH, checks=CHECKS, timeout=30)
+        statuses[response.status_code] += 1
+
+    return check
+
+
 def run_schemathesis(url: str, document: dict[str, Any]) -> dict[str, Counter[int]]:
     """Every operation, positive and negative cases; returns the statuses each operation answered."""
     schema = schemathesis.openapi.from_dict(document)
@@ -91,17 +99,13 @@ def run_schemathesis(url: str, document: dict[str, Any]) -> dict[str, Counter[in
         operation = result.ok()
         # negative cases need something to break: a body (the GETs here take no parameters)
         modes = [GenerationMode.POSITIVE, *([GenerationMode.NEGATIVE] if operation.method.upper() == "POST" else [])]
+        statuses = calls.setdefault(operation.label, Counter())
         for mode in modes:
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES[operation.method.upper()], deadline=None, database=None,
-                      derandomize=True, suppress_health_check=list(HealthCheck),
-                      phases=[Phase.explicit, Phase.generate, Phase.shrink])
-            def check(case: Any, statuses: Counter[int] = calls.setdefault(operation.label, Counter())) -> None:
-                response = case.call_and_validate(base_url=url, headers=AUTH, checks=CHECKS, timeout=30)
-                statuses[response.status_code] += 1
-
-            check()
+            run = settings(max_examples=EXAMPLES[operation.method.upper()], deadline=None, database=None,
+                           derandomize=True, suppress_health_check=list(HealthCheck),
+                           phases=[Phase.explicit, Phase.generate, Phase.shrink])(
+                given(case=operation.as_strategy(generation_mode=mode))(_checker(url, statuses)))
+            run()
     return calls
 
 
