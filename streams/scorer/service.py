@@ -38,7 +38,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from asmg.config import HISTORY_LEN
 from asmg.data.periods import PeriodScheme
-from asmg.events import Event, EventError, id_value
+from asmg.events import MAX_ID, Event, EventError, id_value
 from asmg.records import RecordError, SignatureError, parse_model_record
 from asmg.safejson import load_object
 from streams.http_security import guard, json_errors, load_token, metrics_protected
@@ -301,6 +301,8 @@ def _id_list(body: dict[str, Any], name: str, limit: int, required: bool) -> lis
         raise RequestError(f"{name} must not be empty")
     if len(value) > limit:
         raise RequestError(f"{name} has {len(value)} entries; at most {limit} allowed")
+    if value and all(type(v) is int for v in value) and min(value) >= 0 and max(value) <= MAX_ID:
+        return value  # the common case, plain integer ids, checked without a call per id
     return [_request_id(v, f"{name}[]") for v in value]
 
 
