@@ -2,7 +2,8 @@
 
 One user's candidates (``Scorer.score_user``, what ``POST /score`` asks) take a shorter path on CPU:
 the user's vector and history mean are computed once instead of once per candidate, the first MLP layer
-is split by input block so that part is one small matrix-vector product, and the arithmetic runs in
+is split by input block (for catalogues up to :data:`PROJECT_MAX_ROWS` items every item's target and
+history blocks are applied once at load, so a request gathers rows of them), and the arithmetic runs in
 NumPy on views of the weights (for a hundred candidates torch's per-op dispatch cost more than the
 arithmetic). It computes what ``score(encode(...))`` computes, to float32 rounding
 (tests/test_scorer.py checks both paths agree).
@@ -20,6 +21,8 @@ from asmg.batches import BatchMaker, PeriodTensors
 from asmg.config import HISTORY_LEN, resolve_device
 from asmg.model import HIDDEN_LAYERS, Params, is_mf, logits, table_sizes
 from asmg.vocab import Vocabulary
+
+PROJECT_MAX_ROWS = 500_000  # items whose first-layer projections a scorer keeps (2 x 80 bytes each)
 
 
 class SortedIds:
@@ -82,6 +85,7 @@ class Scorer:
         self.dense = _DenseParams.of(self.serving) if self.device.type == "cpu" and not is_mf(self.serving) \
             else None
         self.user_rows, self.item_rows = SortedIds(self.users), SortedIds(self.items)
+        self.projected = self._project(self.dense) if self.dense is not None else None
 
     @property
     def version(self) -> int:
@@ -119,13 +123,20 @@ class Scorer:
         n = len(items)
         past = np.asarray(history, dtype=np.int64)[-HISTORY_LEN:] if len(history) else np.zeros(0, dtype=np.int64)
         rows = self.item_rows.lookup(np.concatenate([items, past]))  # one look-up for candidates and history
-        vectors = self._item_vectors(params, rows)
         mask = rows[n:] > 0  # unknown history items (row 0) are left out of the mean, as in the batched path
-        history_mean = vectors[n:][mask].sum(0) / max(float(mask.sum()), 1.0)
+        count = max(float(mask.sum()), 1.0)
         user = int(self.user_rows.lookup(np.array([user_id], dtype=np.int64))[0])
         user = user if user < len(params.user_emb) else 0
-        hidden = vectors[:n] @ params.w_target
-        hidden += params.w_user @ params.user_emb[user] + params.w_history @ history_mean + params.bias
+        base = params.w_user @ params.user_emb[user] + params.bias
+        if self.projected is not None:  # the first layer's item blocks, applied to every item at load
+            target_part, history_part = self.projected
+            hidden = target_part[rows[:n]]
+            base += history_part[rows[n:][mask]].sum(0) / count
+        else:
+            vectors = self._item_vectors(params, rows)
+            hidden = vectors[:n] @ params.w_target
+            base += params.w_history @ (vectors[n:][mask].sum(0) / count)
+        hidden += base
         np.maximum(hidden, 0, out=hidden)
         for i, (weight, bias) in enumerate(params.layers):
             hidden = hidden @ weight
@@ -134,6 +145,20 @@ class Scorer:
                 np.maximum(hidden, 0, out=hidden)
         logit = hidden[:, 0]
         return (1.0 / (1.0 + np.exp(-logit))).astype(np.float64)
+
+    def _project(self, params: _DenseParams, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every item row through the first layer's target and history blocks ([rows, hidden] each), so a
+        request only gathers rows; None above :data:`PROJECT_MAX_ROWS` (the tables would cost too much memory)."""
+        n_rows = len(self.item_cats)
+        if n_rows > PROJECT_MAX_ROWS:
+            return None
+        target = np.empty((n_rows, params.w_target.shape[1]), dtype=np.float32)
+        history = np.empty_like(target)
+        for start in range(0, n_rows, chunk):
+            vectors = self._item_vectors(params, np.arange(start, min(start + chunk, n_rows)))
+            target[start:start + chunk] = vectors @ params.w_target
+            history[start:start + chunk] = vectors @ params.w_history.T
+        return target, history
 
     def _item_vectors(self, params: _DenseParams, rows: np.ndarray) -> np.ndarray:
         """[item emb ; mean of its category embs] per row (asmg.model._item_vectors, with BatchMaker's clamps)."""

@@ -350,11 +350,18 @@ def test_parse_score_request() -> None:
     assert parse_score_request(b'{"user_id": 1, "items": [2], "history": null}').history is None
 
 
+@pytest.mark.parametrize("projected", [True, False])
 @pytest.mark.parametrize("grown", [False, True])
-def test_one_user_path_matches_the_batched_forward(tmp_path: Path, grown: bool) -> None:
+def test_one_user_path_matches_the_batched_forward(tmp_path: Path, grown: bool, projected: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Scorer.score_user (one user's vector and history mean computed once, NumPy) against the batched forward
     (a row per candidate): known, unknown and string ids, empty and unknown histories, and (``grown``) a
-    vocabulary with more items and users than the weights have rows (clamped to the fallback row)."""
+    vocabulary with more items and users than the weights have rows (clamped to the fallback row); with the
+    items' first-layer projections made at load (``projected``) and without (a catalogue too large for them)."""
+    from asmg import serving
+
+    if not projected:
+        monkeypatch.setattr(serving, "PROJECT_MAX_ROWS", 0)
     vocabs = tiny_vocabs()
     params = init_params(vocabs.sizes(), 3)
     params = {k: v * 20 if k.endswith("_emb") else v for k, v in params.items()}
@@ -365,7 +372,7 @@ def test_one_user_path_matches_the_batched_forward(tmp_path: Path, grown: bool) 
     sha = save_model(str(tmp_path / "m"), version=1, period=1, method="asmg-gru", serving=serving_copy(params),
                      shadow=params, vocabs=vocabs, config={}, metrics=None)
     scorer = Scorer(load_model(str(tmp_path / "m"), sha))
-    assert scorer.dense is not None
+    assert scorer.dense is not None and (scorer.projected is not None) == projected
     rng = np.random.default_rng(0)
     candidates = [*ITEMS.tolist(), 7, 999, stable_id("sku-x"), 500, 504]
     cases = [(1, candidates, []), (99_999, candidates, [100, 101]), (51, [100], [500, 999, 103] * 20),
