@@ -596,3 +596,32 @@ def test_command_serves_and_stops_on_sigterm(kafka_settings: KafkaSettings, topi
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("n_items", [3, scorer_service.INLINE_ITEMS + 500])
+def test_score_answers_on_the_loop_and_from_the_pool(tmp_path: Path, n_items: int) -> None:
+    """Small requests are scored on the event loop, large ones in the pool: both answer the batched forward's
+    scores as JSON (orjson), in request order, without a broker (the feeds are not started)."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    record = make_model(tmp_path, 1)
+    service = ScorerService(KafkaSettings(bootstrap_servers="127.0.0.1:1"), TopicNames("unused."),
+                            ScorerOptions(periods=None, artifact_store=str(tmp_path)))
+    assert service.holder.offer([record]) is not None
+    items = [int(i) for i in np.resize(np.concatenate([ITEMS, [5, 999]]), n_items)]
+
+    async def scenario() -> tuple[int, str, Any]:
+        async with TestClient(TestServer(service.make_app())) as client:
+            response = await client.post("/score", json={"user_id": 3, "items": items, "history": [100, 7]})
+            return response.status, response.content_type, json.loads(await response.read())
+
+    try:
+        status, content_type, body = asyncio.run(scenario())
+    finally:
+        service.pool.shutdown(wait=False)
+    assert (status, content_type) == (200, "application/json")
+    assert (body["model_version"], body["period"], len(body["scores"])) == (1, 1, n_items)
+    expected = service.holder.current.scorer.score_user_batched(3, items, [100, 7])
+    assert body["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
