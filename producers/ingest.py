@@ -1,5 +1,6 @@
 """Live ingestion over HTTP: ``POST /events`` (one JSON event, a JSON array, or NDJSON), ``GET /healthz``,
-``GET /metrics`` (Prometheus: events accepted, refused by reason, request latency; streams/metrics.py).
+``GET /metrics`` (Prometheus: events accepted, refused by reason, request latency; streams/metrics.py),
+``GET /openapi.json`` (the OpenAPI document: streams/openapi.py).
 
 Why answer only after Kafka's acknowledgement: a 202 is a promise that the events are durable
 (acks=all). Every refused line is answered with its reason and also written to the DLQ topic, so bad
@@ -25,8 +26,9 @@ from asmg.events import Event, EventError, parse_event
 from asmg.safejson import UntrustedJSONError
 from asmg.safejson import loads as untrusted_loads
 from producers.producer import make_producer
-from streams.http_security import DEFAULT_HOST, guard, load_token, metrics_protected
+from streams.http_security import DEFAULT_HOST, guard, json_errors, load_token, metrics_protected
 from streams.metrics import IngestMetrics, request_timer
+from streams.openapi import ingest_document, serve_document
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.topics import TopicNames
 
@@ -271,6 +273,7 @@ def make_app(settings: KafkaSettings, names: TopicNames | None = None, metrics: 
     """The aiohttp application; the producer lives as long as the app. ``token``: bearer token required on
     /events (and /metrics with ``protect_metrics``); streams/http_security.py."""
     app = web.Application(client_max_size=max_body)
+    app.middlewares.append(json_errors)
     app.middlewares.append(guard(token, ["/events", *(["/metrics"] if protect_metrics else [])], ["/events"]))
     app.middlewares.append(request_timer(lambda: app[METRICS].requests))
     app[NAMES] = names or TopicNames.from_env()
@@ -291,6 +294,7 @@ def make_app(settings: KafkaSettings, names: TopicNames | None = None, metrics: 
     app.router.add_post("/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", get_metrics)
+    serve_document(app, ingest_document(max_body, max_lines))
     return app
 
 

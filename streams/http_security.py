@@ -6,6 +6,8 @@
   ``ASMG_AUTH_METRICS=1``. ``/healthz`` stays open (probes carry no secrets).
 - Only JSON bodies: a POST must say ``Content-Type: application/json`` or ``application/x-ndjson``, so a
   browser's cross-site form post (text/plain, form encodings: no CORS preflight) is refused with 415.
+- Errors in JSON: aiohttp's own answers (413 for a body over the limit, 404, 405) come as
+  ``{"error": reason}`` like the handlers' own, so one schema describes every error (streams/openapi.py).
 - No ``Content-Encoding``: a compressed body (or a plain one that claims to be) is refused with 415 before
   anything is read, instead of failing inside the decoder.
 
@@ -83,3 +85,20 @@ def guard(token: str | None, protected: Iterable[str], json_posts: Iterable[str]
         return await handler(request)
 
     return middleware
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's HTTP errors (a body over ``client_max_size``: 413; unknown path: 404; wrong method: 405) as
+    ``{"error": reason}`` with their headers (Allow, ...), instead of aiohttp's text/plain bodies."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        reason = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
+        response = web.json_response({"error": reason}, status=exc.status, headers=headers)
+        if exc.status == 413:
+            response.force_close()  # the rest of the body is unread
+        return response

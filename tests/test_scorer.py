@@ -35,6 +35,7 @@ from asmg.records import ModelRecord, RecordError, parse_model_record
 from asmg.serving import Scorer
 from asmg.vocab import Vocabularies
 from streams.scorer import evaluation as scorer_eval
+from streams.scorer import service as scorer_service
 from streams.scorer.command import scorer_command
 from streams.scorer.evaluation import (
     Evaluator,
@@ -349,6 +350,71 @@ def test_parse_score_request() -> None:
     assert parse_score_request(b'{"user_id": 1, "items": [2], "history": null}').history is None
 
 
+@pytest.mark.parametrize("projected", [True, False])
+@pytest.mark.parametrize("grown", [False, True])
+def test_one_user_path_matches_the_batched_forward(tmp_path: Path, grown: bool, projected: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scorer.score_user (one user's vector and history mean computed once, NumPy) against the batched forward
+    (a row per candidate): known, unknown and string ids, empty and unknown histories, and (``grown``) a
+    vocabulary with more items and users than the weights have rows (clamped to the fallback row); with the
+    items' first-layer projections made at load (``projected``) and without (a catalogue too large for them)."""
+    from asmg import serving
+
+    if not projected:
+        monkeypatch.setattr(serving, "PROJECT_MAX_ROWS", 0)
+    vocabs = tiny_vocabs()
+    params = init_params(vocabs.sizes(), 3)
+    params = {k: v * 20 if k.endswith("_emb") else v for k, v in params.items()}
+    if grown:  # ids the vocabulary has but the tables do not (rows past the end fall back to row 0)
+        vocabs.items.add(np.arange(500, 505))
+        vocabs.users.add(np.arange(50, 53))
+        vocabs.item_categories.grow(len(vocabs.items))
+    sha = save_model(str(tmp_path / "m"), version=1, period=1, method="asmg-gru", serving=serving_copy(params),
+                     shadow=params, vocabs=vocabs, config={}, metrics=None)
+    scorer = Scorer(load_model(str(tmp_path / "m"), sha))
+    assert scorer.dense is not None and (scorer.projected is not None) == projected
+    rng = np.random.default_rng(0)
+    candidates = [*ITEMS.tolist(), 7, 999, stable_id("sku-x"), 500, 504]
+    cases = [(1, candidates, []), (99_999, candidates, [100, 101]), (51, [100], [500, 999, 103] * 20),
+             (2, [104, 104], [999])]
+    cases += [(int(rng.choice([*USERS, 0, 51])), rng.choice(candidates, int(rng.integers(1, 30))).tolist(),
+               rng.choice(candidates, int(rng.integers(0, 40))).tolist()) for _ in range(30)]
+    for user, items, history in cases:
+        fast, batched = scorer.score_user(user, items, history), scorer.score_user_batched(user, items, history)
+        assert fast.dtype == np.float64 and fast.shape == (len(items),)
+        np.testing.assert_allclose(fast, batched, rtol=0, atol=1e-6, err_msg=str((user, items, history)))
+    # the path sees the user and the history: scores move with them
+    assert not np.allclose(scorer.score_user(1, candidates), scorer.score_user(2, candidates))
+    assert not np.allclose(scorer.score_user(1, candidates), scorer.score_user(1, candidates, [100, 101]))
+
+
+def test_sorted_ids_look_up_as_the_vocabulary() -> None:
+    from asmg.serving import SortedIds
+    from asmg.vocab import Vocabulary
+
+    rng = np.random.default_rng(1)
+    ids = rng.choice(10**12, 500, replace=False) - 10**6  # unsorted, negatives too
+    vocabulary = Vocabulary(ids)
+    raw = np.concatenate([rng.choice(ids, 200), rng.integers(-(10**12), 10**12, 200), [ids.max() + 1, ids.min() - 1]])
+    assert np.array_equal(SortedIds(vocabulary).lookup(raw), vocabulary.lookup(raw))
+    assert SortedIds(Vocabulary()).lookup(np.array([1, 2])).tolist() == [0, 0]
+
+
+def test_parse_score_request_reads_with_orjson_and_explains_with_safejson() -> None:
+    """The fast reader accepts what the defensive one accepts; what it refuses gets the defensive reason."""
+    body = b'{"user_id": 7, "items": [1, "sku-2", 3.0], "history": [4], "extra": {"x": [1, 2]}}'
+    request = parse_score_request(body)
+    assert (request.user_id, request.items, request.history) == (7, [1, stable_id("sku-2"), 3], [4])
+    for raw, reason in [(b"\xff{}", "not UTF-8"), (b'{"user_id": "\\ud800", "items": [1]}', "surrogate"),
+                        (b"[" * 2000 + b"]" * 2000, "nested deeper"), (b"[1]", "JSON object"),
+                        (b'{"user_id": 1, "items": [NaN]}', "items[]"),
+                        (b'{"user_id": ' + b"9" * 5000 + b', "items": [1]}', "digits"),
+                        (b'{"user_id": 1e30, "items": [1]}', "user_id")]:
+        with pytest.raises(scorer_service.RequestError, match=None) as info:
+            parse_score_request(raw)
+        assert reason in str(info.value), (raw[:40], str(info.value))
+
+
 # --- against the broker -------------------------------------------------------------------------------------
 
 
@@ -530,3 +596,32 @@ def test_command_serves_and_stops_on_sigterm(kafka_settings: KafkaSettings, topi
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("n_items", [3, scorer_service.INLINE_ITEMS + 500])
+def test_score_answers_on_the_loop_and_from_the_pool(tmp_path: Path, n_items: int) -> None:
+    """Small requests are scored on the event loop, large ones in the pool: both answer the batched forward's
+    scores as JSON (orjson), in request order, without a broker (the feeds are not started)."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    record = make_model(tmp_path, 1)
+    service = ScorerService(KafkaSettings(bootstrap_servers="127.0.0.1:1"), TopicNames("unused."),
+                            ScorerOptions(periods=None, artifact_store=str(tmp_path)))
+    assert service.holder.offer([record]) is not None
+    items = [int(i) for i in np.resize(np.concatenate([ITEMS, [5, 999]]), n_items)]
+
+    async def scenario() -> tuple[int, str, Any]:
+        async with TestClient(TestServer(service.make_app())) as client:
+            response = await client.post("/score", json={"user_id": 3, "items": items, "history": [100, 7]})
+            return response.status, response.content_type, json.loads(await response.read())
+
+    try:
+        status, content_type, body = asyncio.run(scenario())
+    finally:
+        service.pool.shutdown(wait=False)
+    assert (status, content_type) == (200, "application/json")
+    assert (body["model_version"], body["period"], len(body["scores"])) == (1, 1, n_items)
+    expected = service.holder.current.scorer.score_user_batched(3, items, [100, 7])
+    assert body["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
