@@ -1,6 +1,7 @@
-"""`asmg kafka start` with a SASL_SSL listener (SCRAM-SHA-512 over TLS, certificates made here with openssl):
-produce and consume through it; a wrong password and an untrusted certificate are refused with a message
-that names the cause."""
+"""`asmg kafka start` with a SASL_SSL listener (SCRAM-SHA-512 over TLS, certificates made here with openssl),
+one broker for the module: produce and consume through it; the whole pipeline (producer, windowing, trainer,
+scorer) through it with nothing but the KAFKA_* variables; a wrong password and an untrusted certificate are
+refused with a message that names the cause, by the connectivity check and by every role at its start."""
 
 from __future__ import annotations
 
