@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "windowing_memory.png")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep state and logs here.")
+    parser.add_argument("--replot", type=Path, default=None,
+                        help="Only draw --plot from this saved JSON output (no run).")
     return parser.parse_args(argv)
 
 
@@ -95,14 +97,14 @@ def plot(samples: list[tuple[float, int, float]], out: dict[str, Any], path: Pat
 
     done = np.asarray([s[1] for s in samples]) / 1e6
     rss = np.asarray([s[2] for s in samples])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.plot(done, rss, lw=1.2)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    ax.plot(done, rss, lw=1.0)
     ax.set_xlabel("events processed (millions)")
     ax.set_ylabel("windowing worker RSS (MB)")
     ax.set_ylim(0, max(rss.max() * 1.15, 1))
-    ax.set_title(f"Windowing worker memory over {out['events'] / 1e6:g}M synthetic events "
-                 f"({out['periods']} periods): slope {out['rss_slope_mb_per_million_events_second_half']:+.1f} "
-                 "MB/M in the second half", fontsize=9)
+    ax.set_title(f"Windowing worker RSS, {out['events'] / 1e6:.1f}M synthetic events, {out['periods']} periods "
+                 f"; second half: {out['rss_slope_mb_per_million_events_second_half']:+.1f} "
+                 "MB per million events", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +114,10 @@ def plot(samples: list[tuple[float, int, float]], out: dict[str, Any], path: Pat
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot is not None:
+        saved = json.loads(args.replot.read_text())
+        plot([tuple(x) for x in saved["samples"]], saved, args.plot)
+        return 0
     from confluent_kafka import Consumer, TopicPartition
 
     from producers.producer import make_producer
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 done = committed_total(consumer, partitions)
                 if done is None:
                     done = samples[-1][1] if samples else 0
-                elif rss is not None:
+                elif rss is not None and (rss > 1 or samples):  # not the instant before the interpreter runs
                     samples.append((time.monotonic() - t0, done, rss))
                 if len(samples) % 15 == 1:
                     console.print(f"{samples[-1][0]:6.0f} s: {done:,} events, RSS {rss:.0f} MB")
