@@ -102,7 +102,7 @@ def plot(samples: list[tuple[float, int, float]], out: dict[str, Any], path: Pat
     ax.set_xlabel("events processed (millions)")
     ax.set_ylabel("windowing worker RSS (MB)")
     ax.set_ylim(0, max(rss.max() * 1.15, 1))
-    ax.set_title(f"Windowing worker RSS, {out['events'] / 1e6:.1f}M synthetic events, {out['periods']} periods "
+    ax.set_title(f"Windowing worker RSS, {out['events'] / 1e6:.1f}M synthetic events, {out['periods']} periods"
                  f"; second half: {out['rss_slope_mb_per_million_events_second_half']:+.1f} "
                  "MB per million events", fontsize=8)
     ax.grid(alpha=0.3)
