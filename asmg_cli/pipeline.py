@@ -126,6 +126,26 @@ class Workers:
                 proc.wait()
 
 
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Each running worker's peak resident set size so far (VmHWM) in MB; read before ``stop``."""
+        peaks = {name: proc_status_mb(proc.pid, "VmHWM") for name, proc in self.processes.items()
+                 if proc.poll() is None}
+        return {name: round(mb, 1) for name, mb in peaks.items() if mb is not None}
+
+
+def proc_status_mb(pid: int, field: str) -> float | None:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of a live process from Linux's /proc, in MB; None
+    when it is gone or there is no /proc."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
 class TopicWatch:
     """The run's periods and models topics, read from the start: when each period closed (its record's Kafka
     timestamp, unix seconds) and each period's model record (as JSON values, the newest version)."""

@@ -15,6 +15,9 @@ KAFKA_BOOTSTRAP_SERVERS) measures, in this order:
    scorer's GET /model serves that version (or a newer one), polled at 10 Hz;
 5. ``scorer_latency_ms_p50/p99``, ``scorer_requests_per_second``: POST /score with ``--candidates`` items for
    random known users from ``--clients`` loopback threads (keep-alive http.client), ``--requests`` at most.
+6. ``*_windowing_peak_rss_mb`` (the windowing phases) and ``peak_rss_mb`` (each role of the pipeline phase,
+   to its end): peak resident memory (Linux VmHWM); ``bench_process_peak_rss_mb``: this process, which runs
+   the replay producer and holds the loaded log.
 
 It drives the local-pipeline harness (asmg_cli/pipeline.py) as ``asmg demo`` does. Progress goes to stderr, ONE
 JSON object to stdout. Everything started (workers, broker) is stopped on any
@@ -31,6 +34,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -332,6 +336,7 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
               "model_live_seconds_p50": round(pct(live_values, 50), 3),
               "model_live_seconds_max": round(max(live_values), 3)}
     result.update(bench_scorer(args, log, port))
+    result["peak_rss_mb"] = workers.peak_rss_mb()  # each role's peak resident memory over the whole phase
     return result
 
 
@@ -383,13 +388,14 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
                 raise RuntimeError(f"{len(records)}/{n_periods} periods within {args.timeout:.0f}s; see {logs}")
             time.sleep(0.2)
     seconds = max(r.timestamp for r in records) / 1000.0 - t0
+    peak = workers.peak_rss_mb().get("windowing")
     workers.stop()
     rate = len(log.events) / seconds
     console.print(f"{what}: {len(log.events):,} events, last of {n_periods} periods closed after {seconds:.2f} s "
                   f"({rate:,.0f} events/s)")
     key = "ingest" if live else "windowing_prefilled"
     return {f"{key}_events": len(log.events), f"{key}_seconds": round(seconds, 3),
-            f"{key}_events_per_second": round(rate, 1)}
+            f"{key}_events_per_second": round(rate, 1), f"{key}_windowing_peak_rss_mb": peak}
 
 
 def bench_scorer(args, log, port: int) -> dict[str, Any]:
@@ -520,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         if ok and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     out["total_seconds"] = round(time.monotonic() - began, 1)
+    # this process: the replay producer, plus the loaded log and the scorer's load clients
+    out["bench_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(out, indent=2))
     return 0
 

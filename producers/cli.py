@@ -52,10 +52,14 @@ def _settings(bootstrap: str | None) -> KafkaSettings:
     env = dict(os.environ)
     if bootstrap:
         env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+    from streams.wire.access import KafkaAccessRefused, check_access
+
     try:
-        return KafkaSettings.from_env(env)
-    except KafkaConfigError as exc:
+        settings = KafkaSettings.from_env(env)
+        check_access(settings)
+    except (KafkaConfigError, KafkaAccessRefused) as exc:
         raise _fail(str(exc)) from None
+    return settings
 
 
 def _produce(log: InteractionLog, bootstrap: str | None, prefix: str, partitions: int, create: bool,

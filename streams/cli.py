@@ -276,6 +276,16 @@ worker_app = typer.Typer(no_args_is_help=True, add_completion=False,
 worker_app.command("scorer")(scorer_command)  # its options are its own (streams/scorer/command.py)
 
 
+def _check_access(kafka) -> None:
+    """Exit with the reason when the cluster refuses the configured credentials (streams/wire/access.py)."""
+    from streams.wire.access import KafkaAccessRefused, check_access
+
+    try:
+        check_access(kafka)
+    except KafkaAccessRefused as exc:
+        raise _fail(str(exc)) from None
+
+
 def settings_command(fn):
     """Give ``fn(settings, kafka)`` one CLI option per StreamSettings field, plus --bootstrap-servers."""
     import functools
@@ -302,6 +312,7 @@ def settings_command(fn):
             kafka = _settings(bootstrap, None)
         except (SettingsError, KafkaConfigError) as exc:
             raise _fail(str(exc)) from None
+        _check_access(kafka)
         return fn(settings, kafka)
 
     wrapper.__signature__ = inspect.Signature(params)

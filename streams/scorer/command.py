@@ -115,6 +115,13 @@ def scorer_command(
         settings = KafkaSettings.from_env({**os.environ, **env})
     except KafkaConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--bootstrap-servers") from None
+    from streams.wire.access import KafkaAccessRefused, check_access
+
+    try:
+        check_access(settings)
+    except KafkaAccessRefused as exc:
+        log.error("%s", exc)
+        raise typer.Exit(1) from None
     from streams.scorer.service import ScorerOptions, ScorerService, serve_forever
     from streams.wire.topics import TopicNames
 

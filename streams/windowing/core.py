@@ -116,7 +116,9 @@ class Memory:
 
     progress: Progress
     chunks: list[tuple[str, Facts]] = field(default_factory=list)  # state key -> facts of open periods
-    positives: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)  # user -> (ts, item, offset)
+    # user -> (k, 3) int64 rows (ts, item, offset), k <= history_len: one small array per user, not k tuples of
+    # Python ints (~24 bytes a positive instead of ~170: this map holds every user the partition has seen)
+    positives: dict[int, np.ndarray] = field(default_factory=dict)
     seen: dict[int, set[int]] = field(default_factory=dict)  # implicit: user -> items of closed periods
     had: dict[int, set[int]] = field(default_factory=dict)  # implicit: seen + items of open periods
     catalogue: list[int] = field(default_factory=list)  # implicit: items in first-accepted order
@@ -224,7 +226,7 @@ class WindowingCore:
                 facts.append((int(name), key, Facts.from_bytes(value)))
             elif kind == "u":
                 record = json.loads(value)
-                memory.positives[int(name)] = [tuple(x) for x in record["pos"]]
+                memory.positives[int(name)] = np.asarray(record["pos"], dtype=np.int64).reshape(-1, 3)
                 if self.implicit:
                     memory.seen[int(name)] = set(record.get("seen", ()))
             elif kind == "c":
@@ -433,10 +435,12 @@ class WindowingCore:
         """The partition's samples of ``period``: histories from the users' positives of closed periods and
         the period's own positives strictly before each sample's time; implicit negatives share them."""
         n, width = len(facts), self.history_len
-        context = [(user, *x) for user in np.unique(facts.user).tolist() for x in memory.positives.get(user, ())]
+        users = [u for u in np.unique(facts.user).tolist() if u in memory.positives]
+        rows = [memory.positives[u] for u in users]
+        context = np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
         m = len(context)
-        c_user, c_ts, c_item, c_offset = (np.array(col, dtype=np.int64) for col in zip(*context, strict=True)) \
-            if m else (np.zeros(0, np.int64),) * 4
+        c_user = np.repeat(np.asarray(users, dtype=np.int64), [len(r) for r in rows])
+        c_ts, c_item, c_offset = context[:, 0], context[:, 1], context[:, 2]
         user = np.concatenate([c_user, facts.user])
         ts = np.concatenate([c_ts, facts.ts])
         item = np.concatenate([c_item, facts.item])
@@ -473,11 +477,13 @@ class WindowingCore:
         for start, end in zip(bounds[:-1], bounds[1:], strict=True):
             user = int(users[start])
             new = [(ts[j], items[j], offsets[j]) for j in range(start, end) if positive[j]]
-            positives = memory.positives.get(user, [])
+            positives = memory.positives.get(user)
             if new:  # every new positive is later than every old one (an older period's)
-                positives = (positives + new)[-keep:] if len(new) < keep else new[-keep:]
+                fresh = np.asarray(new[-keep:], dtype=np.int64)
+                positives = fresh if positives is None or len(new) >= keep else \
+                    np.concatenate([positives, fresh])[-keep:]
                 memory.positives[user] = positives
-            record: dict[str, Any] = {"pos": positives}
+            record: dict[str, Any] = {"pos": [] if positives is None else positives.tolist()}
             if self.implicit:
                 seen = memory.seen.setdefault(user, set())
                 seen.update(items[start:end])
