@@ -53,6 +53,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -433,10 +434,14 @@ class WindowingCore:
         """The partition's samples of ``period``: histories from the users' positives of closed periods and
         the period's own positives strictly before each sample's time; implicit negatives share them."""
         n, width = len(facts), self.history_len
-        context = [(user, *x) for user in np.unique(facts.user).tolist() for x in memory.positives.get(user, ())]
-        m = len(context)
-        c_user, c_ts, c_item, c_offset = (np.array(col, dtype=np.int64) for col in zip(*context, strict=True)) \
-            if m else (np.zeros(0, np.int64),) * 4
+        users = np.unique(facts.user)
+        known = [memory.positives.get(user, ()) for user in users.tolist()]
+        counts = np.fromiter(map(len, known), dtype=np.int64, count=len(known))
+        m = int(counts.sum())
+        # the users' (ts, item, offset) triples flattened in C: a Python tuple per row cost ~40% of a close
+        triples = np.fromiter(chain.from_iterable(chain.from_iterable(known)), dtype=np.int64, count=3 * m)
+        c_ts, c_item, c_offset = triples.reshape(m, 3).T
+        c_user = np.repeat(users.astype(np.int64), counts)
         user = np.concatenate([c_user, facts.user])
         ts = np.concatenate([c_ts, facts.ts])
         item = np.concatenate([c_item, facts.item])
@@ -466,13 +471,18 @@ class WindowingCore:
             return
         order = np.lexsort((facts.offset, facts.item, facts.ts, facts.user))
         users = facts.user[order]
-        bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True]).tolist()
-        positive = (facts.label[order] == 1).tolist()
-        ts, items, offsets = facts.ts[order].tolist(), facts.item[order].tolist(), facts.offset[order].tolist()
+        bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+        positive = facts.label[order] == 1
+        # each user's new positives are a slice of one list of triples built in C (no Python work per fact)
+        triples = list(zip(facts.ts[order][positive].tolist(), facts.item[order][positive].tolist(),
+                           facts.offset[order][positive].tolist(), strict=True))
+        before = np.r_[0, np.cumsum(positive)]  # positives ahead of each sorted row
+        lows, highs = before[bounds[:-1]].tolist(), before[bounds[1:]].tolist()
+        items = facts.item[order].tolist() if self.implicit else []
+        user_ids, bounds = users[bounds[:-1]].tolist(), bounds.tolist()
         keep = self.history_len
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-            user = int(users[start])
-            new = [(ts[j], items[j], offsets[j]) for j in range(start, end) if positive[j]]
+        for user, start, end, low, high in zip(user_ids, bounds[:-1], bounds[1:], lows, highs, strict=True):
+            new = triples[low:high]
             positives = memory.positives.get(user, [])
             if new:  # every new positive is later than every old one (an older period's)
                 positives = (positives + new)[-keep:] if len(new) < keep else new[-keep:]
