@@ -4,13 +4,14 @@ Why: on a shared 2-core machine the end-to-end bench (bench_streaming.py) varies
 CPU time is steadier, and ``--repo`` runs another checkout's code in the same conditions (an A/B of a change).
 The records are the replay's JSON (asmg.events.encode_log), spread over ``--partitions`` partitions, processed in
 batches of ``--batch`` per partition, then an end-of-stream control record closes every period. Prints ONE JSON
-object: CPU seconds of the replay's encoding and of the core, events per CPU second, and a digest of the period
+object (the worker's GC settings applied): CPU seconds of the replay's encoding and of the core, events per CPU second, and a digest of the period
 files (equal digests: equal files). Usage: python bench/bench_windowing_core.py [--events 1000000] [--repo PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import sys
@@ -39,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     from asmg.data.periods import PeriodScheme, period_bounds
     from asmg.data.synthetic import scaled_synthetic_log
     from asmg.events import encode_log
+    from streams.windowing import worker
     from streams.windowing.core import WindowingCore
     from streams.wire.period_store import PeriodStore
 
+    gc.set_threshold(*getattr(worker, "GC_THRESHOLDS", gc.get_threshold()))  # as the worker process runs
     log = scaled_synthetic_log(args.events)
     log = replace(log, events=log.events.sort_values("ts", kind="stable").reset_index(drop=True))
     began = time.process_time()
