@@ -4,8 +4,8 @@ Why: on a shared 2-core machine the end-to-end bench (bench_streaming.py) varies
 CPU time is steadier, and ``--repo`` runs another checkout's code in the same conditions (an A/B of a change).
 The records are the replay's JSON (asmg.events.encode_log), spread over ``--partitions`` partitions, processed in
 batches of ``--batch`` per partition, then an end-of-stream control record closes every period. Prints ONE JSON
-object (the worker's GC settings applied): CPU seconds of the replay's encoding and of the core, events per CPU second, and a digest of the period
-files (equal digests: equal files). Usage: python bench/bench_windowing_core.py [--events 1000000] [--repo PATH]
+object (the worker's GC settings applied): CPU seconds of the replay's encoding and of the core,
+events per CPU second, and a digest of the period files (equal digests: equal files). Usage: python bench/bench_windowing_core.py [--events 1000000] [--repo PATH]
 """
 
 from __future__ import annotations
