@@ -5,7 +5,8 @@ CPU time is steadier, and ``--repo`` runs another checkout's code in the same co
 The records are the replay's JSON (asmg.events.encode_log), spread over ``--partitions`` partitions, processed in
 batches of ``--batch`` per partition, then an end-of-stream control record closes every period. Prints ONE JSON
 object (the worker's GC settings applied): CPU seconds of the replay's encoding and of the core,
-events per CPU second, and a digest of the period files (equal digests: equal files). Usage: python bench/bench_windowing_core.py [--events 1000000] [--repo PATH]
+events per CPU second, and a digest of the period files (equal digests: equal files).
+Usage: python bench/bench_windowing_core.py [--events 1000000] [--repo PATH]
 """
 
 from __future__ import annotations
