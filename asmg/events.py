@@ -250,6 +250,7 @@ def encode_log(log: InteractionLog, start: int = 0, stop: int | None = None, eve
     """
     category_json = _item_categories(log).map(lambda c: json.dumps(c, separators=(",", ":")))
     stop = len(log.events) if stop is None else min(stop, len(log.events))
+    id_prefix = json.dumps(f"{log.name}:")[:-1]  # the quoted, escaped name and colon, without the closing quote
     for lo in range(start, stop, chunk_size):
         hi = min(lo + chunk_size, stop)
         events = log.events.iloc[lo:hi]
@@ -257,7 +258,7 @@ def encode_log(log: InteractionLog, start: int = 0, stop: int | None = None, eve
         cats = events["item_id"].map(category_json).fillna("[]").tolist()
         users, items, times, labels = columns["user_id"], columns["item_id"], columns["ts"], columns["label"]
         if event_ids:
-            ids = [json.dumps(f"{log.name}:{i}") for i in range(lo, hi)]
+            ids = [f'{id_prefix}{i}"' for i in range(lo, hi)]  # = json.dumps(f"{log.name}:{i}"), ~1 us less each
             values = [
                 f'{{"v":1,"user_id":{u},"item_id":{it},"ts":{t},"label":{lab},"categories":{c},'
                 f'"event_id":{e}}}'.encode()

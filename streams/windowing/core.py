@@ -435,23 +435,26 @@ class WindowingCore:
         """The partition's samples of ``period``: histories from the users' positives of closed periods and
         the period's own positives strictly before each sample's time; implicit negatives share them."""
         n, width = len(facts), self.history_len
-        users = [u for u in np.unique(facts.user).tolist() if u in memory.positives]
-        rows = [memory.positives[u] for u in users]
-        context = np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
-        m = len(context)
-        c_user = np.repeat(np.asarray(users, dtype=np.int64), [len(r) for r in rows])
-        c_ts, c_item, c_offset = context[:, 0], context[:, 1], context[:, 2]
-        user = np.concatenate([c_user, facts.user])
-        ts = np.concatenate([c_ts, facts.ts])
-        item = np.concatenate([c_item, facts.item])
-        offset = np.concatenate([c_offset, facts.offset])
-        label = np.concatenate([np.ones(m, dtype=np.int8), facts.label])
-        order = np.lexsort((offset, item, user, ts))
-        hist, lengths = history_matrix(user[order], ts[order], label[order], item[order], width)
-        rank = np.empty(m + n, dtype=np.int64)
-        rank[order] = np.arange(m + n)
-        hist, lengths = hist[rank[m:]], lengths[rank[m:]]
-        hist_values = hist[np.arange(width)[None, :] >= (width - lengths)[:, None]]
+        # every positive of a closed period is older than every event of this one, and a user's list is in
+        # canonical order: a history is the tail of the user's list, then the period's own positives before
+        # the event. Only the period's rows are sorted and windowed (the users' lists can be 10x as long).
+        users, user_of = np.unique(facts.user, return_inverse=True)
+        known = [memory.positives.get(user) for user in users.tolist()]  # [n, 3] (ts, item, offset) arrays
+        counts = np.fromiter((0 if rows is None else len(rows) for rows in known), dtype=np.int64, count=len(known))
+        stored = [rows for rows in known if rows is not None and len(rows)]
+        known_items = np.concatenate(stored)[:, 1] if stored else np.zeros(0, dtype=np.int64)
+        order = np.lexsort((facts.offset, facts.item, facts.user, facts.ts))
+        hist, own = history_matrix(facts.user[order], facts.ts[order], facts.label[order], facts.item[order], width)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        hist, own = hist[rank], own[rank]
+        own_values = hist[np.arange(width)[None, :] >= (width - own)[:, None]]
+        older = np.minimum(width - own, counts[user_of])  # from the user's list: its last ``older`` entries
+        lengths = older + own
+        starts = np.cumsum(lengths) - lengths
+        hist_values = np.empty(int(lengths.sum()), dtype=np.int64)
+        hist_values[gather_rows(starts, older)] = known_items[gather_rows(np.cumsum(counts)[user_of] - older, older)]
+        hist_values[gather_rows(starts + older, own)] = own_values
         neg = np.flatnonzero(facts.has_neg)
         neg_hist_lengths, neg_hist_values = select_rows(lengths, hist_values, neg)
         neg_cat_lengths, neg_cat_values = select_rows(facts.neg_cat_lengths, facts.neg_cat_values, neg)
@@ -470,17 +473,21 @@ class WindowingCore:
             return
         order = np.lexsort((facts.offset, facts.item, facts.ts, facts.user))
         users = facts.user[order]
-        bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True]).tolist()
-        positive = (facts.label[order] == 1).tolist()
-        ts, items, offsets = facts.ts[order].tolist(), facts.item[order].tolist(), facts.offset[order].tolist()
+        bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+        positive = facts.label[order] == 1
+        # each user's new positives are a slice of one [P, 3] array (ts, item, offset): no Python work per fact
+        triples = np.stack([facts.ts[order], facts.item[order], facts.offset[order]], axis=1)[positive].astype(
+            np.int64, copy=False)
+        before = np.r_[0, np.cumsum(positive)]  # positives ahead of each sorted row
+        lows, highs = before[bounds[:-1]].tolist(), before[bounds[1:]].tolist()
+        items = facts.item[order].tolist() if self.implicit else []
+        user_ids, bounds = users[bounds[:-1]].tolist(), bounds.tolist()
         keep = self.history_len
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-            user = int(users[start])
-            new = [(ts[j], items[j], offsets[j]) for j in range(start, end) if positive[j]]
+        for user, start, end, low, high in zip(user_ids, bounds[:-1], bounds[1:], lows, highs, strict=True):
             positives = memory.positives.get(user)
-            if new:  # every new positive is later than every old one (an older period's)
-                fresh = np.asarray(new[-keep:], dtype=np.int64)
-                positives = fresh if positives is None or len(new) >= keep else \
+            if high > low:  # every new positive is later than every old one (an older period's)
+                fresh = triples[max(low, high - keep):high]
+                positives = fresh.copy() if positives is None or high - low >= keep else \
                     np.concatenate([positives, fresh])[-keep:]
                 memory.positives[user] = positives
             record: dict[str, Any] = {"pos": [] if positives is None else positives.tolist()}
