@@ -25,11 +25,23 @@ from streams.wire.topics import TopicNames
 torch.set_num_threads(1)
 
 
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). The modules of a group run
+# on one worker, in order: the fault-injection tests share (and stop, crash, pause) one broker of their own;
+# the cluster, multi-host and object-store tests share the session's three-node cluster and S3 server. xdist
+# hands out the largest groups first, so they overlap with each other and with the many short tests.
+XDIST_GROUPS = {"test_fault_injection.py": "faults", "test_cluster.py": "cluster", "test_multihost.py": "cluster",
+                "test_objectstore.py": "cluster"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that use the broker are `kafka` tests even if their author forgot the mark."""
+    """Tests that use the broker are `kafka` tests even if their author forgot the mark; the groups above."""
     for item in items:
         if {"kafka_bootstrap", "kafka_settings"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+        group = XDIST_GROUPS.get(item.path.name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _docker_answers() -> bool:
@@ -63,7 +75,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     failures = []
     for _ in range(3):  # the ports are free when picked; another process may bind one first: pick again
         broker = LocalBroker(BrokerConfig(home=tmp_path_factory.mktemp("kafka"), port=free_port(),
-                                          controller_port=free_port(), heap="384m"))
+                                          controller_port=free_port(), heap="384m",
+                                          jvm_opts=("-XX:TieredStopAtLevel=1", "-Xshare:auto")))  # C1: faster start
         try:
             broker.start(timeout=180, die_with_parent=True)
             break
