@@ -27,21 +27,32 @@ torch.set_num_threads(1)
 
 # `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). The modules of a group run
 # on one worker, in order: the fault-injection tests share (and stop, crash, pause) one broker of their own;
-# the cluster, multi-host and object-store tests share the session's three-node cluster and S3 server. xdist
-# hands out the largest groups first, so they overlap with each other and with the many short tests.
+# the cluster, multi-host and object-store tests share the session's three-node cluster and S3 server. The
+# largest groups are handed out first, so they overlap with each other and with the many short tests.
 XDIST_GROUPS = {"test_fault_injection.py": "faults", "test_cluster.py": "cluster", "test_multihost.py": "cluster",
                 "test_objectstore.py": "cluster"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """xdist's loadgroup scheduling, grouped by the module names above. (xdist 3.8 reads `xdist_group` marks
+    by renaming test ids, which pytest 9.2 no longer allows: its own loadgroup runs every test apart.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return XDIST_GROUPS.get(nodeid.split("::", 1)[0].rsplit("/", 1)[-1], nodeid)
+
+    return ModuleGroups(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that use the broker are `kafka` tests even if their author forgot the mark; the groups above."""
+    """Tests that use the broker are `kafka` tests even if their author forgot the mark."""
     for item in items:
         if {"kafka_bootstrap", "kafka_settings"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
-        group = XDIST_GROUPS.get(item.path.name)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _docker_answers() -> bool:
