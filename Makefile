@@ -16,7 +16,7 @@ experiment: setup
 test: setup
 	@scripts/install-prometheus
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadgroup
 
 lint: setup
 	.venv/bin/ruff check .
