@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from streams.wire.access import probe_client
 from streams.wire.kafka_config import KafkaSettings
 from streams.wire.topics import min_insync_replicas
 
@@ -531,15 +532,8 @@ def check_reachable(settings: KafkaSettings, timeout: float = 10.0) -> int:
     """Ask the cluster for metadata; return its broker count or raise BrokerError within ``timeout``, naming
     the cause a client saw (a refused password, an untrusted certificate, a refused connection)."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    quiet = logging.getLogger("asmg.kafka.probe")
-    quiet.propagate = False
-    quiet.addHandler(logging.NullHandler())
-    errors: list[str] = []
-    conf = settings.confluent_config(logger=quiet, socket_connection_setup_timeout_ms=5000)
-    conf["error_cb"] = lambda error: errors.append(error.str())
-    admin = AdminClient(conf)
+    admin, errors = probe_client(settings, "asmg.kafka.probe")
     try:
         metadata = admin.list_topics(timeout=max(timeout, 0.5))
     except KafkaException as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from streams.wire.kafka_config import KafkaSettings
 
@@ -20,6 +21,21 @@ REFUSALS = ("SASL authentication", "Authentication failed", "certificate verify 
 
 class KafkaAccessRefused(RuntimeError):
     """The cluster refused these credentials or its certificate was not trusted; the message says which."""
+
+
+def probe_client(settings: KafkaSettings, logger_name: str) -> tuple[Any, list[str]]:
+    """A metadata-only admin client that logs nowhere and collects every error librdkafka reports, so a
+    probe can name the cause (a refused password, an untrusted certificate, a refused connection)."""
+    from confluent_kafka.admin import AdminClient
+
+    quiet = logging.getLogger(logger_name)
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    errors: list[str] = []
+    conf = settings.confluent_config(logger=quiet, socket_connection_setup_timeout_ms=5000)
+    conf["error_cb"] = lambda error: errors.append(error.str())
+    return AdminClient(conf), errors
 
 
 def _hint(settings: KafkaSettings, reason: str) -> str:
@@ -34,15 +50,8 @@ def check_access(settings: KafkaSettings, timeout: float = 15.0) -> None:
     if not (settings.uses_sasl or settings.uses_ssl):
         return
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    quiet = logging.getLogger("asmg.kafka.access")
-    quiet.propagate = False
-    quiet.addHandler(logging.NullHandler())
-    errors: list[str] = []
-    conf = settings.confluent_config(logger=quiet, socket_connection_setup_timeout_ms=5000)
-    conf["error_cb"] = lambda error: errors.append(error.str())
-    admin = AdminClient(conf)
+    admin, errors = probe_client(settings, "asmg.kafka.access")
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
