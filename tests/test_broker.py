@@ -151,3 +151,31 @@ def test_startup_failure_points_at_the_log(tmp_path: Path) -> None:
     with pytest.raises(BrokerError, match=r"Kafka exited with code \d+ while starting; see .*server\.log"):
         broker.start(timeout=120)
     assert broker.pid() is None and not config.pid_file.exists()
+
+
+def test_random_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.local.broker as broker_module
+
+    dash_led = uuid.UUID(bytes=bytes([0xF8]) + bytes(15))  # url-safe base64 of 0xF8... starts with "-"
+    plain = uuid.UUID(bytes=bytes(range(16)))
+    draws = iter([dash_led, dash_led, plain])
+    monkeypatch.setattr(broker_module.uuid, "uuid4", lambda: next(draws))
+    cluster_id = broker_module.random_cluster_id()
+    assert cluster_id == "AAECAwQFBgcICQoLDA0ODw"
+    assert len(cluster_id) == 22
+
+
+@pytest.mark.kafka
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Path) -> None:
+    """Kafka's tools parse ``-t -Xy…`` as an option; the id must reach them as ``--cluster-id=…``."""
+    import base64
+
+    from streams.local.broker import _format_storage, _write_config, java_executable, resolve_jars
+
+    cluster_id = base64.urlsafe_b64encode(bytes([0xF8]) + bytes(15)).decode().rstrip("=")
+    assert cluster_id.startswith("-")
+    config = BrokerConfig(home=tmp_path, port=free_port(), controller_port=free_port(), heap="256m",
+                          cluster_id=cluster_id)
+    _write_config(config)
+    _format_storage(config, java_executable(), resolve_jars(config), lambda _: None)
+    assert f"cluster.id={cluster_id}" in (config.data_dir / "meta.properties").read_text()

@@ -341,8 +341,15 @@ def java_executable(min_major: int = 17) -> str:
 
 
 def random_cluster_id() -> str:
-    """A cluster id in Kafka's own format (url-safe base64 of 16 random bytes, no padding)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A cluster id in Kafka's own format (url-safe base64 of 16 random bytes, no padding).
+
+    Like Kafka's ``Uuid.randomUuid`` it never starts with ``-``: one id in 64 would, and command-line
+    tools then read it as an option (CI once failed on ``kafka-storage format -t -Xy…``).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def server_properties(config: BrokerConfig) -> str:
@@ -422,7 +429,7 @@ def _format_storage(config: BrokerConfig, java: str, jars: Path, say: Say) -> No
         return
     say(f"Formatting KRaft storage in {config.data_dir}")
     cmd = _java_cmd(config, java, jars, "256m", "kafka.tools.StorageTool", "format",
-                    "-t", config.cluster_id or random_cluster_id(), "-c", str(config.config_file),
+                    f"--cluster-id={config.cluster_id or random_cluster_id()}", "-c", str(config.config_file),
                     "--ignore-formatted")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
