@@ -30,16 +30,20 @@ class DemoRun:
 
 
 def _summary_table(run: DemoRun, first_test: int):
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="ASMG streaming demo: each period's served model, tested on that period")
+    table = Table(title="Each period's served model, tested on that period (AUC)",
+                  caption="lift = served - IU shadow; live = s from period close to model live",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     # the serving guard's other candidates (the IU candidate is the shadow column already)
     others = list(dict.fromkeys(name for record in run.models.values() for name in (record.get("candidates") or {})
                                 if name != "iu"))
-    columns = ("period", "version", "samples", "served AUC", "IU shadow AUC", "lift",
-               *(f"{_short(name)} AUC" for name in others), *(("serves next",) if others else ()), "live after (s)")
+    # short headers: the table must fit an 80-column terminal without cutting a figure
+    columns = ("period", "model", "samples", "served", "IU\nshadow", "lift",
+               *(_short(name) for name in others), *(("serves\nnext",) if others else ()), "live\n(s)")
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True, min_width=7 if column in ("samples", "lift") else 6)
     served, shadow = [], []
     candidates: dict[str, list[float]] = {name: [] for name in others}
     for period in sorted(run.models):
@@ -53,7 +57,7 @@ def _summary_table(run: DemoRun, first_test: int):
             for name in others:
                 if (tested.get(name) or {}).get("auc") is not None:
                     candidates[name].append(tested[name]["auc"])
-        untested = "pretrained" if record.get("pretrained") else "-"
+        untested = "pretr." if record.get("pretrained") else "-"
         guard = [_auc((tested.get(name) or {}).get("auc")) for name in others]
         if others:
             guard.append(_short(record.get("candidate") or "-"))

@@ -313,6 +313,9 @@ def settings_command(fn):
         except (SettingsError, KafkaConfigError) as exc:
             raise _fail(str(exc)) from None
         _check_access(kafka)
+        from streams.worker import dump_stacks_on_sigusr1
+
+        dump_stacks_on_sigusr1()
         return fn(settings, kafka)
 
     wrapper.__signature__ = inspect.Signature(params)

@@ -1,4 +1,4 @@
-"""What every worker process of the stream roles shares: the fail-stop exit."""
+"""What every worker process of the stream roles shares: the fail-stop exit, the stack dump on SIGUSR1."""
 
 from __future__ import annotations
 
@@ -22,3 +22,13 @@ def fail_stop(exc: BaseException, where: str) -> None:
     sys.stderr.flush()
     flush_native_stderr()
     os._exit(FAIL_STOP_EXIT)
+
+
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` writes every thread's Python stack to the role's stderr (its log): how an operator,
+    or a test that timed out, sees where a worker that stopped making progress is waiting. faust's worker (the
+    trainer) installs its own SIGUSR1 handler over this one, which dumps its asyncio tasks instead."""
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)

@@ -119,7 +119,10 @@ class Pipeline:
             worker.stop()
 
     def tails(self) -> str:
-        return "\n".join(f"--- {role}\n{w.tail(3000)}" for role, w in self.workers.items())
+        """Each role's log end, after a stack dump (SIGUSR1): where a role that made no progress waits."""
+        for worker in self.workers.values():
+            worker.dump_stacks()
+        return "\n".join(f"--- {role}\n{w.tail(8000)}" for role, w in self.workers.items())
 
 
 def until(pipeline: Pipeline, predicate, timeout: float, what: str) -> Any:

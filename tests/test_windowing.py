@@ -471,6 +471,24 @@ class Worker:
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]
 
+    def dump_stacks(self, timeout: float = 10.0) -> bool:
+        """SIGUSR1: a live windowing worker or scorer writes every thread's stack to its log (faulthandler; the
+        trainer, a faust worker, its asyncio tasks). True once a new dump is in the log. For a test that
+        timed out: the log then says where the worker waits."""
+        if not self.alive():
+            return False
+        before = self.log.read_text(errors="replace").count(STACK_DUMP)
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log.read_text(errors="replace").count(STACK_DUMP) > before:
+                return True
+            time.sleep(0.2)
+        return False
+
+
+STACK_DUMP = "(most recent call first)"  # how faulthandler heads each thread's stack
+
 
 def produce(kafka_settings, topic: str, records: Iterable[tuple[bytes | None, bytes]],
             partition_of: Callable[[bytes | None], int] | None = None) -> int:
@@ -504,7 +522,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, workers: Iterable[Wor
                 pytest.fail(f"{worker.role} worker exited {worker.proc.returncode} while waiting for {what}:\n"
                             f"{worker.tail()}")
         if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {w.role}\n{w.tail()}" for w in workers)
+            for worker in workers:
+                worker.dump_stacks()
+            logs = "\n".join(f"--- {w.role}\n{w.tail(8000)}" for w in workers)
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
         time.sleep(0.5)
 
@@ -654,6 +674,26 @@ def test_killed_windowing_worker_writes_the_same_samples(kafka_settings, topic_n
     total = sum(pq.read_metadata(Path(runs["killed"][1].period_store) / f).num_rows for f in b)
     positives = sum(len(f[f.label == 1]) for f in prepare_periods(log, PROTOCOL).periods.values())
     assert 2 * positives - 3 * 3 <= total <= 2 * positives  # a negative each, but for a partition's first events
+
+
+@pytest.mark.timeout(120)
+def test_windowing_worker_dumps_every_threads_stack_on_sigusr1(kafka_settings, topic_names, tmp_path: Path) -> None:
+    """What an operator (and a timed-out test) does to see where a worker that makes no progress waits."""
+    from streams.wire.topics import ensure_topics
+
+    settings = stream_settings(topic_names, tmp_path, period_bounds=json.dumps([1000, 2000, 3000]), partitions=2,
+                               log_level="info")
+    ensure_topics(kafka_settings, topic_names, 2)
+    worker = Worker("windowing", settings, kafka_settings, tmp_path)
+    try:
+        wait_for(lambda: assigned_partitions(worker) == {0, 1}, 90, [worker], "the worker's assignment")
+        assert worker.dump_stacks(timeout=20), f"no stack dump after SIGUSR1:\n{worker.tail()}"
+        dump = worker.log.read_text(errors="replace")
+        assert "in run_windowing" in dump  # the main thread, in the worker's loop
+        assert re.search(r"coordinator\.py.*in run", dump)  # the coordinator's thread
+        assert worker.alive(), "SIGUSR1 must not stop the worker"
+    finally:
+        assert worker.stop() == 0
 
 
 @pytest.mark.timeout(180)

@@ -124,6 +124,9 @@ def scorer_command(
         raise typer.Exit(1) from None
     from streams.scorer.service import ScorerOptions, ScorerService, serve_forever
     from streams.wire.topics import TopicNames
+    from streams.worker import dump_stacks_on_sigusr1
+
+    dump_stacks_on_sigusr1()
 
     options = ScorerOptions(periods=periods, model_name=model_name, device=device, history_len=history_len,
                             max_users=max_users, batch_size=eval_batch, batch_seconds=eval_batch_ms / 1000,

@@ -57,6 +57,7 @@ REINIT_EXIT = 75  # EX_TEMPFAIL: the producer could not be re-created; a supervi
 # the cyclic collector's default (a pass every 700 allocations) walks the users' histories (millions of
 # objects, none in a cycle) again and again while a period closes: ~13% of the 1M-event bench's CPU
 GC_THRESHOLDS = (100_000, 50, 100)
+UNASSIGNED_NOTE_EVERY = 30.0  # seconds between the "no partition assigned" lines
 
 
 class TransactionStuck(RuntimeError):
@@ -165,6 +166,8 @@ class WindowingWorker:
         self._transactional_id = ""
         self._abandoned = 0  # producers given up (stuck or fatal) and replaced
         self._stop: threading.Event | None = None
+        self._unassigned_since: float | None = time.monotonic()  # None while partitions are assigned
+        self._next_unassigned_note = 0.0
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def _clients(self, worker_name: str) -> None:
@@ -240,6 +243,7 @@ class WindowingWorker:
             self.core.restore(partition, state)
         for p in set(self.published) - mine:
             del self.published[p]
+        self._unassigned_since = None if mine else time.monotonic()
         log.info("assigned partitions %s of %s (restored %s in %.2fs)", sorted(mine), self.names.interactions, new,
                  time.monotonic() - started)
 
@@ -247,9 +251,21 @@ class WindowingWorker:
         """Eager rebalancing: keep the memory until the new assignment says which partitions stay ours
         (nobody else processes a partition between its revocation and its return to us)."""
         log.info("partitions revoked: %s", sorted(tp.partition for tp in partitions))
+        self._unassigned_since = time.monotonic()
 
     def _on_lost(self, consumer, partitions) -> None:
+        log.warning("partitions lost (the group session expired): %s", sorted(tp.partition for tp in partitions))
         self.core.forget({tp.partition for tp in partitions})
+        self._unassigned_since = time.monotonic()
+
+    def _say_if_unassigned(self, now: float) -> None:
+        """Every :data:`UNASSIGNED_NOTE_EVERY` seconds without partitions, one line: a worker waiting on a
+        rebalance (or a broker) says so, rather than going quiet."""
+        since = self._unassigned_since
+        if since is not None and now - since >= UNASSIGNED_NOTE_EVERY and now >= self._next_unassigned_note:
+            self._next_unassigned_note = now + UNASSIGNED_NOTE_EVERY
+            log.info("windowing: no partition of %s assigned for %.0fs (a rebalance in progress, the broker away, "
+                     "or more workers than partitions)", self.names.interactions, now - since)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _stopping(self) -> None:
@@ -266,6 +282,8 @@ class WindowingWorker:
             while not stop.is_set():
                 messages = self._consumer.consume(self.settings.batch_max, timeout=0.2)
                 self.step(messages)
+                if not messages:
+                    self._say_if_unassigned(time.monotonic())
         finally:
             self._consumer.close()
             if self._producer is not None:
