@@ -413,6 +413,9 @@ def test_period_schemes_and_settings(tmp_path: Path) -> None:
     assert settings.seed == 4 and StreamSettings.from_env(settings.to_env()) == settings
     with pytest.raises(SettingsError, match="ASMG_ALLOWED_LATENESS"):
         StreamSettings.from_env({"ASMG_ALLOWED_LATENESS": "x"})
+    assert StreamSettings().torch_threads == 1  # bit-for-bit repeatable runs by default
+    with pytest.raises(SettingsError, match="ASMG_TORCH_THREADS"):
+        StreamSettings.from_env({"ASMG_TORCH_THREADS": "-1"})
 
 
 # --- helpers shared by the broker tests -------------------------------------------------------------------

@@ -96,13 +96,17 @@ class StreamSettings:
     meta_batch_size: int | None = _opt(None, "Meta generator batch size (default: the preset's).")
     output: str | None = _opt(None, "Generator output: direct or residual (default: the preset's).")
     device: str = _opt("auto", "Torch device: auto (CUDA when present), cpu, cuda.")
-    torch_threads: int = _opt(0, "Torch intra-op threads (0 = torch's default; 1 repeats bit for bit).")
+    torch_threads: int = _opt(1, "Torch intra-op threads. 1 (the default) repeats a run bit for bit and, on a few "
+                                 "cores shared with the other roles, is also the fastest; 0 = torch's default (all "
+                                 "cores), worth it only for large periods on a machine of its own.")
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise SettingsError(f"--partitions/{env_name('partitions')} must be >= 1, got {self.partitions}")
         if self.history_len < 1:
             raise SettingsError(f"--history-len/{env_name('history_len')} must be >= 1")
+        if self.torch_threads < 0:
+            raise SettingsError(f"--torch-threads/{env_name('torch_threads')} must be >= 0 (0 = torch's default)")
         if not math.isfinite(self.allowed_lateness) or self.allowed_lateness < 0:
             raise SettingsError(f"--allowed-lateness/{env_name('allowed_lateness')} must be >= 0 seconds")
         if self.period_bounds and self.period_length:
