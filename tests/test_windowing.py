@@ -381,6 +381,29 @@ def test_forget_drops_only_the_partitions_named(tmp_path: Path) -> None:
     assert core.partitions == []
 
 
+def test_a_worker_without_partitions_says_so_every_30_seconds(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A worker waiting on a rebalance or a broker logs why it is idle, once per interval, and stops once it has
+    partitions again (no broker needed: the clients are only made in ``run``)."""
+    from streams.windowing.worker import UNASSIGNED_NOTE_EVERY, WindowingWorker
+    from streams.wire.kafka_config import KafkaSettings
+    from streams.wire.topics import TopicNames
+
+    names = TopicNames("quiet.")
+    worker = WindowingWorker(stream_settings(names, tmp_path, period_bounds="[1, 2, 3]"), KafkaSettings.local(9),
+                             names, 2)
+    worker._on_lost(None, [])  # the session expired: nothing assigned from now on
+    since = worker._unassigned_since
+    caplog.set_level("INFO", logger="streams.windowing.worker")
+    for offset in (1.0, UNASSIGNED_NOTE_EVERY, UNASSIGNED_NOTE_EVERY + 5, 2 * UNASSIGNED_NOTE_EVERY + 1):
+        worker._say_if_unassigned(since + offset)
+    notes = [r.getMessage() for r in caplog.records if "no partition of quiet.interactions" in r.getMessage()]
+    assert len(notes) == 2 and "assigned for 30s" in notes[0] and "assigned for 61s" in notes[1]
+    worker._unassigned_since = None  # what _on_assign sets when partitions come back
+    worker._say_if_unassigned(since + 10 * UNASSIGNED_NOTE_EVERY)
+    assert sum("no partition of" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_period_schemes_and_settings(tmp_path: Path) -> None:
     tumbling = PeriodScheme(length=parse_duration("1d"), origin=86_400 * 10, count=5)
     assert tumbling.period_of(86_400 * 10) == 1 and tumbling.period_of(86_400 * 11 - 1) == 1
