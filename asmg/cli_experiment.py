@@ -39,6 +39,9 @@ def experiment(
     batch_size: Annotated[int | None, typer.Option(envvar=_env("batch-size"))] = None,
     epochs: Annotated[int | None, typer.Option(envvar=_env("epochs"), help="base epochs per period")] = None,
     pretrain_epochs: Annotated[int | None, typer.Option(envvar=_env("pretrain-epochs"))] = None,
+    pretrain_mode: Annotated[str | None, typer.Option(
+        envvar=_env("pretrain-mode"), help="union (the paper: epochs over all pretraining periods at once) or "
+                                           "progressive (epochs over each as it arrives)")] = None,
     k: Annotated[int | None, typer.Option(envvar=_env("k"), help="models in the generator's window")] = None,
     hidden: Annotated[int | None, typer.Option(envvar=_env("hidden"), help="GRU hidden size")] = None,
     meta_lr: Annotated[float | None, typer.Option(envvar=_env("meta-lr"))] = None,

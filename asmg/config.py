@@ -25,6 +25,11 @@ class TrainConfig:
     batch_size: int = 1024
     epochs: int = 1
     pretrain_epochs: int = 10
+    # "union" (the paper): pretrain_epochs shuffled epochs over the union of the pretraining periods, once the
+    # last one closed. "progressive": pretrain_epochs epochs over each pretraining period as it arrives, from
+    # the model so far, so the stream waits for one period's pretraining, not ten (a different model:
+    # README "Pretraining as periods arrive")
+    pretrain_mode: Literal["union", "progressive"] = "union"
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,8 @@ def settings_line(protocol: dict[str, Any]) -> str:
             f"{train['pretrain_epochs']} to pretrain; generator k {meta['k']}, hidden {meta['hidden']}, "
             f"meta lr {meta['lr']:g}, meta batch {meta['batch_size']}, {meta['epochs']} meta epoch(s), "
             f"{meta['output']} output")
+    if train.get("pretrain_mode", "union") != "union":
+        line = line.replace(" to pretrain;", f" to pretrain ({train['pretrain_mode']});")
     if meta.get("correction_l2"):
         line += f", shrinkage {meta['correction_l2']:g}"
     if guard:

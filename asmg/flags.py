@@ -13,7 +13,8 @@ from typing import Any
 
 from asmg.config import RunConfig
 
-TRAIN_FLAGS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "pretrain_epochs": "pretrain_epochs"}
+TRAIN_FLAGS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "pretrain_epochs": "pretrain_epochs",
+               "pretrain_mode": "pretrain_mode"}
 META_FLAGS = {"k": "k", "hidden": "hidden", "meta_lr": "lr", "meta_epochs": "epochs",
               "meta_batch_size": "batch_size", "output": "output"}
 PROTOCOL_FLAGS = {"periods": "n_periods", "split": "split", "pretrain_periods": "pretrain_periods",
@@ -21,6 +22,7 @@ PROTOCOL_FLAGS = {"periods": "n_periods", "split": "split", "pretrain_periods": 
 RUN_FLAGS = ("seed", "device")
 FLAGS = (*TRAIN_FLAGS, *META_FLAGS, *PROTOCOL_FLAGS, *RUN_FLAGS)
 OUTPUTS = ("direct", "residual")
+PRETRAIN_MODES = ("union", "progressive")
 
 
 def pick(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,6 +41,8 @@ def run_config(dataset: str, preset: str | None = None, **flags: Any) -> tuple[R
         raise ValueError(f"unknown run flags {sorted(unknown)}")
     if flags.get("output") not in (None, *OUTPUTS):
         raise ValueError("--output must be 'direct' or 'residual'")
+    if flags.get("pretrain_mode") not in (None, *PRETRAIN_MODES):
+        raise ValueError("--pretrain-mode must be 'union' or 'progressive'")
     cfg, note = get_preset(preset or default_preset(dataset))
     cfg = override(cfg, {field: flags.get(flag) for flag, field in TRAIN_FLAGS.items()},
                    {field: flags.get(flag) for flag, field in META_FLAGS.items()})

@@ -26,6 +26,7 @@ from asmg.vocab import ItemCategories, Vocabularies, Vocabulary
 
 GROW_PURPOSE = 3
 PRETRAIN_PERIOD = 0
+PRETRAINED = "pretrained/"  # checkpoint keys of the progressive pretraining's model so far
 
 
 @dataclass
@@ -51,7 +52,8 @@ class PeriodUpdater:
         self.device = resolve_device(cfg.device)
         self.method: UpdateMethod = make_method(method, cfg, self.device)
         self.vocabs = Vocabularies()
-        self.pretrain_data: list[PeriodTensors] = []
+        self.pretrain_data: list[PeriodTensors] = []  # pretrain_mode "union": the periods so far
+        self.pretrained: Params = {}  # pretrain_mode "progressive": the model so far
         self.started = False
         self.last_period = 0
 
@@ -74,10 +76,14 @@ class PeriodUpdater:
         seconds["evaluate"] = time.perf_counter() - clock
         clock = time.perf_counter()
         if not self.started:
-            self.pretrain_data.append(data)
+            progressive = self.cfg.train.pretrain_mode == "progressive"
+            if progressive:
+                self.pretrained = self.pretrain_progressively(data)
+            else:
+                self.pretrain_data.append(data)
             if period >= self.cfg.protocol.pretrain_periods:
-                self.method.start(self.pretrain())
-                self.pretrain_data = []
+                self.method.start(self.pretrained if progressive else self.pretrain())
+                self.pretrain_data, self.pretrained = [], {}
                 self.started = True
             seconds["pretrain"] = time.perf_counter() - clock
         elif train:
@@ -109,6 +115,16 @@ class PeriodUpdater:
             save_bundle(cached, trained, {"kind": "pretrained"})
         return trained
 
+    def pretrain_progressively(self, data: PeriodTensors) -> Params:
+        """``pretrain_epochs`` epochs over this period, from the model so far: rows it already has keep what
+        they learned, rows new in this period start where :meth:`pretrain` would start them."""
+        initial = self.method.initial_params(self.vocabs.sizes(), self.cfg.seed)
+        params = {n: t.to(self.device) for n, t in initial.items()}
+        for name, known in self.pretrained.items():
+            params[name][: known.shape[0]] = known  # tables only grow; a dense tensor keeps its shape
+        return train_base(params, data, self.vocabs.item_categories.table, self.cfg.train, self.cfg.seed,
+                          epochs=self.cfg.train.pretrain_epochs, device=self.device)
+
     def _pretrain_key(self, initial: Params, union: PeriodTensors) -> str:
         """Everything pretraining depends on: data, category table, starting point, settings, seed, device."""
         digest = hashlib.sha256()
@@ -134,6 +150,8 @@ class PeriodUpdater:
         for i, p in enumerate(self.pretrain_data):
             for f in ("user", "item", "history", "label"):
                 tensors[f"pretrain/{i}/{f}"] = getattr(p, f).contiguous().cpu()
+        for name, t in self.pretrained.items():
+            tensors[f"{PRETRAINED}{name}"] = t.contiguous().cpu()
         info = {"method": self.method.name, "config": self.cfg.to_dict(), "started": self.started,
                 "last_period": self.last_period, "method_meta": meta,
                 "pretrain_periods": [p.period for p in self.pretrain_data]}
@@ -151,6 +169,8 @@ class PeriodUpdater:
             PeriodTensors(p, *(tensors[f"pretrain/{i}/{f}"].to(updater.device) for f in ("user", "item", "history",
                                                                                        "label")))
             for i, p in enumerate(info["pretrain_periods"])]
+        updater.pretrained = {k[len(PRETRAINED):]: v.to(updater.device) for k, v in tensors.items()
+                              if k.startswith(PRETRAINED)}
         updater.started = info["started"]
         updater.last_period = info["last_period"]
         if updater.started:

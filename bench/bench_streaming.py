@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                   "(default: --replay-events)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the interactions topics")
     p.add_argument("--torch-threads", type=int, default=1, help="ASMG_TORCH_THREADS of trainer and scorer")
+    p.add_argument("--pretrain-mode", default=None, choices=("union", "progressive"),
+                   help="ASMG_PRETRAIN_MODE of the trainer (default: the preset's, union)")
     p.add_argument("--requests", type=int, default=2000, help="POST /score requests, at most")
     p.add_argument("--score-seconds", type=float, default=60.0, help="time cap of the scorer phase")
     p.add_argument("--clients", type=int, default=4, help="client threads of the scorer phase")
@@ -232,7 +234,7 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     env = stream_env(kafka, prefix, run_dir, bounds, log, args.partitions, method=args.method, scorer_port=port,
                      scorer_host="127.0.0.1", periods=n_periods, pretrain_periods=args.pretrain_periods,
                      first_test_period=args.pretrain_periods + 1, device="cpu", torch_threads=args.torch_threads,
-                     seed=args.seed)
+                     seed=args.seed, pretrain_mode=args.pretrain_mode)
     workers = Workers(run_dir / "logs", cwd=REPO)
     logs = workers.logs
     stack.callback(workers.stop)
@@ -325,7 +327,8 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     console.print(f"windowing: {len(log.events):,} events, last period closed {windowing_seconds:.2f} s after "
                   f"the first event was produced")
     result = {"events": len(log.events), "periods": n_periods, "pretrain_periods": args.pretrain_periods,
-              "method": args.method, "windowing_workers": args.windowing_workers,
+              "method": args.method, "pretrain_mode": args.pretrain_mode or "union",
+              "windowing_workers": args.windowing_workers,
               "worker_startup_seconds": round(startup_seconds, 1),
               "pipeline_replay_events_per_second": round(replayed["result"].rate, 1),
               "pipeline_rate": args.pipeline_rate,

@@ -42,6 +42,50 @@ def test_checkpoint_resumes_exactly(method, tmp_path):
         assert a["logloss"] == pytest.approx(b["logloss"], abs=1e-6)
 
 
+def test_progressive_pretraining_trains_on_each_period_as_it_arrives_and_resumes_exactly(tmp_path):
+    """pretrain_mode "progressive": the pretrained model is the chain of per-period trainings (new rows start as the
+    union pretraining starts them), not the union's; a checkpoint taken mid-pretraining resumes to the same model."""
+    from asmg.batches import encode_period
+    from asmg.train import train_base
+    from asmg.vocab import Vocabularies
+
+    periods = _periods()
+    cfg = replace(CFG, train=replace(CFG.train, pretrain_mode="progressive"))
+    straight = PeriodUpdater("iu", cfg)
+    for p in (1, 2, 3):
+        straight.step(p, periods[p])
+    # the same chain by hand: train_base over each period from the model so far, the vocabulary as it grows
+    vocabs, model = Vocabularies(), {}
+    for p in (1, 2, 3):
+        data = encode_period(periods[p], vocabs, p, cfg.protocol.history_len)
+        initial = straight.method.initial_params(vocabs.sizes(), cfg.seed)
+        for name, known in model.items():
+            initial[name][: known.shape[0]] = known
+        model = train_base(initial, data, vocabs.item_categories.table, cfg.train, cfg.seed,
+                           epochs=cfg.train.pretrain_epochs)
+    served = straight.method.incremental()
+    for name, tensor in model.items():
+        torch.testing.assert_close(served[name], tensor, rtol=0, atol=0)
+    union = PeriodUpdater("iu", CFG)
+    for p in (1, 2, 3):
+        union.step(p, periods[p])
+    assert not torch.equal(union.method.incremental()["item_emb"], served["item_emb"])  # not the paper's model
+
+    first = PeriodUpdater("iu", cfg)
+    for p in (1, 2):
+        first.step(p, periods[p])
+    assert first.pretrained and not first.pretrain_data  # the model so far is kept, not the periods
+    tensors, info = first.state()
+    save_bundle(str(tmp_path / "ckpt"), tensors, {"info": info})
+    loaded, meta = load_bundle(str(tmp_path / "ckpt"))
+    resumed = PeriodUpdater.from_state(loaded, meta["info"])
+    resumed.step(3, periods[3])
+    for name, tensor in served.items():
+        torch.testing.assert_close(resumed.method.incremental()[name], tensor, rtol=0, atol=0)
+    expected = straight.step(4, periods[4]).metrics
+    assert resumed.step(4, periods[4]).metrics == expected
+
+
 def test_periods_must_arrive_in_order():
     periods = _periods()
     updater = PeriodUpdater("iu", CFG)
@@ -91,3 +135,23 @@ def test_method_names_are_checked():
     with pytest.raises(ValueError, match="unknown method 'asmg-gru-fast'"):
         parse_methods("iu,asmg-gru-fast")
     assert make_method("asmg-gru-zero", CFG, torch.device("cpu")).name == "asmg-gru-zero"
+
+
+def test_pretrain_mode_is_one_flag_for_the_runner_and_the_trainer():
+    from dataclasses import asdict
+
+    from asmg.experiment import settings_line
+    from asmg.flags import run_config
+    from streams.trainer.agent import run_config as trainer_config
+    from streams.wire.settings import SettingsError, StreamSettings
+
+    assert run_config("ml-100k")[0].train.pretrain_mode == "union"  # the paper's, unless asked
+    cfg, _ = run_config("ml-100k", pretrain_mode="progressive")
+    assert cfg.train.pretrain_mode == "progressive"
+    assert "to pretrain (progressive)" in settings_line({"train": asdict(cfg.train), "meta": asdict(cfg.meta)})
+    with pytest.raises(ValueError, match="pretrain-mode"):
+        run_config("ml-100k", pretrain_mode="sometimes")
+    settings = StreamSettings.from_env({"ASMG_PRETRAIN_MODE": "progressive"})
+    assert trainer_config(settings).train.pretrain_mode == "progressive"
+    with pytest.raises(SettingsError, match="pretrain-mode"):
+        trainer_config(StreamSettings.from_env({"ASMG_PRETRAIN_MODE": "sometimes"}))

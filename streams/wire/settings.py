@@ -89,6 +89,10 @@ class StreamSettings:
     batch_size: int | None = _opt(None, "Base-model batch size (default: the preset's).")
     epochs: int | None = _opt(None, "Base-model epochs per period (default: the preset's).")
     pretrain_epochs: int | None = _opt(None, "Pretraining epochs (default: the preset's).")
+    pretrain_mode: str | None = _opt(None, "Pretraining: union (the paper: epochs over all pretraining periods once "
+                                           "the last closed) or progressive (epochs over each as it arrives, so "
+                                           "the pretrained model is live soon after the last one closes); default: "
+                                           "the preset's (union).")
     k: int | None = _opt(None, "Models in the generator's window (default: the preset's).")
     hidden: int | None = _opt(None, "GRU hidden size (default: the preset's).")
     meta_lr: float | None = _opt(None, "Meta generator learning rate (default: the preset's).")
