@@ -67,6 +67,13 @@ from asmg_cli.pipeline import (  # noqa: E402 - the local-pipeline harness, as `
 console = Console(stderr=True, highlight=False)
 
 
+
+def preset_pretrain_mode(dataset: str) -> str:
+    """The pretraining the trainer runs when ``--pretrain-mode`` is not given: its dataset preset's."""
+    from asmg.flags import run_config
+
+    return run_config(dataset)[0].train.pretrain_mode
+
 def default_data_dir() -> Path:
     """As the Makefile: $ASMG_DATA_DIR, else the shared copy beside the repository, else data/ml-100k."""
     if os.environ.get("ASMG_DATA_DIR"):
@@ -327,7 +334,7 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     console.print(f"windowing: {len(log.events):,} events, last period closed {windowing_seconds:.2f} s after "
                   f"the first event was produced")
     result = {"events": len(log.events), "periods": n_periods, "pretrain_periods": args.pretrain_periods,
-              "method": args.method, "pretrain_mode": args.pretrain_mode or "union",
+              "method": args.method, "pretrain_mode": args.pretrain_mode or preset_pretrain_mode(log.name),
               "windowing_workers": args.windowing_workers,
               "worker_startup_seconds": round(startup_seconds, 1),
               "pipeline_replay_events_per_second": round(replayed["result"].rate, 1),
