@@ -145,8 +145,10 @@ def test_pretrain_mode_is_one_flag_for_the_runner_and_the_trainer():
     from streams.trainer.agent import run_config as trainer_config
     from streams.wire.settings import SettingsError, StreamSettings
 
-    assert run_config("ml-100k")[0].train.pretrain_mode == "union"  # the paper's, unless asked
-    cfg, _ = run_config("ml-100k", pretrain_mode="progressive")
+    assert run_config("ml-100k", preset="authors")[0].train.pretrain_mode == "union"  # the paper's
+    assert run_config("someone-elses-log")[0].train.pretrain_mode == "union"  # auto: not chosen there
+    assert run_config("ml-100k")[0].train.pretrain_mode == "progressive"  # chosen on its validation periods
+    cfg, _ = run_config("ml-100k", preset="authors", pretrain_mode="progressive")
     assert cfg.train.pretrain_mode == "progressive"
     assert "to pretrain (progressive)" in settings_line({"train": asdict(cfg.train), "meta": asdict(cfg.meta)})
     with pytest.raises(ValueError, match="pretrain-mode"):
