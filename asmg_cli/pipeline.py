@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -24,6 +28,36 @@ from typing import Any
 from asmg.records import parse_model_record
 
 Say = Callable[..., None]
+
+
+def run_bench(benchmark: str, workdir: Path | None, say: Say,
+              measure: Callable[[ExitStack, Path, Any, Any, dict[str, Any]], None]) -> tuple[int, dict[str, Any]]:
+    """The frame of a Kafka benchmark: a work folder (temporary unless ``workdir``), a fresh local Kafka (or
+    ``KAFKA_BOOTSTRAP_SERVERS``) and ``measure(stack, work, kafka, config, out)`` inside one ExitStack that stops
+    whatever was started; Ctrl-C and errors are reported with where the logs are, and a temporary folder is
+    removed after a clean run. Returns (exit code: 0, 1 or 130; ``out`` with the header and total_seconds)."""
+    began = time.monotonic()
+    work = workdir or Path(tempfile.mkdtemp(prefix=f"asmg-bench-{benchmark.replace('_', '-')}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"benchmark": benchmark, "host": platform.node(), "cpus": os.cpu_count()}
+    ok = False
+    try:
+        with ExitStack() as stack:
+            kafka, config = start_kafka(stack, say, home=work / "kafka", fresh_ports=True, die_with_parent=True)
+            measure(stack, work, kafka, config, out)
+        ok = True
+    except KeyboardInterrupt:
+        say("[yellow]interrupted: everything started was stopped[/]")
+        return 130, out
+    except Exception as exc:  # noqa: BLE001 - reported, with where the logs are
+        say(f"[bold red]error:[/] {exc}")
+        say(f"state and logs kept in {work}")
+        return 1, out
+    finally:
+        if ok and workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    out["total_seconds"] = round(time.monotonic() - began, 1)
+    return 0, out
 
 
 def start_kafka(stack: ExitStack, say: Say, home: Path | None = None, fresh_ports: bool = False,

@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -39,7 +35,7 @@ from asmg_cli.pipeline import (  # noqa: E402 - after the path
     Workers,
     load_log,
     proc_status_mb,
-    start_kafka,
+    run_bench,
     stream_env,
     write_bounds,
 )
@@ -126,73 +122,57 @@ def main(argv: list[str] | None = None) -> int:
     from streams.wire.records import read_topic
     from streams.wire.topics import TopicNames, ensure_topics
 
-    began = time.monotonic()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="asmg-bench-memory-"))
-    work.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"benchmark": "windowing_memory", "host": platform.node(), "cpus": os.cpu_count()}
-    ok = False
-    try:
-        with ExitStack() as stack:
-            kafka, config = start_kafka(stack, console.print, home=work / "kafka", fresh_ports=True,
-                                        die_with_parent=True)
-            log, _ = load_log("synthetic", work / "no-data", console.print, args.events)
-            names = TopicNames(f"mem-{int(time.time())}.")
-            ensure_topics(kafka, names, partitions=args.partitions)
-            bounds, n_periods = write_bounds(log, ProtocolConfig().split, args.periods, work / "run")
-            out.update(events=len(log.events), periods=n_periods, partitions=args.partitions,
-                       users=int(log.events["user_id"].nunique()), items=int(log.events["item_id"].nunique()))
-            replay = replay_log(log, make_producer(kafka), names.interactions, Pacing())
-            send_end_of_stream(kafka, names)
-            console.print(f"replayed: {replay.summary()}")
-            out["replay_events_per_second"] = round(replay.rate, 1)
-            del log  # the worker's memory is measured, not this script's
+    def measure(stack: ExitStack, work: Path, kafka, config, out: dict[str, Any]) -> None:
+        log, _ = load_log("synthetic", work / "no-data", console.print, args.events)
+        names = TopicNames(f"mem-{int(time.time())}.")
+        ensure_topics(kafka, names, partitions=args.partitions)
+        bounds, n_periods = write_bounds(log, ProtocolConfig().split, args.periods, work / "run")
+        out.update(events=len(log.events), periods=n_periods, partitions=args.partitions,
+                   users=int(log.events["user_id"].nunique()), items=int(log.events["item_id"].nunique()))
+        replay = replay_log(log, make_producer(kafka), names.interactions, Pacing())
+        send_end_of_stream(kafka, names)
+        console.print(f"replayed: {replay.summary()}")
+        out["replay_events_per_second"] = round(replay.rate, 1)
+        del log  # the worker's memory is measured, not this script's
 
-            env = stream_env(kafka, names.prefix, work / "run", bounds, load_log_stub(), args.partitions,
-                             worker_dir=work / "run" / "worker")
-            workers = Workers(work / "logs", cwd=REPO)
-            stack.callback(workers.stop)
-            proc = workers.start("windowing", "windowing", env)
-            consumer = Consumer(kafka.confluent_config(group_id=f"{names.prefix}windowing", enable_auto_commit=False))
-            stack.callback(consumer.close)
-            partitions = [TopicPartition(names.interactions, p) for p in range(args.partitions)]
-            samples: list[tuple[float, int, float]] = []
-            t0 = time.monotonic()
-            deadline = t0 + args.timeout
-            while True:
-                workers.check()
-                rss = proc_status_mb(proc.pid, "VmRSS")
-                done = committed_total(consumer, partitions)
-                if done is None:
-                    done = samples[-1][1] if samples else 0
-                elif rss is not None and (rss > 1 or samples):  # not the instant before the interpreter runs
-                    samples.append((time.monotonic() - t0, done, rss))
-                if len(samples) % 15 == 1:
-                    console.print(f"{samples[-1][0]:6.0f} s: {done:,} events, RSS {rss:.0f} MB")
-                if done >= out["events"] and len(read_topic(kafka, names.periods)) >= n_periods:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{done:,}/{out['events']:,} events within {args.timeout:.0f}s; see {work}")
-                time.sleep(args.interval)
-            out["windowing_seconds"] = round(samples[-1][0], 1)
-            out["windowing_events_per_second"] = round(out["events"] / max(samples[-1][0], 1e-9), 1)
-            out["rss_mb_peak"] = round(proc_status_mb(proc.pid, "VmHWM") or float("nan"), 1)
-            out.update(summarise(samples, out["events"], args.flat_fraction))
-            out["samples"] = [[round(t, 1), n, round(r, 1)] for t, n, r in samples]
-            if args.plot:
-                plot(samples, out, args.plot)
-                out["plot"] = str(args.plot.relative_to(REPO) if args.plot.is_relative_to(REPO) else args.plot)
-        ok = True
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: everything started was stopped[/]")
-        return 130
-    except Exception as exc:  # noqa: BLE001 - reported, with where the logs are
-        console.print(f"[bold red]error:[/] {exc}")
-        console.print(f"state and logs kept in {work}")
-        return 1
-    finally:
-        if ok and args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    out["total_seconds"] = round(time.monotonic() - began, 1)
+        env = stream_env(kafka, names.prefix, work / "run", bounds, load_log_stub(), args.partitions,
+                         worker_dir=work / "run" / "worker")
+        workers = Workers(work / "logs", cwd=REPO)
+        stack.callback(workers.stop)
+        proc = workers.start("windowing", "windowing", env)
+        consumer = Consumer(kafka.confluent_config(group_id=f"{names.prefix}windowing", enable_auto_commit=False))
+        stack.callback(consumer.close)
+        partitions = [TopicPartition(names.interactions, p) for p in range(args.partitions)]
+        samples: list[tuple[float, int, float]] = []
+        t0 = time.monotonic()
+        deadline = t0 + args.timeout
+        while True:
+            workers.check()
+            rss = proc_status_mb(proc.pid, "VmRSS")
+            done = committed_total(consumer, partitions)
+            if done is None:
+                done = samples[-1][1] if samples else 0
+            elif rss is not None and (rss > 1 or samples):  # not the instant before the interpreter runs
+                samples.append((time.monotonic() - t0, done, rss))
+            if len(samples) % 15 == 1:
+                console.print(f"{samples[-1][0]:6.0f} s: {done:,} events, RSS {rss:.0f} MB")
+            if done >= out["events"] and len(read_topic(kafka, names.periods)) >= n_periods:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{done:,}/{out['events']:,} events within {args.timeout:.0f}s; see {work}")
+            time.sleep(args.interval)
+        out["windowing_seconds"] = round(samples[-1][0], 1)
+        out["windowing_events_per_second"] = round(out["events"] / max(samples[-1][0], 1e-9), 1)
+        out["rss_mb_peak"] = round(proc_status_mb(proc.pid, "VmHWM") or float("nan"), 1)
+        out.update(summarise(samples, out["events"], args.flat_fraction))
+        out["samples"] = [[round(t, 1), n, round(r, 1)] for t, n, r in samples]
+        if args.plot:
+            plot(samples, out, args.plot)
+            out["plot"] = str(args.plot.relative_to(REPO) if args.plot.is_relative_to(REPO) else args.plot)
+
+    code, out = run_bench("windowing_memory", args.workdir, console.print, measure)
+    if code:
+        return code
     print(json.dumps(out, indent=2))
     return 0
 

@@ -31,14 +31,11 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import re
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -58,8 +55,8 @@ from asmg_cli.pipeline import (  # noqa: E402 - the local-pipeline harness, as `
     Workers,
     load_log,
     newly_live,
+    run_bench,
     scorer_json,
-    start_kafka,
     stream_env,
     write_bounds,
 )
@@ -490,57 +487,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from streams.wire.topics import TopicNames, ensure_topics
 
-    began = time.monotonic()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="asmg-bench-streaming-"))
-    work.mkdir(parents=True, exist_ok=True)
-    ok = False
-    out: dict[str, Any] = {"benchmark": "streaming", "host": platform.node(), "cpus": os.cpu_count()}
-    try:
-        with ExitStack() as stack:
-            kafka, config = start_kafka(stack, console.print, home=work / "kafka", fresh_ports=True,
-                                        die_with_parent=True)
-            out["kafka"] = "external" if kafka.external else f"local {config.kafka_version} (fresh, {work / 'kafka'})"
+    def measure(stack: ExitStack, work: Path, kafka, config, out: dict[str, Any]) -> None:
+        out["kafka"] = "external" if kafka.external else f"local {config.kafka_version} (fresh, {work / 'kafka'})"
+        full, _ = load_log(args.dataset, args.data_dir, console.print, args.synthetic_events)
+        out["dataset"] = full.name
+        prefix = f"bench-{int(time.time())}."
+        replay_log_ = head(full, args.replay_events)
+        replay_names, perf_names = TopicNames(prefix + "replay."), TopicNames(prefix + "perf.")
+        warm_names = TopicNames(prefix + "warmup.")
+        for names in (replay_names, perf_names, warm_names):
+            ensure_topics(kafka, names, partitions=args.partitions)
+        out.update(bench_replay(replay_log_, kafka, replay_names.interactions, warm_names.interactions))
+        if not args.skip_perf_test:
+            out.update(bench_perf_test(config, kafka, perf_names.interactions,
+                                       args.perf_records or out["replay_events"],
+                                       max(1, round(out["record_bytes_mean"])), args.perf_props))
+            out["replay_vs_perf_test_ratio"] = round(out["replay_events_per_second"]
+                                                     / out["perf_test_records_per_second"], 3)
+        if not args.skip_windowing_only:
+            out.update(bench_windowing(args, replay_log_, kafka, replay_names, work / "prefilled", stack,
+                                       live=False))
+            out.update(bench_windowing(args, replay_log_, kafka, TopicNames(prefix + "ingest."),
+                                       work / "ingest", stack, live=True))
+        if not args.skip_pipeline:
+            out.update(bench_pipeline(args, head(full, args.events), kafka, prefix + "run.", work / "run", stack))
 
-            full, _ = load_log(args.dataset, args.data_dir, console.print, args.synthetic_events)
-            out["dataset"] = full.name
-            prefix = f"bench-{int(time.time())}."
-            replay_log_ = head(full, args.replay_events)
-            replay_names, perf_names = TopicNames(prefix + "replay."), TopicNames(prefix + "perf.")
-            warm_names = TopicNames(prefix + "warmup.")
-            for names in (replay_names, perf_names, warm_names):
-                ensure_topics(kafka, names, partitions=args.partitions)
-            out.update(bench_replay(replay_log_, kafka, replay_names.interactions, warm_names.interactions))
-            if not args.skip_perf_test:
-                out.update(bench_perf_test(config, kafka, perf_names.interactions,
-                                           args.perf_records or out["replay_events"],
-                                           max(1, round(out["record_bytes_mean"])), args.perf_props))
-                out["replay_vs_perf_test_ratio"] = round(out["replay_events_per_second"]
-                                                         / out["perf_test_records_per_second"], 3)
-            if not args.skip_windowing_only:
-                out.update(bench_windowing(args, replay_log_, kafka, replay_names, work / "prefilled", stack,
-                                           live=False))
-                out.update(bench_windowing(args, replay_log_, kafka, TopicNames(prefix + "ingest."),
-                                           work / "ingest", stack, live=True))
-            if not args.skip_pipeline:
-                pipeline = bench_pipeline(args, head(full, args.events), kafka, prefix + "run.", work / "run", stack)
-                out.update(pipeline)
-        ok = True
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: everything started was stopped[/]")
-        return 130
-    except Exception as exc:  # noqa: BLE001 - reported, with where the logs are
-        console.print(f"[bold red]error:[/] {exc}")
-        console.print(f"state and logs kept in {work}")
-        return 1
-    finally:
-        if ok and args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    out["total_seconds"] = round(time.monotonic() - began, 1)
+    code, out = run_bench("streaming", args.workdir, console.print, measure)
+    if code:
+        return code
     # this process: the replay producer, plus the loaded log and the scorer's load clients
     out["bench_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(out, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
