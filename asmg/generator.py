@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from asmg import gru_kernel
 from asmg.model import EMBEDDINGS, Params, param_order
 
 GATES = 3  # update z, reset r, candidate g
@@ -126,6 +127,13 @@ class GruGenerator(nn.Module):
         first: dict[str, torch.Tensor] = {}
         for group, xs in groups.items():
             cell = self.cells[_key(group)]
+            if gru_kernel.usable(xs, h0[group], self.hidden):
+                ys, first[group] = gru_kernel.FusedWindow.apply(
+                    torch.stack(xs), h0[group], cell.u, cell.w, cell.w_hy, cell.b_y, cell.residual,
+                    self.anchor == "mean")
+                for i, y in enumerate(ys.unbind(0)):
+                    self._collect(outputs[i], group, y)
+                continue
             fused = cell.fused_weights()
             h = h0[group].permute(1, 0, 2).contiguous()  # coordinate-major for the whole window
             total = None
@@ -136,16 +144,19 @@ class GruGenerator(nn.Module):
                     total = xt if total is None else total + xt
                     anchor = total / (i + 1)
                 y, h = cell.step_by_coordinate(xt, h, fused, anchor)
-                y = y.t()
-                if group == DENSE:
-                    outputs[i].update(zip(self.dense, torch.split(y, self.dense_sizes, dim=1), strict=True))
-                else:
-                    outputs[i][group] = y
+                self._collect(outputs[i], group, y.t())
                 if i == 0:
                     first[group] = h.permute(1, 0, 2).contiguous()
         if scales:
             outputs = [{n: y * scales.get(n, 1.0) for n, y in out.items()} for out in outputs]
         return outputs, first
+
+    def _collect(self, out: dict[str, torch.Tensor], group: str, y: torch.Tensor) -> None:
+        """A group's [R, c] output into the step's name -> rows dict (the dense group splits per tensor)."""
+        if group == DENSE:
+            out.update(zip(self.dense, torch.split(y, self.dense_sizes, dim=1), strict=True))
+        else:
+            out[group] = y
 
 
 class LinearGenerator(nn.Module):

@@ -143,9 +143,9 @@ class AsmgMethod(UpdateMethod):
         inputs = {}
         for name in self.base:
             pick = rows.get(name) if rows is not None else None
-            inputs[name] = [as_rows(name, m[name])[pick] if pick is not None else as_rows(name, m[name])
-                            for m in self.models]
-        state = {g: h[rows[g]] if rows is not None and g in rows else h for g, h in h0.items()}
+            inputs[name] = [as_rows(name, m[name]).index_select(0, pick) if pick is not None
+                            else as_rows(name, m[name]) for m in self.models]
+        state = {g: h.index_select(0, rows[g]) if rows is not None and g in rows else h for g, h in h0.items()}
         outputs, _ = self.generator.run(inputs, state, self.scales())
         total = torch.zeros((), device=self.device)
         shrink = self.cfg.meta.correction_l2

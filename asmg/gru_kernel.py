@@ -1,0 +1,132 @@
+"""The coordinate GRU's window as one fused C kernel on CPU (gru_kernel.c), built on first use with the
+system's C compiler and called through ctypes; torch's ops remain the path on CUDA or without a compiler.
+
+A meta step spends most of its time in ~20 whole-tensor torch ops per GRU step, each a pass over
+[rows, coords, hidden] floats; the kernel keeps one row's window in registers (forward and backward), so a
+meta step is several times faster on CPU. No torch headers are needed, so the build takes about a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("gru_kernel.c")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared")
+MAX_HIDDEN, MAX_STEPS = 16, 32  # as in gru_kernel.c
+log = logging.getLogger(__name__)
+_float_p = ctypes.POINTER(ctypes.c_float)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "asmg" / "kernels"
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None (no compiler, build failed, or ASMG_GRU_KERNEL=0): callers fall back."""
+    if os.environ.get("ASMG_GRU_KERNEL", "1") == "0":
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        log.warning("no C compiler found: the meta generator runs on torch ops (slower on CPU)")
+        return None
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join((compiler, *FLAGS, _cpu_flags())).encode()).hexdigest()[:16]
+    try:
+        folder = _private_dir(cache_dir())
+        target = folder / f"gru-{digest}.so"
+        if not target.exists():
+            _build(compiler, folder, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", b"") or b""
+        log.warning("fused GRU kernel unavailable (%s %s): the meta generator runs on torch ops", err,
+                    detail.decode(errors="replace")[-2000:])
+        return None
+    for name in ("asmg_gru_forward", "asmg_gru_backward"):
+        getattr(lib, name).restype = ctypes.c_int
+    return lib
+
+
+def _cpu_flags() -> str:
+    """-march=native builds for this CPU: a cache shared with another CPU model must not reuse it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+    return next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
+
+
+def _private_dir(folder: Path) -> Path:
+    """Ours alone: a library another user could write to would run their code in this process."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OSError(f"{folder} is not private to this user")
+    return folder
+
+
+def _build(compiler: str, folder: Path, target: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        out = Path(tmp) / target.name
+        subprocess.run([compiler, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True,
+                       timeout=120)
+        os.replace(out, target)  # atomic: concurrent builders each install a complete file
+
+
+def usable(xs: list[torch.Tensor], h0: torch.Tensor, hidden: int) -> bool:
+    """The kernel serves float32 CPU windows whose inputs and start state need no gradient."""
+    return (all(x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad for x in (*xs, h0))
+            and hidden <= MAX_HIDDEN and len(xs) <= MAX_STEPS and library() is not None)
+
+
+def _ptr(t: torch.Tensor) -> ctypes._Pointer:
+    return ctypes.cast(t.data_ptr(), _float_p)
+
+
+class FusedWindow(torch.autograd.Function):
+    """y [S, R, C] and the hidden state after step one [R, C, H] from x [S, R, C] and h0 [R, C, H];
+    gradients flow to the weights only."""
+
+    @staticmethod
+    def forward(ctx, x, h0, u, w, w_hy, b_y, residual: bool, anchor_mean: bool):  # noqa: ANN001, ANN205
+        steps, rows, coords = x.shape
+        hidden = u.shape[-1]
+        x, h0 = x.contiguous(), h0.contiguous()
+        u, w, w_hy, b_y = (t.detach().contiguous() for t in (u, w, w_hy, b_y))
+        y = x.new_empty(x.shape)
+        first = x.new_empty(rows, coords, hidden)
+        code = library().asmg_gru_forward(
+            steps, rows, coords, hidden, _ptr(x), _ptr(h0), _ptr(u), _ptr(w), _ptr(w_hy), _ptr(b_y),
+            int(residual), int(anchor_mean), _ptr(y), _ptr(first), torch.get_num_threads())
+        if code:
+            raise RuntimeError(f"fused GRU kernel refused its arguments (code {code})")
+        ctx.save_for_backward(x, h0, u, w, w_hy)
+        ctx.mark_non_differentiable(first)
+        return y, first
+
+    @staticmethod
+    def backward(ctx, dy, _dfirst):  # noqa: ANN001, ANN205
+        x, h0, u, w, w_hy = ctx.saved_tensors
+        steps, rows, coords = x.shape
+        hidden = u.shape[-1]
+        dy = dy.contiguous()
+        du, dw, dwhy = torch.empty_like(u), torch.empty_like(w), torch.empty_like(w_hy)
+        dby = u.new_empty(coords)
+        code = library().asmg_gru_backward(
+            steps, rows, coords, hidden, _ptr(x), _ptr(h0), _ptr(u), _ptr(w), _ptr(w_hy), _ptr(dy),
+            _ptr(du), _ptr(dw), _ptr(dwhy), _ptr(dby), torch.get_num_threads())
+        if code:
+            raise RuntimeError(f"fused GRU kernel refused its arguments (code {code})")
+        return None, None, du, dw, dwhy, dby, None, None
