@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from asmg import gru_kernel
+from asmg import cpu_kernels
 from asmg.model import EMBEDDINGS, Params, param_order
 
 GATES = 3  # update z, reset r, candidate g
@@ -127,8 +127,8 @@ class GruGenerator(nn.Module):
         first: dict[str, torch.Tensor] = {}
         for group, xs in groups.items():
             cell = self.cells[_key(group)]
-            if gru_kernel.usable(xs, h0[group], self.hidden):
-                ys, first[group] = gru_kernel.FusedWindow.apply(
+            if cpu_kernels.usable(xs, h0[group], self.hidden):
+                ys, first[group] = cpu_kernels.FusedWindow.apply(
                     torch.stack(xs), h0[group], cell.u, cell.w, cell.w_hy, cell.b_y, cell.residual,
                     self.anchor == "mean")
                 for i, y in enumerate(ys.unbind(0)):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from asmg.config import EMBEDDING_DIM, HIDDEN_LAYERS, seeded
+from asmg.cpu_kernels import weighted_rows
 
 Params = dict[str, torch.Tensor]
 EMBEDDINGS = {"user_emb": "user", "item_emb": "item", "cat_emb": "category"}
@@ -107,27 +108,31 @@ class Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
-def rows_of(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """table[index] as a row copy (index_select): ~3x faster forward on CPU than advanced indexing."""
-    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[-1])
-
-
-def _item_vectors(params: Params, items: torch.Tensor, cats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[item emb ; mean of its category embs] (zeros when an item has no known category)."""
-    weights = mask.to(params["cat_emb"].dtype)
-    cat_sum = (rows_of(params["cat_emb"], cats) * weights.unsqueeze(-1)).sum(-2)
-    cat_mean = cat_sum / weights.sum(-1, keepdim=True).clamp(min=1.0)
-    return torch.cat([rows_of(params["item_emb"], items), cat_mean], dim=-1)
+def _mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The weights of a mean over the set entries of the last dim (all zero when none is set)."""
+    weights = mask.to(dtype)
+    return weights / weights.sum(-1, keepdim=True).clamp(min=1.0)
 
 
 def logits(params: Params, batch: Batch) -> torch.Tensor:
+    """MLP([user ; mean over the history of [item ; mean of its categories] ; [item ; mean of its categories]]).
+
+    Every look-up is one weighted sum of embedding rows (asmg.cpu_kernels.weighted_rows: a C kernel on CPU),
+    the history's nested means folded into one weight per (history slot, category)."""
     if is_mf(params):  # model-kind dispatch: matrix factorisation (below) has the same interface
         return mf_logits(params, batch)
-    user = rows_of(params["user_emb"], batch.user)
-    target = _item_vectors(params, batch.item, batch.item_cats, batch.item_cat_mask)
-    history = _item_vectors(params, batch.history, batch.history_cats, batch.history_cat_mask)
-    weights = batch.history_mask.to(history.dtype).unsqueeze(-1)
-    history = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    n, (width, cats) = len(batch), batch.history_cats.shape[1:]
+    dtype = params["cat_emb"].dtype
+    one = torch.ones(n, 1, dtype=dtype, device=batch.user.device)
+    user = weighted_rows(params["user_emb"], batch.user.view(n, 1), one)
+    target = torch.cat([weighted_rows(params["item_emb"], batch.item.view(n, 1), one),
+                        weighted_rows(params["cat_emb"], batch.item_cats, _mean_weights(batch.item_cat_mask, dtype))],
+                       dim=-1)
+    slots = _mean_weights(batch.history_mask, dtype)  # [B, L]
+    slot_cats = _mean_weights(batch.history_cat_mask, dtype) * slots.unsqueeze(-1)  # [B, L, C]
+    history = torch.cat([weighted_rows(params["item_emb"], batch.history, slots),
+                         weighted_rows(params["cat_emb"], batch.history_cats.reshape(n, width * cats),
+                                       slot_cats.reshape(n, width * cats))], dim=-1)
     hidden = torch.cat([user, history, target], dim=-1)
     n_layers = len(HIDDEN_LAYERS) + 1
     for layer in range(n_layers):

@@ -161,7 +161,7 @@ class Scorer:
         return target, history
 
     def _item_vectors(self, params: _DenseParams, rows: np.ndarray) -> np.ndarray:
-        """[item emb ; mean of its category embs] per row (asmg.model._item_vectors, with BatchMaker's clamps)."""
+        """[item emb ; mean of its category embs] per row (as asmg.model.logits, with BatchMaker's clamps)."""
         cats = self.item_cats[rows]
         n_cat = len(params.cat_emb)
         known = (cats > 0) & (cats < n_cat)

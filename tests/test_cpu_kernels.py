@@ -1,4 +1,4 @@
-"""The fused C kernel of the coordinate GRU (asmg/gru_kernel.c) against torch's ops, which it replaces on CPU."""
+"""The fused C kernel of the coordinate GRU (asmg/cpu_kernels.c) against torch's ops, which it replaces on CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from asmg import gru_kernel
+from asmg import cpu_kernels
 from asmg.generator import GruGenerator
 
 SHAPES = {"user_emb": (37, 8), "item_emb": (53, 8), "mlp.0.weight": (20, 40), "mlp.0.bias": (20,),
@@ -17,7 +17,7 @@ SHAPES = {"user_emb": (37, 8), "item_emb": (53, 8), "mlp.0.weight": (20, 40), "m
 
 @pytest.fixture(autouse=True)
 def _built():
-    assert gru_kernel.library() is not None, "this machine has a C compiler: the kernel must build"
+    assert cpu_kernels.library() is not None, "this machine has a C compiler: the kernel must build"
 
 
 def _window(hidden: int, residual: bool, anchor: str, steps: int = 3, seed: int = 0):
@@ -37,7 +37,7 @@ def _run(generator, inputs, h0, fused: bool, monkeypatch):
     """Every step's outputs, the state after step one, and the gradients of a weighted sum of the outputs."""
     with monkeypatch.context() as patch:
         if not fused:
-            patch.setattr(gru_kernel, "usable", lambda *args: False)
+            patch.setattr(cpu_kernels, "usable", lambda *args: False)
         generator.zero_grad(set_to_none=True)
         outputs, first = generator.run(inputs, h0)
         total = sum((i + 1) * (out[n] * torch.linspace(-1, 1, out[n].numel()).reshape(out[n].shape)).sum()
@@ -84,33 +84,94 @@ def test_fused_window_does_not_depend_on_the_thread_count(monkeypatch):
 def test_inputs_that_need_gradients_take_torch_ops():
     """The kernel gives gradients to the weights only; an input that needs one must not get a silent zero."""
     x = [torch.randn(4, 8, requires_grad=True)]
-    assert not gru_kernel.usable(x, torch.zeros(4, 8, 4), 4)
-    assert not gru_kernel.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4, requires_grad=True), 4)
-    assert not gru_kernel.usable([torch.randn(4, 8, dtype=torch.float64)], torch.zeros(4, 8, 4), 4)
-    assert not gru_kernel.usable([torch.randn(4, 8)], torch.zeros(4, 8, 32), 32)  # above the compiled maximum
-    assert gru_kernel.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4), 4)
+    assert not cpu_kernels.usable(x, torch.zeros(4, 8, 4), 4)
+    assert not cpu_kernels.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4, requires_grad=True), 4)
+    assert not cpu_kernels.usable([torch.randn(4, 8, dtype=torch.float64)], torch.zeros(4, 8, 4), 4)
+    assert not cpu_kernels.usable([torch.randn(4, 8)], torch.zeros(4, 8, 32), 32)  # above the compiled maximum
+    assert cpu_kernels.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4), 4)
 
 
-def test_the_kernel_can_be_switched_off_and_a_shared_cache_folder_is_refused(tmp_path, monkeypatch):
-    gru_kernel.library.cache_clear()
-    monkeypatch.setenv("ASMG_GRU_KERNEL", "0")
+def test_the_kernels_can_be_switched_off_and_a_shared_cache_folder_is_refused(tmp_path, monkeypatch):
+    cpu_kernels.library.cache_clear()
+    monkeypatch.setenv("ASMG_CPU_KERNELS", "0")
     try:
-        assert gru_kernel.library() is None
-        assert not gru_kernel.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4), 4)
+        assert cpu_kernels.library() is None
+        assert not cpu_kernels.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4), 4)
     finally:
-        gru_kernel.library.cache_clear()
+        cpu_kernels.library.cache_clear()
     shared = tmp_path / "kernels"
     shared.mkdir()
     shared.chmod(0o777)  # anyone could swap the library another process then loads
     with pytest.raises(OSError, match="not private"):
-        gru_kernel._private_dir(shared)
-    monkeypatch.delenv("ASMG_GRU_KERNEL")
+        cpu_kernels._private_dir(shared)
+    monkeypatch.delenv("ASMG_CPU_KERNELS")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     try:  # a fresh cache folder: built there, private to this user
-        assert gru_kernel.library() is not None
-        folder = gru_kernel.cache_dir()
+        assert cpu_kernels.library() is not None
+        folder = cpu_kernels.cache_dir()
         assert [p.suffix for p in folder.iterdir()] == [".so"]
         assert not folder.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)
         assert folder.stat().st_uid == os.getuid()
     finally:
-        gru_kernel.library.cache_clear()
+        cpu_kernels.library.cache_clear()
+
+
+def _model_batch():
+    from asmg.batches import BatchMaker, encode_period
+    from asmg.model import init_params
+    from asmg.vocab import Vocabularies
+    from tests.helpers import tiny_samples
+
+    samples = tiny_samples(n_events=800, n_users=120, n_items=150, category_mods=(37, 23))  # items in 1-2 cats
+    vocabs = Vocabularies()
+    data = encode_period(samples, vocabs, period=1, history_len=30)
+    sizes = vocabs.sizes()
+    maker = BatchMaker(vocabs.item_categories.table, {**sizes, "item": sizes["item"] - 5}, torch.device("cpu"))
+    batch = maker.batch(data, torch.arange(len(data)))  # some rows clamped to 0, empty and full histories
+    assert batch.history_mask.any(1).sum() < len(batch) and batch.item_cat_mask.sum(1).max() == 2
+    return init_params(sizes, seed=3), batch
+
+
+def test_model_look_ups_equal_torch_ops_forward_and_gradients(monkeypatch):
+    from asmg.model import loss
+
+    params, batch = _model_batch()
+    results = []
+    for kernel in (True, False):
+        with monkeypatch.context() as patch:
+            if not kernel:
+                patch.setattr(cpu_kernels, "rows_usable", lambda *args: False)
+            leaves = {n: t.clone().requires_grad_(True) for n, t in params.items()}
+            value = loss(leaves, batch)
+            value.backward()
+            results.append((value.item(), {n: t.grad for n, t in leaves.items()}))
+    (fused, fused_grads), (eager, eager_grads) = results
+    assert fused == pytest.approx(eager, abs=1e-6)
+    for name, grad in eager_grads.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(fused_grads[name], grad, atol=1e-7), name
+
+
+def test_weighted_rows_refuses_rows_outside_the_table_and_ignores_the_thread_count():
+    table = torch.randn(50, 8, requires_grad=True)
+    index = torch.randint(0, 50, (64, 7))
+    weight = torch.rand(64, 7)
+    weight[:, -1] = 0.0  # padding: no contribution, no gradient
+    out = cpu_kernels.weighted_rows(table, index, weight)
+    assert torch.allclose(out, (table[index] * weight.unsqueeze(-1)).sum(1), atol=1e-6)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            table.grad = None
+            (cpu_kernels.weighted_rows(table, index, weight) * torch.linspace(-1, 1, 8)).sum().backward()
+            grads.append(table.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[index[:, :-1].reshape(-1)] = False
+    assert not grads[0][untouched].any()
+    with pytest.raises(IndexError, match="out of range"):
+        cpu_kernels.weighted_rows(table, torch.full((2, 1), 50), torch.ones(2, 1))

@@ -1,10 +1,11 @@
-/* The coordinate GRU of asmg/generator.py over a whole window, forward and backward, in one pass per row.
+/* CPU kernels built on first use by asmg/cpu_kernels.py: the coordinate GRU's window (forward and backward)
+ * and the model's weighted sums of embedding rows (forward and backward).
  *
- * Every (row, coordinate) pair is its own tiny recurrence (hidden size H, scalar input and output); the
- * coordinate's weights are shared by all rows. torch runs it as ~20 whole-tensor ops per step, each a pass
- * over [rows, coords, H] floats in memory. Here a tile of V coordinates of one row lives in registers for
- * the whole window, the lanes of a tile are the SIMD lanes, and exp is a vectorisable polynomial (Cephes'
- * expf, ~1 ulp) because libm's is scalar.
+ * The GRU of asmg/generator.py: every (row, coordinate) pair is its own tiny recurrence (hidden size H, scalar
+ * input and output); the coordinate's weights are shared by all rows. torch runs it as ~20 whole-tensor ops
+ * per step, each a pass over [rows, coords, H] floats in memory. Here a tile of V coordinates of one row lives
+ * in registers for the whole window, the lanes of a tile are the SIMD lanes, and exp is a vectorisable
+ * polynomial (Cephes' expf, ~1 ulp) because libm's is scalar.
  *
  * Layouts (contiguous float32): x, y, dy [S, R, C]; h0, h_first [R, C, H]; u [3, C, H] (gates z, r, g);
  * w [3, C, H, H] (w[gate][c][i][j]: h_i -> gate_j); why [C, H]; by [C].
@@ -14,6 +15,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define V 8
 #define MAX_H 16
@@ -278,4 +282,57 @@ int asmg_gru_backward(int S, int R, int C, int H, const float *x, const float *h
     if (H == 4) return backward(S, R, C, 4, x, h0, u, w, why, dy, du, dw, dwhy, dby, threads);
     if (H == 8) return backward(S, R, C, 8, x, h0, u, w, why, dy, du, dw, dwhy, dby, threads);
     return backward(S, R, C, H, x, h0, u, w, why, dy, du, dw, dwhy, dby, threads);
+}
+
+/* ---- weighted sums of embedding rows: out[b] = sum_l weight[b, l] * table[index[b, l]] ----------------------
+ * The model's look-ups (user, item, history mean, category means) as one kernel each way. torch's gather and
+ * scatter-add run per element through strided iterators (~1 ms for a batch's 30k history rows on CPU); a row
+ * here is D contiguous floats. Zero weights (padding, masked categories) are skipped. */
+
+int asmg_rows_forward(long B, int L, int D, const float *table, long N, const long *index, const float *weight,
+                      float *out, int threads) {
+    int bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : bad)
+    for (long b = 0; b < B; b++) {
+        float *o = out + b * D;
+        for (int d = 0; d < D; d++) o[d] = 0.0f;
+        for (int l = 0; l < L; l++) {
+            float wt = weight[b * L + l];
+            long k = index[b * L + l];
+            if (k < 0 || k >= N) { bad = 1; continue; }
+            if (wt == 0.0f) continue;
+            const float *row = table + k * D;
+            for (int d = 0; d < D; d++) o[d] += wt * row[d];
+        }
+    }
+    return bad ? 3 : 0;
+}
+
+/* grad (zeroed, [N, D]) += the rows' share of g [B, D]; thread t owns table rows [N t / T, N (t + 1) / T), so
+ * every row is summed in batch order whatever the thread count */
+int asmg_rows_backward(long B, int L, int D, const float *g, long N, const long *index, const float *weight,
+                       float *grad, int threads) {
+    int bad = 0;
+#pragma omp parallel num_threads(threads) reduction(| : bad)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        long first = N * t / T, last = N * (t + 1) / T;
+        for (long b = 0; b < B; b++) {
+            const float *gb = g + b * D;
+            for (int l = 0; l < L; l++) {
+                long k = index[b * L + l];
+                if (k < 0 || k >= N) { bad = 1; continue; }
+                if (k < first || k >= last) continue;
+                float wt = weight[b * L + l];
+                if (wt == 0.0f) continue;
+                float *row = grad + k * D;
+                for (int d = 0; d < D; d++) row[d] += wt * gb[d];
+            }
+        }
+    }
+    return bad ? 3 : 0;
 }

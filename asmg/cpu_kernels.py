@@ -1,9 +1,12 @@
-"""The coordinate GRU's window as one fused C kernel on CPU (gru_kernel.c), built on first use with the
-system's C compiler and called through ctypes; torch's ops remain the path on CUDA or without a compiler.
+"""Two CPU kernels in C (cpu_kernels.c), built on first use with the system's C compiler and called through
+ctypes: the coordinate GRU's window (the meta generator) and the weighted sums of embedding rows (every
+look-up of the base model). torch's ops remain the path on CUDA, without a compiler, or with
+ASMG_CPU_KERNELS=0.
 
-A meta step spends most of its time in ~20 whole-tensor torch ops per GRU step, each a pass over
-[rows, coords, hidden] floats; the kernel keeps one row's window in registers (forward and backward), so a
-meta step is several times faster on CPU. No torch headers are needed, so the build takes about a second.
+Both replace many small whole-tensor torch ops whose per-element overhead dominated a training step on CPU:
+a meta step's GRU was ~20 ops per window step over [rows, coords, hidden]; an IU step's history look-up and
+its scatter-add backward ran per element through strided iterators. No torch headers are needed, so the
+build takes about a second and is cached per source, compiler and CPU.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("gru_kernel.c")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared")
-MAX_HIDDEN, MAX_STEPS = 16, 32  # as in gru_kernel.c
+MAX_HIDDEN, MAX_STEPS = 16, 32  # as in cpu_kernels.c
 log = logging.getLogger(__name__)
 _float_p = ctypes.POINTER(ctypes.c_float)
+_long_p = ctypes.POINTER(ctypes.c_long)
 
 
 def cache_dir() -> Path:
@@ -34,27 +38,27 @@ def cache_dir() -> Path:
 
 @cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None (no compiler, build failed, or ASMG_GRU_KERNEL=0): callers fall back."""
-    if os.environ.get("ASMG_GRU_KERNEL", "1") == "0":
+    """The compiled kernels, or None (no compiler, build failed, or ASMG_CPU_KERNELS=0): callers fall back."""
+    if os.environ.get("ASMG_CPU_KERNELS", "1") == "0":
         return None
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
-        log.warning("no C compiler found: the meta generator runs on torch ops (slower on CPU)")
+        log.warning("no C compiler found: training runs on torch ops only (slower on CPU)")
         return None
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join((compiler, *FLAGS, _cpu_flags())).encode()).hexdigest()[:16]
     try:
         folder = _private_dir(cache_dir())
-        target = folder / f"gru-{digest}.so"
+        target = folder / f"kernels-{digest}.so"
         if not target.exists():
             _build(compiler, folder, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
-        log.warning("fused GRU kernel unavailable (%s %s): the meta generator runs on torch ops", err,
+        log.warning("CPU kernels unavailable (%s %s): training runs on torch ops only", err,
                     detail.decode(errors="replace")[-2000:])
         return None
-    for name in ("asmg_gru_forward", "asmg_gru_backward"):
+    for name in ("asmg_gru_forward", "asmg_gru_backward", "asmg_rows_forward", "asmg_rows_backward"):
         getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -130,3 +134,45 @@ class FusedWindow(torch.autograd.Function):
         if code:
             raise RuntimeError(f"fused GRU kernel refused its arguments (code {code})")
         return None, None, du, dw, dwhy, dby, None, None
+
+
+def rows_usable(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (table.device.type == "cpu" and table.dtype == weight.dtype == torch.float32
+            and index.dtype == torch.int64 and not weight.requires_grad and library() is not None)
+
+
+def weighted_rows(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum_l weight[b, l] * table[index[b, l]] -> [B, D] (index, weight [B, L]); gradients to ``table``."""
+    if rows_usable(table, index, weight):
+        return WeightedRows.apply(table, index, weight)
+    picked = table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[-1])
+    return (picked * weight.unsqueeze(-1)).sum(1)
+
+
+class WeightedRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table, index, weight):  # noqa: ANN001, ANN205
+        table, index, weight = table.detach().contiguous(), index.contiguous(), weight.contiguous()
+        (batch, width), dim = index.shape, table.shape[1]
+        out = table.new_empty(batch, dim)
+        code = library().asmg_rows_forward(
+            ctypes.c_long(batch), width, dim, _ptr(table), ctypes.c_long(table.shape[0]),
+            ctypes.cast(index.data_ptr(), _long_p), _ptr(weight), _ptr(out), torch.get_num_threads())
+        if code:
+            raise IndexError(f"embedding row out of range 0..{table.shape[0] - 1}")
+        ctx.save_for_backward(index, weight)
+        ctx.rows = table.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        index, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        (batch, width), dim = index.shape, grad_out.shape[1]
+        grad = grad_out.new_zeros(ctx.rows, dim)
+        code = library().asmg_rows_backward(
+            ctypes.c_long(batch), width, dim, _ptr(grad_out), ctypes.c_long(ctx.rows),
+            ctypes.cast(index.data_ptr(), _long_p), _ptr(weight), _ptr(grad), torch.get_num_threads())
+        if code:
+            raise IndexError(f"embedding row out of range 0..{ctx.rows - 1}")
+        return grad, None, None
