@@ -119,7 +119,7 @@ class GruGenerator(nn.Module):
         """
         scales = scales or {}
         steps = len(next(iter(inputs.values())))
-        scaled = {n: [x / scales.get(n, 1.0) for x in xs] for n, xs in inputs.items()}
+        scaled = {n: [x / scales[n] for x in xs] if n in scales else xs for n, xs in inputs.items()}
         groups = {n: xs for n, xs in scaled.items() if n in EMBEDDINGS}
         if self.dense:
             groups[DENSE] = [torch.cat([scaled[n][i] for n in self.dense], dim=1) for i in range(steps)]

@@ -121,6 +121,7 @@ def bench_period(samples_per_period: int, skip_full_table: bool, steps: int | No
     state, meta = asmg.state()
     out["asmg_multi_period_seconds"] = timed(lambda: asmg.update(data[-1], cats))
     out["asmg_multi_meta_steps"] = asmg.meta_steps
+    out.update({f"asmg_multi_{phase}_seconds": seconds for phase, seconds in asmg.seconds.items()})
     steps_per_period = math.ceil(len(data[-1]) / cfg.meta.batch_size)
     out["row_gather_meta_step_seconds"] = meta_step_seconds(asmg, cats, steps)
     if not skip_full_table:
