@@ -124,17 +124,11 @@ class BatchMaker:
         """
         n = len(data)
         order = torch.randperm(n, generator=gen).to(self.device) if gen is not None else None
-        return self.batches(data, order, batch_size)
-
-    def batches(self, data: PeriodTensors, index: torch.Tensor | None, batch_size: int) -> Iterator[Batch]:
-        """The batches of consecutive ``batch_size`` samples of ``index`` (None: the period in order),
-        assembled in chunks of ~64k samples."""
-        n = len(data) if index is None else len(index)
         chunk = max(batch_size, CHUNK_SAMPLES // batch_size * batch_size)
         for chunk_start in range(0, n, chunk):
-            part = (index[chunk_start:chunk_start + chunk] if index is not None
-                    else slice(chunk_start, chunk_start + chunk))
-            assembled = self.batch(data, part)
+            index = (order[chunk_start:chunk_start + chunk] if order is not None
+                     else slice(chunk_start, chunk_start + chunk))
+            assembled = self.batch(data, index)
             for start in range(0, len(assembled), batch_size):
                 yield assembled.slice(start, start + batch_size)
 

@@ -124,11 +124,9 @@ class AsmgMethod(UpdateMethod):
         for epoch in range(meta.epochs):
             orders = {i: torch.randperm(len(self.periods[i]), generator=seeded(
                 self.cfg.seed, newest.period, META_SHUFFLE_PURPOSE + 100 * epoch + i)) for i in active}
-            streams = {i: maker.batches(self.periods[i], torch.cat(
-                [_cycle(orders[i], it, meta.batch_size) for it in range(iterations)]).to(self.device),
-                min(meta.batch_size, len(orders[i]))) for i in active}
-            for _ in range(iterations):
-                batches = {i: next(stream) for i, stream in streams.items()}
+            for it in range(iterations):
+                batches = {i: maker.batch(self.periods[i], _cycle(orders[i], it, meta.batch_size).to(self.device))
+                           for i in active}
                 optimiser.zero_grad(set_to_none=True)
                 self.meta_loss(batches, weights, h0).backward()
                 optimiser.step()
