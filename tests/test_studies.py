@@ -1,6 +1,7 @@
 """`--methods all`, the ablation and the sensitivity study on a tiny protocol (8 periods, tests on 6..8)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -43,8 +44,15 @@ def tiny():
     return PreparedPeriods("tiny", PeriodBounds(np.arange(9)), learnable_periods())
 
 
+# The residual generator output (every preset's but `authors`): with the paper's direct output, on data this
+# small the generators collapse to near-constant models whose AUC float rounding decides (Adam turns ~0
+# gradients' last bits into full steps: 0.71 with torch's ops, 0.40 with the CPU kernels, whose models
+# differed by 2e-7 after one period), which says nothing about the table.
+TABLE_CFG = replace(CFG, meta=replace(CFG.meta, output="residual"))
+
+
 def test_methods_all_runs_every_method_of_the_papers_table(tiny, tmp_path):
-    spec = ExperimentSpec("tiny", parse_methods("all"), [0], CFG)
+    spec = ExperimentSpec("tiny", parse_methods("all"), [0], TABLE_CFG)
     results = run_experiment(tiny, spec, out=tmp_path, show_progress=False)
     assert list(results["summary"]) == list(ALL_METHODS)
     assert [run["method"] for run in results["runs"]] == list(ALL_METHODS)
@@ -54,11 +62,8 @@ def test_methods_all_runs_every_method_of_the_papers_table(tiny, tmp_path):
         assert [p["samples"] for p in run["periods"]] == [len(tiny.periods[p]) for p in (6, 7, 8)], run["method"]
         assert run["mean_auc"] == pytest.approx(np.mean([p["auc"] for p in run["periods"]]), abs=1e-12)
         assert run["mean_logloss"] == pytest.approx(np.mean([p["logloss"] for p in run["periods"]]), abs=1e-12)
-        # each one learned something: clearly better than chance on the learnable labels here (IU: 0.85).
-        # Not asmg-gru-single: with the direct output and this little meta-training (one window step trained,
-        # three periods) its generated model scores every event alike (AUC 0.5)
-        if run["method"] != "asmg-gru-single":
-            assert run["mean_auc"] > 0.65, (run["method"], run["periods"])
+        # each one learned something: clearly better than chance on the learnable labels here (IU: 0.85)
+        assert run["mean_auc"] > 0.65, (run["method"], run["periods"])
         assert results["summary"][run["method"]]["auc_mean"] == pytest.approx(run["mean_auc"], abs=1e-12)
     # different methods, different models: a registry that mapped two names to one method would repeat one
     # (bu-5 and bu-7 retrain on the same periods when only 8 exist, so they may coincide)
@@ -66,7 +71,7 @@ def test_methods_all_runs_every_method_of_the_papers_table(tiny, tmp_path):
     assert len({round(run["mean_auc"], 10) for run in distinct}) == len(distinct)
     # the table holds what each method gives when run on its own
     for method in ("iu", "asmg-gru-multi"):
-        alone = run_method(method, 0, tiny, ExperimentSpec("tiny", [method], [0], CFG))
+        alone = run_method(method, 0, tiny, ExperimentSpec("tiny", [method], [0], TABLE_CFG))
         assert alone["mean_auc"] == pytest.approx(results["summary"][method]["auc_mean"], abs=1e-12), method
     for stats in results["summary"].values():
         assert stats["update_seconds_per_period"] > 0
