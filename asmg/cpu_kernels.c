@@ -167,8 +167,8 @@ INLINE int backward(int S, int R, int C, const int H, const float *x, const floa
                     float *dby, int threads) {
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
     const int blocks = (C + V - 1) / V;
-    const int chunks = R < CHUNKS ? R : CHUNKS;  /* of rows; a (chunk, block) pair owns its accumulator */
-    if (R < 1) return 1;
+    /* of rows (at least one, so no rows give zero gradients); a (chunk, block) pair owns its accumulator */
+    const int chunks = R < 1 ? 1 : (R < CHUNKS ? R : CHUNKS);
     Tile *tiles = malloc(sizeof(Tile) * (size_t)blocks);
     Tile *grads = calloc((size_t)chunks * blocks, sizeof(Tile));  /* [chunk][block], lane-major */
     if (!tiles || !grads) { free(tiles); free(grads); return 2; }

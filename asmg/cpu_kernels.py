@@ -89,7 +89,7 @@ def _build(compiler: str, folder: Path, target: Path) -> None:
         os.replace(out, target)  # atomic: concurrent builders each install a complete file
 
 
-def usable(xs: list[torch.Tensor], h0: torch.Tensor, hidden: int) -> bool:
+def gru_usable(xs: list[torch.Tensor], h0: torch.Tensor, hidden: int) -> bool:
     """The kernel serves float32 CPU windows whose inputs and start state need no gradient."""
     return (all(x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad for x in (*xs, h0))
             and hidden <= MAX_HIDDEN and len(xs) <= MAX_STEPS and library() is not None)

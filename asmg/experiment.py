@@ -216,12 +216,12 @@ def _cell(value: float, spec: str) -> str:
 def settings_line(protocol: dict[str, Any]) -> str:
     """The settings a run actually used (preset plus every override), as one line."""
     train, meta, guard = protocol["train"], protocol["meta"], protocol.get("guard")
+    mode = train.get("pretrain_mode", "union")
+    pretrain = f"{train['pretrain_epochs']} to pretrain" + ("" if mode == "union" else f" ({mode})")
     line = (f"base lr {train['lr']:g}, batch {train['batch_size']}, {train['epochs']} epoch(s) per period, "
-            f"{train['pretrain_epochs']} to pretrain; generator k {meta['k']}, hidden {meta['hidden']}, "
+            f"{pretrain}; generator k {meta['k']}, hidden {meta['hidden']}, "
             f"meta lr {meta['lr']:g}, meta batch {meta['batch_size']}, {meta['epochs']} meta epoch(s), "
             f"{meta['output']} output")
-    if train.get("pretrain_mode", "union") != "union":
-        line = line.replace(" to pretrain;", f" to pretrain ({train['pretrain_mode']});")
     if meta.get("correction_l2"):
         line += f", shrinkage {meta['correction_l2']:g}"
     if guard:

@@ -127,7 +127,7 @@ class GruGenerator(nn.Module):
         first: dict[str, torch.Tensor] = {}
         for group, xs in groups.items():
             cell = self.cells[_key(group)]
-            if cpu_kernels.usable(xs, h0[group], self.hidden):
+            if cpu_kernels.gru_usable(xs, h0[group], self.hidden):
                 ys, first[group] = cpu_kernels.FusedWindow.apply(
                     torch.stack(xs), h0[group], cell.u, cell.w, cell.w_hy, cell.b_y, cell.residual,
                     self.anchor == "mean")

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from asmg import cpu_kernels
+from asmg.batches import BatchMaker, encode_period
 from asmg.generator import GruGenerator
+from asmg.model import init_params, loss
+from asmg.vocab import Vocabularies
+from tests.helpers import tiny_samples
 
 SHAPES = {"user_emb": (37, 8), "item_emb": (53, 8), "mlp.0.weight": (20, 40), "mlp.0.bias": (20,),
           "mlp.1.weight": (1, 20), "mlp.1.bias": (1,)}  # dense group: 861 coordinates, not a multiple of 8
@@ -37,7 +41,7 @@ def _run(generator, inputs, h0, fused: bool, monkeypatch):
     """Every step's outputs, the state after step one, and the gradients of a weighted sum of the outputs."""
     with monkeypatch.context() as patch:
         if not fused:
-            patch.setattr(cpu_kernels, "usable", lambda *args: False)
+            patch.setattr(cpu_kernels, "gru_usable", lambda *args: False)
         generator.zero_grad(set_to_none=True)
         outputs, first = generator.run(inputs, h0)
         total = sum((i + 1) * (out[n] * torch.linspace(-1, 1, out[n].numel()).reshape(out[n].shape)).sum()
@@ -84,11 +88,11 @@ def test_fused_window_does_not_depend_on_the_thread_count(monkeypatch):
 def test_inputs_that_need_gradients_take_torch_ops():
     """The kernel gives gradients to the weights only; an input that needs one must not get a silent zero."""
     x = [torch.randn(4, 8, requires_grad=True)]
-    assert not cpu_kernels.usable(x, torch.zeros(4, 8, 4), 4)
-    assert not cpu_kernels.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4, requires_grad=True), 4)
-    assert not cpu_kernels.usable([torch.randn(4, 8, dtype=torch.float64)], torch.zeros(4, 8, 4), 4)
-    assert not cpu_kernels.usable([torch.randn(4, 8)], torch.zeros(4, 8, 32), 32)  # above the compiled maximum
-    assert cpu_kernels.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4), 4)
+    assert not cpu_kernels.gru_usable(x, torch.zeros(4, 8, 4), 4)
+    assert not cpu_kernels.gru_usable([torch.randn(4, 8)], torch.zeros(4, 8, 4, requires_grad=True), 4)
+    assert not cpu_kernels.gru_usable([torch.randn(4, 8, dtype=torch.float64)], torch.zeros(4, 8, 4), 4)
+    assert not cpu_kernels.gru_usable([torch.randn(4, 8)], torch.zeros(4, 8, 32), 32)  # above the compiled maximum
+    assert cpu_kernels.gru_usable([torch.randn(4, 8)], torch.zeros(4, 8, 4), 4)
 
 
 def test_the_kernels_can_be_switched_off_and_a_shared_cache_folder_is_refused(tmp_path, monkeypatch):
@@ -96,7 +100,7 @@ def test_the_kernels_can_be_switched_off_and_a_shared_cache_folder_is_refused(tm
     monkeypatch.setenv("ASMG_CPU_KERNELS", "0")
     try:
         assert cpu_kernels.library() is None
-        assert not cpu_kernels.usable([torch.randn(4, 8)], torch.zeros(4, 8, 4), 4)
+        assert not cpu_kernels.gru_usable([torch.randn(4, 8)], torch.zeros(4, 8, 4), 4)
     finally:
         cpu_kernels.library.cache_clear()
     shared = tmp_path / "kernels"
@@ -117,11 +121,6 @@ def test_the_kernels_can_be_switched_off_and_a_shared_cache_folder_is_refused(tm
 
 
 def _model_batch():
-    from asmg.batches import BatchMaker, encode_period
-    from asmg.model import init_params
-    from asmg.vocab import Vocabularies
-    from tests.helpers import tiny_samples
-
     samples = tiny_samples(n_events=800, n_users=120, n_items=150, category_mods=(37, 23))  # items in 1-2 cats
     vocabs = Vocabularies()
     data = encode_period(samples, vocabs, period=1, history_len=30)
@@ -133,8 +132,6 @@ def _model_batch():
 
 
 def test_model_look_ups_equal_torch_ops_forward_and_gradients(monkeypatch):
-    from asmg.model import loss
-
     params, batch = _model_batch()
     results = []
     for kernel in (True, False):
