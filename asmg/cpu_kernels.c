@@ -4,8 +4,9 @@
  * The GRU of asmg/generator.py: every (row, coordinate) pair is its own tiny recurrence (hidden size H, scalar
  * input and output); the coordinate's weights are shared by all rows. torch runs it as ~20 whole-tensor ops
  * per step, each a pass over [rows, coords, H] floats in memory. Here a tile of V coordinates of one row lives
- * in registers for the whole window, the lanes of a tile are the SIMD lanes, and exp is a vectorisable
- * polynomial (Cephes' expf, ~1 ulp) because libm's is scalar.
+ * in registers for the whole window, the lanes of a tile are the SIMD lanes (one vector of the compiler's vector
+ * extensions, so the code is the same for every target), and exp is a vectorisable polynomial (Cephes' expf,
+ * ~1 ulp) because libm's is scalar.
  *
  * Layouts (contiguous float32): x, y, dy [S, R, C]; h0, h_first [R, C, H]; u [3, C, H] (gates z, r, g);
  * w [3, C, H, H] (w[gate][c][i][j]: h_i -> gate_j); why [C, H]; by [C].
@@ -25,26 +26,51 @@
 #define CHUNKS 32
 #define INLINE static inline __attribute__((always_inline))
 
-/* weights of one tile, lane-major: U[g][j][v], W[g][i][j][v], WHY[j][v], BY[v] */
-typedef struct {
-    float U[3][MAX_H][V], W[3][MAX_H][MAX_H][V], WHY[MAX_H][V], BY[V];
-} Tile;
+/* V lanes as one vector (GCC/Clang vector extensions: one AVX register here, several SSE/NEON ones elsewhere) */
+typedef float vf __attribute__((vector_size(V * sizeof(float))));
+typedef int vi __attribute__((vector_size(V * sizeof(int))));
 
-static inline float exp_poly(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    x = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float z = x * x;
-    float p = ((((1.9875691500e-4f * x + 1.3981999507e-3f) * x + 8.3334519073e-3f) * x + 4.1665795894e-2f) * x
-               + 1.6666665459e-1f) * x + 5.0000001201e-1f;
-    p = p * z + x + 1.0f;
-    union { int i; float f; } scale;
-    scale.i = ((int)n + 127) << 23;
-    return p * scale.f;
+_Static_assert(V == 8, "vset spells out V lanes");
+INLINE vf vset(float a) { return (vf){a, a, a, a, a, a, a, a}; }
+
+/* a lane-wise select through the comparison masks (C has no ?: on vectors) */
+INLINE vf vclamp(vf x, float lo, float hi) {
+    vi low = x < vset(lo), high = x > vset(hi);
+    return (vf)(((vi)x & ~(low | high)) | ((vi)vset(lo) & low) | ((vi)vset(hi) & high));
 }
 
-static inline float sigm(float v) { return 1.0f / (1.0f + exp_poly(-v)); }
-static inline float tanh_poly(float v) { return 2.0f / (1.0f + exp_poly(-2.0f * v)) - 1.0f; }
+INLINE vf vfloor(vf x) {
+    vf out;
+    for (int v = 0; v < V; v++) out[v] = floorf(x[v]);  /* one vroundps where the target has it */
+    return out;
+}
+
+/* Cephes' expf (~1 ulp), vectorised */
+INLINE vf vexp(vf x) {
+    x = vclamp(x, -87.0f, 88.0f);
+    vf n = vfloor(x * vset(1.44269504088896341f) + vset(0.5f));
+    x = x - n * vset(0.693359375f) + n * vset(2.12194440e-4f);
+    vf z = x * x;
+    vf p = ((((vset(1.9875691500e-4f) * x + vset(1.3981999507e-3f)) * x + vset(8.3334519073e-3f)) * x
+             + vset(4.1665795894e-2f)) * x + vset(1.6666665459e-1f)) * x + vset(5.0000001201e-1f);
+    p = p * z + x + vset(1.0f);
+    vi scale = (__builtin_convertvector(n, vi) + 127) << 23;
+    return p * (vf)scale;
+}
+
+INLINE vf vsigm(vf v) { return vset(1.0f) / (vset(1.0f) + vexp(-v)); }
+INLINE vf vtanh(vf v) { return vset(2.0f) / (vset(1.0f) + vexp(vset(-2.0f) * v)) - vset(1.0f); }
+
+/* weights of one tile, a vector per (gate, i, j): lane v is coordinate c0 + v */
+typedef struct {
+    vf U[3][MAX_H], W[3][MAX_H][MAX_H], WHY[MAX_H], BY;
+} Tile;
+
+static Tile *new_tiles(size_t n) {
+    Tile *t = aligned_alloc(sizeof(vf), n * sizeof(Tile));  /* sizeof(Tile) is a multiple of sizeof(vf) */
+    if (t) memset(t, 0, n * sizeof(Tile));
+    return t;
+}
 
 /* the weights of coordinates c0..c0+V-1 (lanes past C repeat coordinate C-1; their results are dropped) */
 static void load_tile(Tile *t, int C, int H, int c0, const float *u, const float *w, const float *why,
@@ -62,64 +88,43 @@ static void load_tile(Tile *t, int C, int H, int c0, const float *u, const float
 }
 
 /* one step for a tile: h -> hn, keeping z, r, g */
-INLINE void cell(const Tile *t, int H, const float *x, float h[][V], float z[][V], float r[][V],
-                        float g[][V], float hn[][V]) {
-    float q[MAX_H][V];
+INLINE void cell(const Tile *t, const int H, vf x, const vf *h, vf *z, vf *r, vf *g, vf *hn) {
+    vf q[MAX_H];
     for (int j = 0; j < H; j++) {
-        float pz[V], pr[V];
-#pragma omp simd
-        for (int v = 0; v < V; v++) {
-            pz[v] = x[v] * t->U[0][j][v];
-            pr[v] = x[v] * t->U[1][j][v];
+        vf pz = x * t->U[0][j], pr = x * t->U[1][j];
+        for (int i = 0; i < H; i++) {
+            pz += h[i] * t->W[0][i][j];
+            pr += h[i] * t->W[1][i][j];
         }
-        for (int i = 0; i < H; i++)
-#pragma omp simd
-            for (int v = 0; v < V; v++) {
-                pz[v] += h[i][v] * t->W[0][i][j][v];
-                pr[v] += h[i][v] * t->W[1][i][j][v];
-            }
-#pragma omp simd
-        for (int v = 0; v < V; v++) {
-            z[j][v] = sigm(pz[v]);
-            r[j][v] = sigm(pr[v]);
-        }
+        z[j] = vsigm(pz);
+        r[j] = vsigm(pr);
     }
-    for (int i = 0; i < H; i++)
-#pragma omp simd
-        for (int v = 0; v < V; v++) q[i][v] = r[i][v] * h[i][v];
+    for (int i = 0; i < H; i++) q[i] = r[i] * h[i];
     for (int j = 0; j < H; j++) {
-        float pg[V];
-#pragma omp simd
-        for (int v = 0; v < V; v++) pg[v] = x[v] * t->U[2][j][v];
-        for (int i = 0; i < H; i++)
-#pragma omp simd
-            for (int v = 0; v < V; v++) pg[v] += q[i][v] * t->W[2][i][j][v];
-#pragma omp simd
-        for (int v = 0; v < V; v++) {
-            g[j][v] = tanh_poly(pg[v]);
-            hn[j][v] = h[j][v] + z[j][v] * (g[j][v] - h[j][v]);
-        }
+        vf pg = x * t->U[2][j];
+        for (int i = 0; i < H; i++) pg += q[i] * t->W[2][i][j];
+        g[j] = vtanh(pg);
+        hn[j] = h[j] + z[j] * (g[j] - h[j]);
     }
 }
 
 static inline int lanes(int C, int c0) { return C - c0 < V ? C - c0 : V; }
 
-INLINE void load_x(float *dst, const float *src, int n) {
+INLINE vf load_x(const float *src, int n) {
+    vf out;
     if (n == V) {
-        memcpy(dst, src, sizeof(float) * V);
-        return;
+        memcpy(&out, src, sizeof(out));
+        return out;
     }
-    for (int v = 0; v < V; v++) dst[v] = src[v < n ? v : n - 1];
+    for (int v = 0; v < V; v++) out[v] = src[v < n ? v : n - 1];
+    return out;
 }
 
-INLINE void load_h(float h[][V], const float *src, int n, const int H) {
-    if (n == V) {
-        for (int v = 0; v < V; v++)
-            for (int i = 0; i < H; i++) h[i][v] = src[(size_t)v * H + i];
-        return;
+INLINE void load_h(vf *h, const float *src, int n, const int H) {
+    for (int v = 0; v < V; v++) {
+        const float *at = src + (size_t)(v < n ? v : n - 1) * H;
+        for (int i = 0; i < H; i++) h[i][v] = at[i];
     }
-    for (int v = 0; v < V; v++)
-        for (int i = 0; i < H; i++) h[i][v] = src[(size_t)(v < n ? v : n - 1) * H + i];
 }
 
 INLINE int forward(int S, int R, int C, const int H, const float *x, const float *h0, const float *u,
@@ -127,7 +132,7 @@ INLINE int forward(int S, int R, int C, const int H, const float *x, const float
                    float *y, float *h_first, int threads) {
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
     const int blocks = (C + V - 1) / V;
-    Tile *tiles = malloc(sizeof(Tile) * (size_t)blocks);
+    Tile *tiles = new_tiles((size_t)blocks);
     if (!tiles) return 2;
     for (int b = 0; b < blocks; b++) load_tile(&tiles[b], C, H, b * V, u, w, why, by);
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -136,22 +141,17 @@ INLINE int forward(int S, int R, int C, const int H, const float *x, const float
         int b = (int)(rb % blocks), c0 = b * V, n = lanes(C, c0);
         const Tile *t = &tiles[b];
         size_t base = (size_t)row * C + c0;
-        float h[MAX_H][V], hn[MAX_H][V], z[MAX_H][V], r[MAX_H][V], g[MAX_H][V], xs[V], total[V] = {0};
+        vf h[MAX_H], hn[MAX_H], z[MAX_H], r[MAX_H], g[MAX_H], total = vset(0.0f);
         load_h(h, h0 + base * H, n, H);
         for (int s = 0; s < S; s++) {
-            load_x(xs, x + (size_t)s * R * C + base, n);
+            vf xs = load_x(x + (size_t)s * R * C + base, n);
             cell(t, H, xs, h, z, r, g, hn);
-            float out[V];
-#pragma omp simd
-            for (int v = 0; v < V; v++) {
-                float acc = t->BY[v];
-                for (int j = 0; j < H; j++) acc += hn[j][v] * t->WHY[j][v];
-                total[v] += xs[v];
-                float anchor = anchor_mean ? total[v] / (float)(s + 1) : xs[v];
-                out[v] = acc + (residual ? anchor : 0.0f);
-            }
-            memcpy(y + (size_t)s * R * C + base, out, sizeof(float) * n);
-            memcpy(h, hn, sizeof(h));
+            vf out = t->BY;
+            for (int j = 0; j < H; j++) out += hn[j] * t->WHY[j];
+            total += xs;
+            if (residual) out += anchor_mean ? total / vset((float)(s + 1)) : xs;
+            memcpy(y + (size_t)s * R * C + base, &out, sizeof(float) * n);
+            memcpy(h, hn, sizeof(vf) * H);
             if (s == 0 && h_first)
                 for (int v = 0; v < n; v++)
                     for (int i = 0; i < H; i++) h_first[(base + v) * H + i] = h[i][v];
@@ -169,73 +169,61 @@ INLINE int backward(int S, int R, int C, const int H, const float *x, const floa
     const int blocks = (C + V - 1) / V;
     /* of rows (at least one, so no rows give zero gradients); a (chunk, block) pair owns its accumulator */
     const int chunks = R < 1 ? 1 : (R < CHUNKS ? R : CHUNKS);
-    Tile *tiles = malloc(sizeof(Tile) * (size_t)blocks);
-    Tile *grads = calloc((size_t)chunks * blocks, sizeof(Tile));  /* [chunk][block], lane-major */
+    Tile *tiles = new_tiles((size_t)blocks);
+    Tile *grads = new_tiles((size_t)chunks * blocks);  /* [chunk][block] */
     if (!tiles || !grads) { free(tiles); free(grads); return 2; }
     for (int b = 0; b < blocks; b++) load_tile(&tiles[b], C, H, b * V, u, w, why, NULL);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long kb = 0; kb < (long)chunks * blocks; kb++) {
         int k = (int)(kb / blocks), b = (int)(kb % blocks), c0 = b * V, n = lanes(C, c0);
         long first = (long)R * k / chunks, last = (long)R * (k + 1) / chunks;
-        float hs[MAX_S + 1][MAX_H][V], zs[MAX_S][MAX_H][V], rs[MAX_S][MAX_H][V], gs[MAX_S][MAX_H][V];
-        float xs[MAX_S][V], d[V];
+        vf hs[MAX_S + 1][MAX_H], zs[MAX_S][MAX_H], rs[MAX_S][MAX_H], gs[MAX_S][MAX_H], xs[MAX_S];
+        vf live = vset(0.0f);
+        for (int v = 0; v < n; v++) live[v] = 1.0f;  /* padded lanes add nothing */
         const Tile *t = &tiles[b];
         Tile *gt = &grads[kb];
         for (long row = first; row < last; row++) {
             size_t base = (size_t)row * C + c0;
             load_h(hs[0], h0 + base * H, n, H);
             for (int s = 0; s < S; s++) {
-                load_x(xs[s], x + (size_t)s * R * C + base, n);
+                xs[s] = load_x(x + (size_t)s * R * C + base, n);
                 cell(t, H, xs[s], hs[s], zs[s], rs[s], gs[s], hs[s + 1]);
             }
-            float dh[MAX_H][V];
-            memset(dh, 0, sizeof(dh));
+            vf dh[MAX_H];
+            for (int j = 0; j < H; j++) dh[j] = vset(0.0f);
             for (int s = S - 1; s >= 0; s--) {
-                const float *dys = dy + (size_t)s * R * C + base;
-                for (int v = 0; v < V; v++) d[v] = v < n ? dys[v] : 0.0f;  /* padded lanes add nothing */
-                float (*h)[V] = hs[s], (*hn)[V] = hs[s + 1], (*z)[V] = zs[s], (*r)[V] = rs[s], (*g)[V] = gs[s];
-                float dpz[MAX_H][V], dpr[MAX_H][V], dpg[MAX_H][V], next[MAX_H][V];
-#pragma omp simd
-                for (int v = 0; v < V; v++) gt->BY[v] += d[v];
-                for (int j = 0; j < H; j++)
-#pragma omp simd
-                    for (int v = 0; v < V; v++) {
-                        float dhn = dh[j][v] + d[v] * t->WHY[j][v];
-                        gt->WHY[j][v] += d[v] * hn[j][v];
-                        dpg[j][v] = dhn * z[j][v] * (1.0f - g[j][v] * g[j][v]);
-                        dpz[j][v] = dhn * (g[j][v] - h[j][v]) * z[j][v] * (1.0f - z[j][v]);
-                        next[j][v] = dhn * (1.0f - z[j][v]);
-                    }
-                for (int i = 0; i < H; i++) {
-                    float dq[V] = {0};
-                    for (int j = 0; j < H; j++)
-#pragma omp simd
-                        for (int v = 0; v < V; v++) {
-                            dq[v] += t->W[2][i][j][v] * dpg[j][v];
-                            gt->W[2][i][j][v] += r[i][v] * h[i][v] * dpg[j][v];
-                        }
-#pragma omp simd
-                    for (int v = 0; v < V; v++) {
-                        dpr[i][v] = dq[v] * h[i][v] * r[i][v] * (1.0f - r[i][v]);
-                        next[i][v] += dq[v] * r[i][v];
-                    }
+                vf d = load_x(dy + (size_t)s * R * C + base, n) * live;
+                const vf *h = hs[s], *hn = hs[s + 1], *z = zs[s], *r = rs[s], *g = gs[s];
+                vf dpz[MAX_H], dpr[MAX_H], dpg[MAX_H], next[MAX_H];
+                gt->BY += d;
+                for (int j = 0; j < H; j++) {
+                    vf dhn = dh[j] + d * t->WHY[j];
+                    gt->WHY[j] += d * hn[j];
+                    dpg[j] = dhn * z[j] * (vset(1.0f) - g[j] * g[j]);
+                    dpz[j] = dhn * (g[j] - h[j]) * z[j] * (vset(1.0f) - z[j]);
+                    next[j] = dhn * (vset(1.0f) - z[j]);
                 }
-                for (int j = 0; j < H; j++)
-#pragma omp simd
-                    for (int v = 0; v < V; v++) {
-                        gt->U[0][j][v] += dpz[j][v] * xs[s][v];
-                        gt->U[1][j][v] += dpr[j][v] * xs[s][v];
-                        gt->U[2][j][v] += dpg[j][v] * xs[s][v];
+                for (int i = 0; i < H; i++) {
+                    vf dq = vset(0.0f), q = r[i] * h[i];
+                    for (int j = 0; j < H; j++) {
+                        dq += t->W[2][i][j] * dpg[j];
+                        gt->W[2][i][j] += q * dpg[j];
                     }
+                    dpr[i] = dq * h[i] * r[i] * (vset(1.0f) - r[i]);
+                    next[i] += dq * r[i];
+                }
+                for (int j = 0; j < H; j++) {
+                    gt->U[0][j] += dpz[j] * xs[s];
+                    gt->U[1][j] += dpr[j] * xs[s];
+                    gt->U[2][j] += dpg[j] * xs[s];
+                }
                 for (int i = 0; i < H; i++)
-                    for (int j = 0; j < H; j++)
-#pragma omp simd
-                        for (int v = 0; v < V; v++) {
-                            gt->W[0][i][j][v] += h[i][v] * dpz[j][v];
-                            gt->W[1][i][j][v] += h[i][v] * dpr[j][v];
-                            next[i][v] += t->W[0][i][j][v] * dpz[j][v] + t->W[1][i][j][v] * dpr[j][v];
-                        }
-                memcpy(dh, next, sizeof(dh));
+                    for (int j = 0; j < H; j++) {
+                        gt->W[0][i][j] += h[i] * dpz[j];
+                        gt->W[1][i][j] += h[i] * dpr[j];
+                        next[i] += t->W[0][i][j] * dpz[j] + t->W[1][i][j] * dpr[j];
+                    }
+                memcpy(dh, next, sizeof(vf) * H);
             }
         }
     }
