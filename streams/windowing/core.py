@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from asmg.config import HISTORY_LEN
@@ -152,6 +153,16 @@ def _fact_chunks(facts: Facts, limit: int = CHUNK_BYTES) -> list[Facts]:
         return [facts] if len(facts) else []
     part = np.floor_divide(np.cumsum(size) - size, limit)
     return [facts.select(part == k) for k in np.unique(part)]
+
+
+def user_record(positives: np.ndarray | None, seen: set[int] | None) -> bytes:
+    """A ``u:`` state record: the bytes :func:`streams.wire.records.dumps` gives for ``{"pos": rows, "seen": sorted
+    items}``, written by orjson straight from the array (stdlib json was ~1.2 CPU-s per 1M events here)."""
+    rows = b"[]" if positives is None else orjson.dumps(np.ascontiguousarray(positives, dtype=np.int64),
+                                                         option=orjson.OPT_SERIALIZE_NUMPY)
+    if seen is None:
+        return b'{"pos":' + rows + b"}"
+    return b'{"pos":' + rows + b',"seen":' + orjson.dumps(sorted(seen)) + b"}"
 
 
 # --- the core -------------------------------------------------------------------------------------------------
@@ -490,12 +501,11 @@ class WindowingCore:
                 positives = fresh.copy() if positives is None or high - low >= keep else \
                     np.concatenate([positives, fresh])[-keep:]
                 memory.positives[user] = positives
-            record: dict[str, Any] = {"pos": [] if positives is None else positives.tolist()}
+            seen = None
             if self.implicit:
                 seen = memory.seen.setdefault(user, set())
                 seen.update(items[start:end])
-                record["seen"] = sorted(seen)
-            batch.writes.append((f"u:{partition}:{user}", dumps(record)))
+            batch.writes.append((f"u:{partition}:{user}", user_record(positives, seen)))
 
     def watermark_of(self, topic: str, partition: int) -> dict[str, Any]:
         progress = self.progress(partition)
