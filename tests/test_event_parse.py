@@ -156,3 +156,15 @@ def test_refused_rows_are_left_to_the_reference() -> None:
     for raw in values[:2]:
         with pytest.raises(EventError):
             classify_record(raw)
+
+
+def test_without_the_library_batches_go_through_arrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = [b'{"user_id":1,"item_id":2,"ts":3}', b'{"user_id":1,"item_id":2,"ts":3,"label":0}']
+    event_parse.library.cache_clear()
+    monkeypatch.setenv("ASMG_NATIVE_PARSER", "0")
+    try:
+        assert event_parse.library() is None and event_parse.parse_columns(values, MAX_TS) is None
+        fast = parse_events_fast(values)
+        assert fast.ok.all() and fast.label.tolist() == [1, 0]
+    finally:
+        event_parse.library.cache_clear()
