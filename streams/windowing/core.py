@@ -62,7 +62,6 @@ import pyarrow as pa
 from asmg.config import HISTORY_LEN
 from asmg.data.negatives import counter_negative, draw_uniform
 from asmg.data.periods import PeriodScheme, watermark
-from asmg.data.samples import history_matrix
 from asmg.event_batch import parse_events_fast
 from asmg.events import EventError
 from asmg.ragged import gather_rows, select_rows
@@ -163,6 +162,30 @@ def user_record(positives: np.ndarray | None, seen: set[int] | None) -> bytes:
     if seen is None:
         return b'{"pos":' + rows + b"}"
     return b'{"pos":' + rows + b',"seen":' + orjson.dumps(sorted(seen)) + b"}"
+
+
+def period_positives(facts: Facts, width: int) -> tuple[np.ndarray, ...]:
+    """Per event, the period's own positives of its user strictly before its time (at most ``width``, ordered
+    by (ts, item) as offline; same-second events do not see each other), as a range of a flat item array.
+
+    Returns (users: the distinct users, ascending; user_of: each event's index in them; begin, own: each
+    event's positives are ``own_items[begin:begin + own]``, oldest first; own_items). The ragged form of
+    :func:`asmg.data.samples.history_matrix` restricted to one period, without its [n, width] matrices.
+    """
+    n = len(facts)
+    order = np.lexsort((facts.offset, facts.item, facts.ts, facts.user))  # by user, then canonical order
+    u, t, positive = facts.user[order], facts.ts[order], facts.label[order] > 0
+    new_user = np.r_[True, u[1:] != u[:-1]]
+    new_group = new_user | np.r_[True, t[1:] != t[:-1]]
+    before = np.cumsum(positive) - positive  # positives ahead of each sorted row
+    index = np.arange(n)
+    end = before[np.maximum.accumulate(np.where(new_group, index, 0))]  # ties do not see each other
+    begin = np.maximum(before[np.maximum.accumulate(np.where(new_user, index, 0))], end - width)
+    user_of = np.empty(n, dtype=np.int64)
+    user_of[order] = np.cumsum(new_user) - 1
+    out_begin, out_own = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    out_begin[order], out_own[order] = begin, end - begin
+    return u[new_user], user_of, out_begin, out_own, facts.item[order][positive]
 
 
 # --- the core -------------------------------------------------------------------------------------------------
@@ -445,27 +468,21 @@ class WindowingCore:
     def period_table(self, memory: Memory, facts: Facts, period: int) -> pa.Table:
         """The partition's samples of ``period``: histories from the users' positives of closed periods and
         the period's own positives strictly before each sample's time; implicit negatives share them."""
-        n, width = len(facts), self.history_len
+        width = self.history_len
         # every positive of a closed period is older than every event of this one, and a user's list is in
         # canonical order: a history is the tail of the user's list, then the period's own positives before
         # the event. Only the period's rows are sorted and windowed (the users' lists can be 10x as long).
-        users, user_of = np.unique(facts.user, return_inverse=True)
+        users, user_of, begin, own, own_items = period_positives(facts, width)
         known = [memory.positives.get(user) for user in users.tolist()]  # [n, 3] (ts, item, offset) arrays
         counts = np.fromiter((0 if rows is None else len(rows) for rows in known), dtype=np.int64, count=len(known))
         stored = [rows for rows in known if rows is not None and len(rows)]
         known_items = np.concatenate(stored)[:, 1] if stored else np.zeros(0, dtype=np.int64)
-        order = np.lexsort((facts.offset, facts.item, facts.user, facts.ts))
-        hist, own = history_matrix(facts.user[order], facts.ts[order], facts.label[order], facts.item[order], width)
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-        hist, own = hist[rank], own[rank]
-        own_values = hist[np.arange(width)[None, :] >= (width - own)[:, None]]
         older = np.minimum(width - own, counts[user_of])  # from the user's list: its last ``older`` entries
         lengths = older + own
         starts = np.cumsum(lengths) - lengths
         hist_values = np.empty(int(lengths.sum()), dtype=np.int64)
         hist_values[gather_rows(starts, older)] = known_items[gather_rows(np.cumsum(counts)[user_of] - older, older)]
-        hist_values[gather_rows(starts + older, own)] = own_values
+        hist_values[gather_rows(starts + older, own)] = own_items[gather_rows(begin, own)]
         neg = np.flatnonzero(facts.has_neg)
         neg_hist_lengths, neg_hist_values = select_rows(lengths, hist_values, neg)
         neg_cat_lengths, neg_cat_values = select_rows(facts.neg_cat_lengths, facts.neg_cat_values, neg)
