@@ -776,12 +776,12 @@ def test_user_record_is_the_wire_form_of_the_record(positives: np.ndarray | None
     assert user_record(positives, seen) == dumps(record)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_period_positives_are_the_history_matrix_as_ranges(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "n"), [(0, 0), (1, 1), (2, 400), (3, 400), (4, 400)])
+def test_period_positives_are_the_history_matrix_as_ranges(seed: int, n: int) -> None:
     from asmg.data.samples import history_matrix  # the offline builder's, the reference
 
     rng = np.random.default_rng(seed)
-    n, width = 400, 4
+    width = 4
     facts = Facts.empty()
     facts.offset = rng.permutation(n).astype(np.int64)
     facts.user, facts.item = rng.integers(0, 20, n), rng.integers(0, 30, n)

@@ -175,8 +175,9 @@ def period_positives(facts: Facts, width: int) -> tuple[np.ndarray, ...]:
     n = len(facts)
     order = np.lexsort((facts.offset, facts.item, facts.ts, facts.user))  # by user, then canonical order
     u, t, positive = facts.user[order], facts.ts[order], facts.label[order] > 0
-    new_user = np.r_[True, u[1:] != u[:-1]]
-    new_group = new_user | np.r_[True, t[1:] != t[:-1]]
+    new_user, new_group = np.ones(n, dtype=bool), np.ones(n, dtype=bool)  # (n may be 0)
+    new_user[1:] = u[1:] != u[:-1]
+    new_group[1:] = new_user[1:] | (t[1:] != t[:-1])
     before = np.cumsum(positive) - positive  # positives ahead of each sorted row
     index = np.arange(n)
     end = before[np.maximum.accumulate(np.where(new_group, index, 0))]  # ties do not see each other
