@@ -164,16 +164,29 @@ def user_record(positives: np.ndarray | None, seen: set[int] | None) -> bytes:
     return b'{"pos":' + rows + b',"seen":' + orjson.dumps(sorted(seen)) + b"}"
 
 
-def period_positives(facts: Facts, width: int) -> tuple[np.ndarray, ...]:
+def user_order(facts: Facts) -> np.ndarray:
+    """Facts by user, then in canonical order (ts, item, offset): the order histories and users' lists use."""
+    return np.lexsort((facts.offset, facts.item, facts.ts, facts.user))
+
+
+def _rows(chunk: Facts, keep: np.ndarray) -> Facts | None:
+    """The chunk's rows where ``keep``: the chunk itself when all are kept (read only), None when none are."""
+    if keep.all():
+        return chunk
+    return chunk.select(keep) if keep.any() else None
+
+
+def period_positives(facts: Facts, width: int, order: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Per event, the period's own positives of its user strictly before its time (at most ``width``, ordered
     by (ts, item) as offline; same-second events do not see each other), as a range of a flat item array.
 
-    Returns (users: the distinct users, ascending; user_of: each event's index in them; begin, own: each
-    event's positives are ``own_items[begin:begin + own]``, oldest first; own_items). The ragged form of
+    ``order``: :func:`user_order` of the facts (computed when not given). Returns (users: the distinct users,
+    ascending; user_of: each event's index in them; begin, own: each event's positives are
+    ``own_items[begin:begin + own]``, oldest first; own_items). The ragged form of
     :func:`asmg.data.samples.history_matrix` restricted to one period, without its [n, width] matrices.
     """
     n = len(facts)
-    order = np.lexsort((facts.offset, facts.item, facts.ts, facts.user))  # by user, then canonical order
+    order = user_order(facts) if order is None else order
     u, t, positive = facts.user[order], facts.ts[order], facts.label[order] > 0
     new_user, new_group = np.ones(n, dtype=bool), np.ones(n, dtype=bool)  # (n may be 0)
     new_user[1:] = u[1:] != u[:-1]
@@ -453,27 +466,29 @@ class WindowingCore:
 
     # -- closing a period ------------------------------------------------------------------------------------
     def _close(self, memory: Memory, partition: int, period: int, store: PeriodStore, batch: Batch) -> dict[str, Any]:
-        facts = Facts.concat([chunk.select(chunk.period == period) for _, chunk in memory.chunks])
-        part = store.write_partition(period, partition, self.period_table(memory, facts, period))
-        self._fold(memory, partition, facts, batch)
+        facts = Facts.concat([part for _, chunk in memory.chunks
+                              if (part := _rows(chunk, chunk.period == period)) is not None])
+        order = user_order(facts)
+        part = store.write_partition(period, partition, self.period_table(memory, facts, period, order))
+        self._fold(memory, partition, facts, batch, order)
         kept = []
         for key, chunk in memory.chunks:
-            rest = chunk.select(chunk.period > period)
-            if len(rest):
+            rest = _rows(chunk, chunk.period > period)
+            if rest is not None:
                 kept.append((key, rest))
             else:
                 batch.writes.append((key, None))
         memory.chunks = kept
         return part
 
-    def period_table(self, memory: Memory, facts: Facts, period: int) -> pa.Table:
+    def period_table(self, memory: Memory, facts: Facts, period: int, order: np.ndarray | None = None) -> pa.Table:
         """The partition's samples of ``period``: histories from the users' positives of closed periods and
         the period's own positives strictly before each sample's time; implicit negatives share them."""
         width = self.history_len
         # every positive of a closed period is older than every event of this one, and a user's list is in
         # canonical order: a history is the tail of the user's list, then the period's own positives before
         # the event. Only the period's rows are sorted and windowed (the users' lists can be 10x as long).
-        users, user_of, begin, own, own_items = period_positives(facts, width)
+        users, user_of, begin, own, own_items = period_positives(facts, width, order)
         known = [memory.positives.get(user) for user in users.tolist()]  # [n, 3] (ts, item, offset) arrays
         counts = np.fromiter((0 if rows is None else len(rows) for rows in known), dtype=np.int64, count=len(known))
         stored = [rows for rows in known if rows is not None and len(rows)]
@@ -496,11 +511,11 @@ class WindowingCore:
                         np.concatenate([facts.cat_values, neg_cat_values])),
             period=period)
 
-    def _fold(self, memory: Memory, partition: int, facts: Facts, batch: Batch) -> None:
-        """A closed period's facts into the users' records (positives; implicit: items had)."""
+    def _fold(self, memory: Memory, partition: int, facts: Facts, batch: Batch, order: np.ndarray) -> None:
+        """A closed period's facts into the users' records (positives; implicit: items had); ``order``:
+        :func:`user_order` of the facts."""
         if not len(facts):
             return
-        order = np.lexsort((facts.offset, facts.item, facts.ts, facts.user))
         users = facts.user[order]
         bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
         positive = facts.label[order] == 1
