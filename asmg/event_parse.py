@@ -24,7 +24,7 @@ import numpy as np
 from asmg import native
 
 SOURCE = Path(__file__).with_name("event_parse.c")
-FLAGS = ("-O2", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
 TS_TEXT = 32  # as in event_parse.c
 log = logging.getLogger(__name__)
 _i64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
@@ -73,7 +73,7 @@ def parse_columns(values: Sequence[bytes | None], max_ts: float) -> dict[str, np
     user, item, ts_int = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     label, cat_lengths = np.ones(n, dtype=np.int8), np.zeros(n, dtype=np.int64)
     ts_text = np.zeros(n * TS_TEXT, dtype=np.uint8)
-    cat_values = np.zeros(len(buffer) // 2 + 1, dtype=np.int64)  # a value takes a digit and a separator
+    cat_values = np.empty(len(buffer) // 2 + 1, dtype=np.int64)  # a value takes a digit and a separator
     used = lib.asmg_parse_events(buffer, len(buffer), starts, lengths, n, ok, user, item, ts_int, ts_float,
                                  ts_text, label, cat_lengths, cat_values, len(cat_values))
     if used < 0:
