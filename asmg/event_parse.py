@@ -54,10 +54,14 @@ def library() -> ctypes.CDLL | None:
 def _joined(values: Sequence[bytes | None]) -> tuple[bytes, np.ndarray]:
     """All values in one buffer and their lengths (a missing or non-bytes value: an empty row, never accepted)."""
     try:
-        return b"".join(values), np.fromiter(map(len, values), dtype=np.int64, count=len(values))  # type: ignore[arg-type]
+        buffer = b"".join(values)  # type: ignore[arg-type]
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))  # type: ignore[arg-type]
+        if lengths.sum() == len(buffer):  # else a memoryview of wider items: len() is not its byte count
+            return buffer, lengths
     except TypeError:
-        present = [v if isinstance(v, bytes) else b"" for v in values]
-        return b"".join(present), np.fromiter(map(len, present), dtype=np.int64, count=len(present))
+        pass
+    present = [v if isinstance(v, bytes) else b"" for v in values]
+    return b"".join(present), np.fromiter(map(len, present), dtype=np.int64, count=len(present))
 
 
 def parse_columns(values: Sequence[bytes | None], max_ts: float) -> dict[str, np.ndarray] | None:

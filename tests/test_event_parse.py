@@ -168,3 +168,11 @@ def test_without_the_library_batches_go_through_arrow(monkeypatch: pytest.Monkey
         assert fast.ok.all() and fast.label.tolist() == [1, 0]
     finally:
         event_parse.library.cache_clear()
+
+
+def test_values_of_other_buffer_types_never_shift_the_rows() -> None:
+    good = b'{"user_id":1,"item_id":2,"ts":3}'
+    wide = memoryview(b'{"user_id":7,"item_id":8,"ts":9}' + b" " * 4).cast("i")  # len() counts 4-byte items
+    values = [good, wide, bytearray(good), good]  # type: ignore[list-item]
+    ok = assert_agrees(values)  # type: ignore[arg-type]
+    assert ok[0] and ok[3] and not ok[1]
