@@ -12,17 +12,17 @@ build takes about a second and is cached per source, compiler and CPU.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import shutil
-import stat
 import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from asmg import native
+from asmg.native import cache_dir  # noqa: F401 - where the kernels are cached (tests look there)
+from asmg.native import private_dir as _private_dir  # noqa: F401 - the cache folder's check (tests call it)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared")
@@ -32,27 +32,16 @@ _float_p = ctypes.POINTER(ctypes.c_float)
 _long_p = ctypes.POINTER(ctypes.c_long)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "asmg" / "kernels"
-
-
 @cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (no compiler, build failed, or ASMG_CPU_KERNELS=0): callers fall back."""
     if os.environ.get("ASMG_CPU_KERNELS", "1") == "0":
         return None
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
+    try:
+        lib = native.build(SOURCE, FLAGS, "kernels")
+    except native.BuildUnavailable:
         log.warning("no C compiler found: training runs on torch ops only (slower on CPU)")
         return None
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join((compiler, *FLAGS, _cpu_flags())).encode()).hexdigest()[:16]
-    try:
-        folder = _private_dir(cache_dir())
-        target = folder / f"kernels-{digest}.so"
-        if not target.exists():
-            _build(compiler, folder, target)
-        lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
         log.warning("CPU kernels unavailable (%s %s): training runs on torch ops only", err,
@@ -61,32 +50,6 @@ def library() -> ctypes.CDLL | None:
     for name in ("asmg_gru_forward", "asmg_gru_backward", "asmg_rows_forward", "asmg_rows_backward"):
         getattr(lib, name).restype = ctypes.c_int
     return lib
-
-
-def _cpu_flags() -> str:
-    """-march=native builds for this CPU: a cache shared with another CPU model must not reuse it."""
-    try:
-        info = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return ""
-    return next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
-
-
-def _private_dir(folder: Path) -> Path:
-    """Ours alone: a library another user could write to would run their code in this process."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = folder.stat()
-    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise OSError(f"{folder} is not private to this user")
-    return folder
-
-
-def _build(compiler: str, folder: Path, target: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        out = Path(tmp) / target.name
-        subprocess.run([compiler, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True,
-                       timeout=120)
-        os.replace(out, target)  # atomic: concurrent builders each install a complete file
 
 
 def gru_usable(xs: list[torch.Tensor], h0: torch.Tensor, hidden: int) -> bool:

@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(Path(store.uri).rglob("*.parquet"))
     for f in files:
         digest.update(f.read_bytes())
-    print(json.dumps({"benchmark": "windowing_core", "repo": str(args.repo), "events": len(values),
+    try:  # which event parser served the fast path (checkouts before it have only Arrow's)
+        from asmg.event_parse import library
+        parser = "native" if library() is not None else "arrow"
+    except ImportError:
+        parser = "arrow"
+    print(json.dumps({"benchmark": "windowing_core", "repo": str(args.repo), "events": len(values), "parser": parser,
                       "implicit": bool(log.implicit), "encode_cpu_seconds": round(encode_cpu, 2),
                       "core_cpu_seconds": round(cpu, 2), "core_wall_seconds": round(wall, 2),
                       "core_events_per_cpu_second": round(len(values) / cpu),

@@ -37,7 +37,7 @@ from asmg.data.negatives import draw_uniform, draw_uniform_one
 from asmg.data.periods import PeriodScheme
 from asmg.events import events_from_log
 from asmg.prepare import prepare_periods
-from streams.windowing.core import Batch, WindowingCore
+from streams.windowing.core import Batch, WindowingCore, period_positives, user_record
 from streams.windowing.facts import Facts
 from streams.wire.period_store import PeriodStore
 from streams.wire.records import control_record, dumps
@@ -764,3 +764,31 @@ def test_windowing_workers_share_partitions(kafka_settings, topic_names, tmp_pat
     # the newcomer did take over interactions partitions (and so restored their state)
     assert "assigned partitions [" in workers[1].assigned() and "restored []" not in workers[1].assigned(), \
         workers[1].tail()
+
+
+@pytest.mark.parametrize("seen", [None, set(), {5, 2**63 - 1, 0}])
+@pytest.mark.parametrize("positives", [None, np.zeros((0, 3), dtype=np.int64),
+                                       np.array([[1, 2, 3], [4, 2**62, 6], [7, 8, 9]], dtype=np.int64)[::2]])
+def test_user_record_is_the_wire_form_of_the_record(positives: np.ndarray | None, seen: set[int] | None) -> None:
+    record: dict = {"pos": [] if positives is None else positives.tolist()}
+    if seen is not None:
+        record["seen"] = sorted(seen)
+    assert user_record(positives, seen) == dumps(record)
+
+
+@pytest.mark.parametrize(("seed", "n"), [(0, 0), (1, 1), (2, 400), (3, 400), (4, 400)])
+def test_period_positives_are_the_history_matrix_as_ranges(seed: int, n: int) -> None:
+    from asmg.data.samples import history_matrix  # the offline builder's, the reference
+
+    rng = np.random.default_rng(seed)
+    width = 4
+    facts = Facts.empty()
+    facts.offset = rng.permutation(n).astype(np.int64)
+    facts.user, facts.item = rng.integers(0, 20, n), rng.integers(0, 30, n)
+    facts.ts, facts.label = rng.integers(0, 40, n), rng.integers(0, 2, n).astype(np.int8)  # ties in ts too
+    users, user_of, begin, own, items = period_positives(facts, width)
+    assert users.tolist() == sorted(set(facts.user.tolist())) and (users[user_of] == facts.user).all()
+    order = np.lexsort((facts.offset, facts.item, facts.user, facts.ts))
+    hist, lengths = history_matrix(facts.user[order], facts.ts[order], facts.label[order], facts.item[order], width)
+    for row, i in enumerate(order.tolist()):
+        assert items[begin[i]:begin[i] + own[i]].tolist() == hist[row, width - lengths[row]:].tolist()
