@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -417,7 +419,9 @@ def bench_scorer(args, log, port: int) -> dict[str, Any]:
               for _ in range(min(args.requests, 500))]
     out: dict[str, Any] = {"scorer_candidates": k}
     for name, clients in (("single", 1), ("saturated", args.clients)):
+        before = server_score_buckets(port)
         ms, errors, seconds = score_load(port, bodies, clients, args.requests, args.score_seconds)
+        out.update(server_shares(before, server_score_buckets(port), name))
         console.print(f"scorer ({clients} client{'s' if clients > 1 else ''}): {len(ms):,} ok, {len(errors)} "
                       f"errors in {seconds:.2f} s" + (f"; first error {errors[0]}" if errors else ""))
         prefix = "scorer_latency" if name == "single" else "scorer_saturated_latency"
@@ -428,6 +432,31 @@ def bench_scorer(args, log, port: int) -> dict[str, Any]:
             out["scorer_clients"] = clients
             out["scorer_requests_per_second"] = round(len(ms) / seconds, 1) if seconds > 0 else None
     return out
+
+
+def server_score_buckets(port: int) -> dict[float, float]:
+    """The scorer's own POST /score latency histogram (upper bound in s -> cumulative count of 200s), from its
+    /metrics; {} when it cannot be read. Tells time in the server from time outside it (client, scheduling)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("asmg_scorer_request_seconds_bucket{") and 'path="/score"' in line and \
+                'status="200"' in line:
+            out[float(line.split('le="')[1].split('"')[0])] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def server_shares(before: dict[float, float], after: dict[float, float], name: str) -> dict[str, float]:
+    """Shares of a phase's requests that the server itself handled within 1 and 2.5 ms."""
+    total = after.get(math.inf, 0.0) - before.get(math.inf, 0.0)
+    if total <= 0:
+        return {}
+    return {f"scorer_{name}_server_share_within_{label}ms": round((after[le] - before.get(le, 0.0)) / total, 4)
+            for le, label in ((0.001, "1"), (0.0025, "2_5")) if le in after}
 
 
 def score_load(port: int, bodies: list[bytes], clients: int, requests: int,
