@@ -12,9 +12,6 @@ build takes about a second and is cached per source, compiler and CPU.
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -27,7 +24,6 @@ from asmg.native import private_dir as _private_dir  # noqa: F401 - the cache fo
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared")
 MAX_HIDDEN, MAX_STEPS = 16, 32  # as in cpu_kernels.c
-log = logging.getLogger(__name__)
 _float_p = ctypes.POINTER(ctypes.c_float)
 _long_p = ctypes.POINTER(ctypes.c_long)
 
@@ -35,17 +31,8 @@ _long_p = ctypes.POINTER(ctypes.c_long)
 @cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (no compiler, build failed, or ASMG_CPU_KERNELS=0): callers fall back."""
-    if os.environ.get("ASMG_CPU_KERNELS", "1") == "0":
-        return None
-    try:
-        lib = native.build(SOURCE, FLAGS, "kernels")
-    except native.BuildUnavailable:
-        log.warning("no C compiler found: training runs on torch ops only (slower on CPU)")
-        return None
-    except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", b"") or b""
-        log.warning("CPU kernels unavailable (%s %s): training runs on torch ops only", err,
-                    detail.decode(errors="replace")[-2000:])
+    lib = native.load(SOURCE, FLAGS, "kernels", "ASMG_CPU_KERNELS", "training runs on torch ops only (slower on CPU)")
+    if lib is None:
         return None
     for name in ("asmg_gru_forward", "asmg_gru_backward", "asmg_rows_forward", "asmg_rows_backward"):
         getattr(lib, name).restype = ctypes.c_int

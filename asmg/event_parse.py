@@ -12,9 +12,6 @@ tests/test_event_parse.py checks the agreement on generated valid and invalid re
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
-import subprocess
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -26,7 +23,6 @@ from asmg import native
 SOURCE = Path(__file__).with_name("event_parse.c")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
 TS_TEXT = 32  # as in event_parse.c
-log = logging.getLogger(__name__)
 _i64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 _u8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 _i8 = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
@@ -35,14 +31,8 @@ _i8 = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
 @cache
 def library() -> ctypes.CDLL | None:
     """The compiled parser, or None (ASMG_NATIVE_PARSER=0, no compiler, build failed): callers use Arrow's."""
-    if os.environ.get("ASMG_NATIVE_PARSER", "1") == "0":
-        return None
-    try:
-        lib = native.build(SOURCE, FLAGS, "event-parse")
-    except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", b"") or b""
-        log.warning("native event parser unavailable (%s %s): events are parsed with Arrow",
-                    err, detail.decode(errors="replace")[-2000:])
+    lib = native.load(SOURCE, FLAGS, "event-parse", "ASMG_NATIVE_PARSER", "events are parsed with Arrow")
+    if lib is None:
         return None
     fn = lib.asmg_parse_events
     fn.restype = ctypes.c_int64

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class BuildUnavailable(OSError):
@@ -60,3 +63,18 @@ def build(source: Path, flags: tuple[str, ...], prefix: str) -> ctypes.CDLL:
                            timeout=120)
             os.replace(out, target)  # atomic: concurrent builders each install a complete file
     return ctypes.CDLL(str(target))
+
+
+def load(source: Path, flags: tuple[str, ...], prefix: str, switch: str, fallback: str) -> ctypes.CDLL | None:
+    """The built library, or None when the environment variable ``switch`` is 0, without a compiler, or when the
+    build fails; a warning then says what runs instead (``fallback``)."""
+    if os.environ.get(switch, "1") == "0":
+        return None
+    try:
+        return build(source, flags, prefix)
+    except BuildUnavailable:
+        log.warning("no C compiler found: %s", fallback)
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", b"") or b""
+        log.warning("%s unavailable (%s %s): %s", source.name, err, detail.decode(errors="replace")[-2000:], fallback)
+    return None
