@@ -195,10 +195,13 @@ def soak(minutes: float, rate: float, out: Path, session_timeout: float = 6.0, p
         replayed: dict[str, Any] = {}
 
         def produce() -> None:
-            producer = make_producer(kafka, logger=logging.getLogger("soak.kafka"))
-            result = replay_log(log, producer, names.interactions, Pacing(rate=rate))
-            replayed["events"], replayed["seconds"] = result.events, result.seconds
-            producer.flush(60)
+            try:
+                producer = make_producer(kafka, logger=logging.getLogger("soak.kafka"))
+                result = replay_log(log, producer, names.interactions, Pacing(rate=rate))
+                replayed["events"], replayed["seconds"] = result.events, result.seconds
+                producer.flush(60)
+            except Exception as exc:  # noqa: BLE001 - the soak fails with it below instead of waiting for events
+                replayed["error"] = f"{type(exc).__name__}: {exc}"
 
         producer = threading.Thread(target=produce, name="soak-producer", daemon=True)
         producer.start()
@@ -229,6 +232,8 @@ def soak(minutes: float, rate: float, out: Path, session_timeout: float = 6.0, p
             workers.start(role, role, env, metrics_port=0 if role != "scorer" else None)
             pids[role] = workers.processes[role].pid
         producer.join()
+        if "error" in replayed:  # events never delivered cannot be counted: waiting for them would only time out
+            raise RuntimeError(f"the soak's producer failed: {replayed['error']}")
         from streams.windowing.coordinator import send_end_of_stream
 
         send_end_of_stream(kafka, names)
