@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 
 from asmg import native
-from asmg.native import cache_dir  # noqa: F401 - where the kernels are cached (tests look there)
-from asmg.native import private_dir as _private_dir  # noqa: F401 - the cache folder's check (tests call it)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared")

@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from asmg import cpu_kernels
+from asmg import cpu_kernels, native
 from asmg.batches import BatchMaker, encode_period
 from asmg.generator import GruGenerator
 from asmg.model import init_params, loss
@@ -107,12 +107,12 @@ def test_the_kernels_can_be_switched_off_and_a_shared_cache_folder_is_refused(tm
     shared.mkdir()
     shared.chmod(0o777)  # anyone could swap the library another process then loads
     with pytest.raises(OSError, match="not private"):
-        cpu_kernels._private_dir(shared)
+        native.private_dir(shared)
     monkeypatch.delenv("ASMG_CPU_KERNELS")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     try:  # a fresh cache folder: built there, private to this user
         assert cpu_kernels.library() is not None
-        folder = cpu_kernels.cache_dir()
+        folder = native.cache_dir()
         assert [p.suffix for p in folder.iterdir()] == [".so"]
         assert not folder.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)
         assert folder.stat().st_uid == os.getuid()
