@@ -39,7 +39,7 @@ from asmg.events import events_from_log
 from asmg.prepare import prepare_periods
 from streams.windowing.core import Batch, WindowingCore, period_positives, user_record
 from streams.windowing.facts import Facts
-from streams.wire.period_store import PeriodStore
+from streams.wire.period_store import SORT_KEYS, BackgroundWriter, PeriodStore
 from streams.wire.records import control_record, dumps
 from streams.wire.settings import SettingsError, StreamSettings, load_bounds, parse_duration
 from tests.helpers import tiny_log
@@ -101,14 +101,16 @@ class Committed:
 
 def run_core(core: WindowingCore, records: Iterable[tuple[int, int, bytes]], root: Path,
              committed: Committed | None = None, batch_size: int = 100, stop_after: int | None = None,
-             in_flight: bool = False) -> Committed:
+             in_flight: bool = False, background: bool = False) -> Committed:
     """Feed each partition's records in batches of ``batch_size``, partitions taking turns (as a consumer
     interleaves them); ``stop_after`` batches: stop there (a crash after that commit). With ``in_flight`` the
     crash comes one batch later, after the core applied that batch (its memory changed, the period files it
     closed are in the store) but before its transaction committed: its state writes, DLQ records and offsets
-    are lost (``committed.lost`` keeps the lost batch)."""
+    are lost (``committed.lost`` keeps the lost batch). ``background``: files written as the worker writes them,
+    by a :class:`BackgroundWriter` waited for before each commit."""
     committed = committed if committed is not None else Committed()
     store = PeriodStore(str(root))
+    writer = BackgroundWriter(store) if background else store
     queues: dict[int, list[tuple[int, bytes]]] = {}
     for partition, offset, value in records:
         queues.setdefault(partition, []).append((offset, value))
@@ -118,7 +120,9 @@ def run_core(core: WindowingCore, records: Iterable[tuple[int, int, bytes]], roo
             if not queue:
                 continue
             chunk, queue[:] = queue[:batch_size], queue[batch_size:]
-            batch = core.process(partition, [o for o, _ in chunk], [v for _, v in chunk], store, TOPIC)
+            batch = core.process(partition, [o for o, _ in chunk], [v for _, v in chunk], writer, TOPIC)
+            if isinstance(writer, BackgroundWriter):
+                writer.wait()
             if in_flight and stop_after is not None and done >= stop_after:
                 committed.lost = batch  # the process dies before the transaction commits
                 return committed
@@ -166,6 +170,41 @@ def test_core_builds_the_offline_samples(tmp_path: Path, batch_size: int) -> Non
     assert {d["reason"] for d in committed.dead} <= {"outside periods"}
     assert len(committed.dead) == len(log.events) - sum(len(f) for f in prepared.periods.values())
     assert not [k for k in committed.state if k.startswith("f:")]  # facts deleted once written
+
+
+def test_files_written_in_the_background_are_the_direct_writes(tmp_path: Path) -> None:
+    """The worker's BackgroundWriter: the same bytes in the same places, each file in canonical row order (the
+    core hands the store unsorted tables), and the same committed state."""
+    log = implicit_log()
+    records = partitioned_records(log, 2)
+    prepared = prepare_periods(log, PROTOCOL)
+    runs = {}
+    for background in (False, True):
+        core = WindowingCore(PeriodScheme(bounds=prepared.bounds.to_list()), implicit=True, seed=3)
+        root = tmp_path / str(background)
+        runs[background] = run_core(core, records, root, batch_size=64, background=background)
+    direct, behind = tmp_path / "False", tmp_path / "True"
+    files = sorted(path.relative_to(direct) for path in direct.rglob("*.parquet"))
+    assert len(files) == 2 * PROTOCOL.n_periods
+    assert files == sorted(path.relative_to(behind) for path in behind.rglob("*.parquet"))
+    for name in files:
+        assert (behind / name).read_bytes() == (direct / name).read_bytes(), name
+        frame = pq.read_table(behind / name).to_pandas()
+        assert frame.equals(frame.sort_values(SORT_KEYS, kind="stable")), f"{name} is not in canonical order"
+    assert runs[True].state == runs[False].state and runs[True].dead == runs[False].dead
+
+
+def test_a_failed_background_write_is_raised_by_wait(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    writer = BackgroundWriter(PeriodStore(str(tmp_path / "file" / "periods")))  # a folder under a file
+    core = WindowingCore(PeriodScheme(bounds=[0, 10, 20]), history_len=30)
+    values = [json.dumps({"v": 1, "user_id": 1, "item_id": 2, "ts": ts, "label": 1}).encode() for ts in (1, 12)]
+    batch = core.process(0, [0, 1], values, writer, TOPIC)  # closes period 1: its file cannot be written
+    assert [period for period, _ in batch.closed] == [1]
+    with pytest.raises(OSError):
+        writer.wait()
+    assert writer.wait() == []  # the failure was handed over once; nothing else was pending
+    writer.close()
 
 
 def test_core_implicit_negatives(tmp_path: Path) -> None:

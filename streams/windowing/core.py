@@ -66,7 +66,7 @@ from asmg.event_batch import parse_events_fast
 from asmg.events import EventError
 from asmg.ragged import gather_rows, select_rows
 from streams.windowing.facts import Facts
-from streams.wire.period_store import PeriodStore, ragged_samples_table
+from streams.wire.period_store import PartitionWriter, ragged_samples_table
 from streams.wire.records import classify_record, dlq_key, dlq_record, dumps, watermark_record
 from streams.wire.settings import StreamSettings, period_scheme
 
@@ -135,7 +135,7 @@ class Batch:
 
     writes: list[tuple[str, bytes | None]] = field(default_factory=list)  # state key -> value (None: delete)
     dead: list[tuple[bytes, bytes]] = field(default_factory=list)  # DLQ (key, value)
-    closed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (period, written file)
+    closed: list[tuple[int, object]] = field(default_factory=list)  # (period, what the store's write returned)
     reasons: list[str] = field(default_factory=list)  # of the refused records, in order
     accepted: int = 0
     late: int = 0
@@ -297,8 +297,8 @@ class WindowingCore:
         return memory
 
     # -- one batch ------------------------------------------------------------------------------------------
-    def process(self, partition: int, offsets: Sequence[int], values: Sequence[bytes | None], store: PeriodStore,
-                topic: str) -> Batch:
+    def process(self, partition: int, offsets: Sequence[int], values: Sequence[bytes | None],
+                store: PartitionWriter, topic: str) -> Batch:
         """Apply a partition's records (ascending offsets); write the files of the periods they close."""
         memory = self.memory(partition)
         progress = memory.progress
@@ -465,11 +465,12 @@ class WindowingCore:
         return facts
 
     # -- closing a period ------------------------------------------------------------------------------------
-    def _close(self, memory: Memory, partition: int, period: int, store: PeriodStore, batch: Batch) -> dict[str, Any]:
+    def _close(self, memory: Memory, partition: int, period: int, store: PartitionWriter, batch: Batch) -> object:
         facts = Facts.concat([part for _, chunk in memory.chunks
                               if (part := _rows(chunk, chunk.period == period)) is not None])
         order = user_order(facts)
-        part = store.write_partition(period, partition, self.period_table(memory, facts, period, order))
+        table = self.period_table(memory, facts, period, order, canonical=False)  # the store sorts it
+        part = store.write_partition(period, partition, table)
         self._fold(memory, partition, facts, batch, order)
         kept = []
         for key, chunk in memory.chunks:
@@ -481,7 +482,8 @@ class WindowingCore:
         memory.chunks = kept
         return part
 
-    def period_table(self, memory: Memory, facts: Facts, period: int, order: np.ndarray | None = None) -> pa.Table:
+    def period_table(self, memory: Memory, facts: Facts, period: int, order: np.ndarray | None = None,
+                     canonical: bool = True) -> pa.Table:
         """The partition's samples of ``period``: histories from the users' positives of closed periods and
         the period's own positives strictly before each sample's time; implicit negatives share them."""
         width = self.history_len
@@ -509,7 +511,7 @@ class WindowingCore:
             history=(np.concatenate([lengths, neg_hist_lengths]), np.concatenate([hist_values, neg_hist_values])),
             categories=(np.concatenate([facts.cat_lengths, neg_cat_lengths]),
                         np.concatenate([facts.cat_values, neg_cat_values])),
-            period=period)
+            period=period, canonical=canonical)
 
     def _fold(self, memory: Memory, partition: int, facts: Facts, batch: Batch, order: np.ndarray) -> None:
         """A closed period's facts into the users' records (positives; implicit: items had); ``order``:

@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING
 
 from streams.windowing.core import Batch, WindowingCore
 from streams.wire.kafka_config import KafkaSettings
-from streams.wire.period_store import PeriodStore
+from streams.wire.period_store import BackgroundWriter, PeriodStore
 from streams.wire.records import dumps
 from streams.wire.settings import StreamSettings
 from streams.wire.topics import TopicNames, ensure_state_topic
@@ -121,9 +121,12 @@ def read_state(kafka: KafkaSettings, topic: str, partitions: list[int],
         enable_partition_eof=True, fetch_wait_max_ms=10,  # an empty partition's EOF comes without the 0.5 s wait
         isolation_level="read_committed", auto_offset_reset="earliest", fetch_max_bytes=64 * 1024 * 1024))
     try:
+        deadline = time.monotonic() + timeout
+        # the topic's leaders first: assigned without them, librdkafka retries its offset query only after a fixed
+        # 500 ms ("no current leader for partition"), most of the time a restore of empty partitions took
+        consumer.list_topics(topic, timeout=timeout)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         todo = set(partitions)
-        deadline = time.monotonic() + timeout
         while todo:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"restoring {topic} partitions {sorted(todo)} took over {timeout:.0f}s")
@@ -155,6 +158,7 @@ class WindowingWorker:
         self.partitions = partitions
         self.core = WindowingCore.from_settings(settings)
         self.store = PeriodStore(settings.period_store)
+        self.writer = BackgroundWriter(self.store)  # closed periods' files, off the loop
         self.app_id = settings.role_app_id("windowing")
         self.state_topic = f"{self.app_id}-state"
         self.metrics = metrics
@@ -285,6 +289,7 @@ class WindowingWorker:
                 if not messages:
                     self._say_if_unassigned(time.monotonic())
         finally:
+            self.writer.close()
             self._consumer.close()
             if self._producer is not None:
                 self._producer.flush(10)
@@ -308,6 +313,7 @@ class WindowingWorker:
         if not grouped and not due:
             return
         outcomes = [(partition, self._process(partition, *grouped[partition])) for partition in sorted(grouped)]
+        self._files_written(outcomes)
         # the transaction spans only the sending: its timeout must not depend on how long processing took
         try:
             self._producer.begin_transaction()
@@ -328,9 +334,19 @@ class WindowingWorker:
 
     def _process(self, partition: int, offsets: list[int], values: list[bytes | None]) -> Batch:
         try:
-            return self.core.process(partition, offsets, values, self.store, self.names.interactions)
+            return self.core.process(partition, offsets, values, self.writer, self.names.interactions)
         except Exception as exc:  # a bug, or the period store failing: the restarted worker redoes the batch
             fail_stop(exc, f"windowing, {self.names.interactions}[{partition}]@{offsets[0]}..{offsets[-1]}")
+            raise  # not reached: fail_stop exits
+
+    def _files_written(self, outcomes: list[tuple[int, Batch]]) -> None:
+        """Wait for the batch's period files (written while the next partitions were processed): the transaction
+        that says their periods are closed must not commit before they are complete."""
+        try:
+            self.writer.wait()
+        except Exception as exc:  # the period store failing: the restarted worker redoes the batch
+            closed = sorted({period for _, batch in outcomes for period, _ in batch.closed})
+            fail_stop(exc, f"windowing, writing the files of periods {closed}")
             raise  # not reached: fail_stop exits
 
     def _produce(self, outcomes: list[tuple[int, Batch]], due: bool) -> list:
