@@ -245,29 +245,37 @@ def encode_log(log: InteractionLog, start: int = 0, stop: int | None = None, eve
                chunk_size: int = 20_000) -> Iterator[EncodedChunk]:
     """Rows ``start:stop`` of ``log`` as producer-ready chunks: the fast path of dataset replay.
 
-    The JSON is the same as ``json.dumps`` of :func:`events_from_log`'s dicts with compact separators,
-    written with one string template per event instead of a dict and an encoder call.
+    The JSON is the same as ``json.dumps`` of :func:`events_from_log`'s dicts with compact separators, joined
+    column-wise by Arrow from the columns' decimal text and the items' category lists (~0.7 us an event; a
+    Python string template per event took ~1.5 us, a third of the replay's CPU).
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     category_json = _item_categories(log).map(lambda c: json.dumps(c, separators=(",", ":")))
+    item_index = category_json.index
+    categories = pa.array(np.append(category_json.to_numpy(object), "[]"), pa.string())  # last: no categories
     stop = len(log.events) if stop is None else min(stop, len(log.events))
     id_prefix = json.dumps(f"{log.name}:")[:-1]  # the quoted, escaped name and colon, without the closing quote
+
+    def text(values: np.ndarray) -> pa.Array:
+        return pc.cast(pa.array(values), pa.string())
+
     for lo in range(start, stop, chunk_size):
         hi = min(lo + chunk_size, stop)
         events = log.events.iloc[lo:hi]
-        columns = _chunk_columns(events, None, None, lo)
-        cats = events["item_id"].map(category_json).fillna("[]").tolist()
-        users, items, times, labels = columns["user_id"], columns["item_id"], columns["ts"], columns["label"]
+        users, items = events["user_id"].to_numpy(np.int64), events["item_id"].to_numpy(np.int64)
+        position = item_index.get_indexer(items)
+        cats = categories.take(pa.array(np.where(position < 0, len(item_index), position)))
+        labels = (events["label"].to_numpy() >= 0.5).astype(np.int64)
+        parts: list[Any] = ['{"v":1,"user_id":', text(users), ',"item_id":', text(items), ',"ts":',
+                            text(events["ts"].to_numpy(np.int64)), ',"label":', text(labels), ',"categories":', cats]
         if event_ids:
-            ids = [f'{id_prefix}{i}"' for i in range(lo, hi)]  # = json.dumps(f"{log.name}:{i}"), ~1 us less each
-            values = [
-                f'{{"v":1,"user_id":{u},"item_id":{it},"ts":{t},"label":{lab},"categories":{c},'
-                f'"event_id":{e}}}'.encode()
-                for u, it, t, lab, c, e in zip(users, items, times, labels, cats, ids, strict=True)
-            ]
+            parts += [f',"event_id":{id_prefix}', text(np.arange(lo, hi, dtype=np.int64)), '"}']
         else:
-            values = [
-                f'{{"v":1,"user_id":{u},"item_id":{it},"ts":{t},"label":{lab},"categories":{c}}}'.encode()
-                for u, it, t, lab, c in zip(users, items, times, labels, cats, strict=True)
-            ]
-        keys = [str(u).encode() for u in users]
+            parts.append("}")
+        values = pc.cast(pc.binary_join_element_wise(*parts, ""), pa.binary()).to_pylist()
+        distinct, which = np.unique(users, return_inverse=True)
+        user_keys = [str(u).encode() for u in distinct.tolist()]
+        keys = [user_keys[i] for i in which.tolist()]
         yield EncodedChunk(keys=keys, values=values, ts=events["ts"].to_numpy(np.int64))

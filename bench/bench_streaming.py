@@ -105,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-mode", default=None, choices=("union", "progressive"),
                    help="ASMG_PRETRAIN_MODE of the trainer (default: the preset's, union)")
     p.add_argument("--requests", type=int, default=2000, help="POST /score requests, at most")
+    p.add_argument("--warmup-requests", type=int, default=1000,
+                   help="POST /score requests from one client before the measured phases (reported apart: the "
+                        "first seconds after the pipeline phase run slower while the roles settle)")
     p.add_argument("--score-seconds", type=float, default=60.0, help="time cap of the scorer phase")
     p.add_argument("--clients", type=int, default=4, help="client threads of the scorer phase")
     p.add_argument("--candidates", type=int, default=100, help="items per /score request")
@@ -418,6 +421,10 @@ def bench_scorer(args, log, port: int) -> dict[str, Any]:
                           "items": [int(i) for i in rng.sample(list(items), k)]}).encode()
               for _ in range(min(args.requests, 500))]
     out: dict[str, Any] = {"scorer_candidates": k}
+    if args.warmup_requests > 0:
+        ms, errors, _ = score_load(port, bodies, 1, args.warmup_requests, args.score_seconds)
+        out.update({"scorer_warmup_requests": len(ms), "scorer_warmup_errors": len(errors),
+                    "scorer_warmup_latency_ms_p99": round(pct(ms, 99), 2) if ms else None})
     for name, clients in (("single", 1), ("saturated", args.clients)):
         before = server_score_buckets(port)
         ms, errors, seconds = score_load(port, bodies, clients, args.requests, args.score_seconds)

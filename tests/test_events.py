@@ -96,5 +96,8 @@ def test_encoded_log_is_the_same_json_keyed_by_user() -> None:
     chunks = list(encode_log(log, chunk_size=2))
     values = [json.loads(v) for c in chunks for v in c.values]
     assert values == list(events_from_log(log))
+    for ids in (True, False):  # the very bytes of compact json.dumps, event ids or not
+        assert [v for c in encode_log(log, start=1, chunk_size=2, event_ids=ids) for v in c.values] == [
+            json.dumps(e, separators=(",", ":")).encode() for e in events_from_log(log, start=1, event_ids=ids)]
     assert [k for c in chunks for k in c.keys] == [b"1", b"2", b"3"]
     assert np.concatenate([c.ts for c in chunks]).tolist() == [100, 200, 300]
