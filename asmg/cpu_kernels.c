@@ -12,6 +12,10 @@
  * w [3, C, H, H] (w[gate][c][i][j]: h_i -> gate_j); why [C, H]; by [C].
  * Gradients are for the weights only (inputs and h0 are constants of a meta step). Rows are summed in
  * fixed chunks whatever the thread count, so results do not depend on it.
+ *
+ * keep (optional, [S], non-increasing): only rows 0..keep[s]-1 take step s. A meta step's loss at window step
+ * s reads only the rows its batch uses, so rows ordered by their last used step need no later steps: their y
+ * there is left unwritten and counts as zero in dy, which the untrimmed run would carry back as exact zeros.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -110,6 +114,22 @@ INLINE void cell(const Tile *t, const int H, vf x, const vf *h, vf *z, vf *r, vf
 
 static inline int lanes(int C, int c0) { return C - c0 < V ? C - c0 : V; }
 
+/* the steps a row takes: all S without keep, else the s with row < keep[s] (a prefix of the window) */
+static inline int steps_of(int S, const int *keep, long row) {
+    if (!keep) return S;
+    int n = 0;
+    while (n < S && row < keep[n]) n++;
+    return n;
+}
+
+/* keep must be a prefix length per step, non-increasing (rows dropped at a step never come back) */
+static int keep_valid(int S, long R, const int *keep) {
+    if (!keep) return 1;
+    for (int s = 0; s < S; s++)
+        if (keep[s] < 0 || keep[s] > (s ? keep[s - 1] : R)) return 0;
+    return 1;
+}
+
 INLINE vf load_x(const float *src, int n) {
     vf out;
     if (n == V) {
@@ -129,21 +149,23 @@ INLINE void load_h(vf *h, const float *src, int n, const int H) {
 
 INLINE int forward(int S, int R, int C, const int H, const float *x, const float *h0, const float *u,
                    const float *w, const float *why, const float *by, int residual, int anchor_mean,
-                   float *y, float *h_first, int threads) {
+                   const int *keep, float *y, float *h_first, int threads) {
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
+    if (!keep_valid(S, R, keep)) return 4;
     const int blocks = (C + V - 1) / V;
     Tile *tiles = new_tiles((size_t)blocks);
     if (!tiles) return 2;
     for (int b = 0; b < blocks; b++) load_tile(&tiles[b], C, H, b * V, u, w, why, by);
-#pragma omp parallel for num_threads(threads) schedule(static)
+    /* rows come in decreasing work with keep: interleaved chunks share it out (no sums here, any order) */
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
     for (long rb = 0; rb < (long)R * blocks; rb++) {
         long row = rb / blocks;
-        int b = (int)(rb % blocks), c0 = b * V, n = lanes(C, c0);
+        int b = (int)(rb % blocks), c0 = b * V, n = lanes(C, c0), steps = steps_of(S, keep, row);
         const Tile *t = &tiles[b];
         size_t base = (size_t)row * C + c0;
         vf h[MAX_H], hn[MAX_H], z[MAX_H], r[MAX_H], g[MAX_H], total = vset(0.0f);
         load_h(h, h0 + base * H, n, H);
-        for (int s = 0; s < S; s++) {
+        for (int s = 0; s < steps; s++) {
             vf xs = load_x(x + (size_t)s * R * C + base, n);
             cell(t, H, xs, h, z, r, g, hn);
             vf out = t->BY;
@@ -163,9 +185,10 @@ INLINE int forward(int S, int R, int C, const int H, const float *x, const float
 
 /* Weight gradients of sum_s <dy_s, y_s>: recompute a tile's window forward, then run it back. */
 INLINE int backward(int S, int R, int C, const int H, const float *x, const float *h0, const float *u,
-                    const float *w, const float *why, const float *dy, float *du, float *dw, float *dwhy,
-                    float *dby, int threads) {
+                    const float *w, const float *why, const int *keep, const float *dy, float *du, float *dw,
+                    float *dwhy, float *dby, int threads) {
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
+    if (!keep_valid(S, R, keep)) return 4;
     const int blocks = (C + V - 1) / V;
     /* of rows (at least one, so no rows give zero gradients); a (chunk, block) pair owns its accumulator */
     const int chunks = R < 1 ? 1 : (R < CHUNKS ? R : CHUNKS);
@@ -173,7 +196,8 @@ INLINE int backward(int S, int R, int C, const int H, const float *x, const floa
     Tile *grads = new_tiles((size_t)chunks * blocks);  /* [chunk][block] */
     if (!tiles || !grads) { free(tiles); free(grads); return 2; }
     for (int b = 0; b < blocks; b++) load_tile(&tiles[b], C, H, b * V, u, w, why, NULL);
-#pragma omp parallel for num_threads(threads) schedule(static)
+    /* dynamic: with keep the first chunks carry the most steps; each pair still sums alone, in row order */
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (long kb = 0; kb < (long)chunks * blocks; kb++) {
         int k = (int)(kb / blocks), b = (int)(kb % blocks), c0 = b * V, n = lanes(C, c0);
         long first = (long)R * k / chunks, last = (long)R * (k + 1) / chunks;
@@ -184,14 +208,15 @@ INLINE int backward(int S, int R, int C, const int H, const float *x, const floa
         Tile *gt = &grads[kb];
         for (long row = first; row < last; row++) {
             size_t base = (size_t)row * C + c0;
+            int steps = steps_of(S, keep, row);
             load_h(hs[0], h0 + base * H, n, H);
-            for (int s = 0; s < S; s++) {
+            for (int s = 0; s < steps; s++) {
                 xs[s] = load_x(x + (size_t)s * R * C + base, n);
                 cell(t, H, xs[s], hs[s], zs[s], rs[s], gs[s], hs[s + 1]);
             }
             vf dh[MAX_H];
             for (int j = 0; j < H; j++) dh[j] = vset(0.0f);
-            for (int s = S - 1; s >= 0; s--) {
+            for (int s = steps - 1; s >= 0; s--) {
                 vf d = load_x(dy + (size_t)s * R * C + base, n) * live;
                 const vf *h = hs[s], *hn = hs[s + 1], *z = zs[s], *r = rs[s], *g = gs[s];
                 vf dpz[MAX_H], dpr[MAX_H], dpg[MAX_H], next[MAX_H];
@@ -258,18 +283,18 @@ INLINE int backward(int S, int R, int C, const int H, const float *x, const floa
 /* Entry points: the usual hidden sizes get their own copies, with H a constant the compiler unrolls. */
 int asmg_gru_forward(int S, int R, int C, int H, const float *x, const float *h0, const float *u,
                      const float *w, const float *why, const float *by, int residual, int anchor_mean,
-                     float *y, float *h_first, int threads) {
-    if (H == 4) return forward(S, R, C, 4, x, h0, u, w, why, by, residual, anchor_mean, y, h_first, threads);
-    if (H == 8) return forward(S, R, C, 8, x, h0, u, w, why, by, residual, anchor_mean, y, h_first, threads);
-    return forward(S, R, C, H, x, h0, u, w, why, by, residual, anchor_mean, y, h_first, threads);
+                     const int *keep, float *y, float *h_first, int threads) {
+    if (H == 4) return forward(S, R, C, 4, x, h0, u, w, why, by, residual, anchor_mean, keep, y, h_first, threads);
+    if (H == 8) return forward(S, R, C, 8, x, h0, u, w, why, by, residual, anchor_mean, keep, y, h_first, threads);
+    return forward(S, R, C, H, x, h0, u, w, why, by, residual, anchor_mean, keep, y, h_first, threads);
 }
 
 int asmg_gru_backward(int S, int R, int C, int H, const float *x, const float *h0, const float *u,
-                      const float *w, const float *why, const float *dy, float *du, float *dw, float *dwhy,
-                      float *dby, int threads) {
-    if (H == 4) return backward(S, R, C, 4, x, h0, u, w, why, dy, du, dw, dwhy, dby, threads);
-    if (H == 8) return backward(S, R, C, 8, x, h0, u, w, why, dy, du, dw, dwhy, dby, threads);
-    return backward(S, R, C, H, x, h0, u, w, why, dy, du, dw, dwhy, dby, threads);
+                      const float *w, const float *why, const int *keep, const float *dy, float *du, float *dw,
+                      float *dwhy, float *dby, int threads) {
+    if (H == 4) return backward(S, R, C, 4, x, h0, u, w, why, keep, dy, du, dw, dwhy, dby, threads);
+    if (H == 8) return backward(S, R, C, 8, x, h0, u, w, why, keep, dy, du, dw, dwhy, dby, threads);
+    return backward(S, R, C, H, x, h0, u, w, why, keep, dy, du, dw, dwhy, dby, threads);
 }
 
 /* ---- weighted sums of embedding rows: out[b] = sum_l weight[b, l] * table[index[b, l]] ----------------------

@@ -24,6 +24,7 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fope
 MAX_HIDDEN, MAX_STEPS = 16, 32  # as in cpu_kernels.c
 _float_p = ctypes.POINTER(ctypes.c_float)
 _long_p = ctypes.POINTER(ctypes.c_long)
+_int_p = ctypes.POINTER(ctypes.c_int)
 
 
 @cache
@@ -47,41 +48,60 @@ def _ptr(t: torch.Tensor) -> ctypes._Pointer:
     return ctypes.cast(t.data_ptr(), _float_p)
 
 
+def _keep_ptr(keep: torch.Tensor | None) -> ctypes._Pointer | None:
+    return None if keep is None else ctypes.cast(keep.data_ptr(), _int_p)
+
+
+def keep_tensor(keep: list[int] | None) -> torch.Tensor | None:
+    """Per-step prefix lengths as the kernel reads them (int32 on CPU)."""
+    return None if keep is None else torch.tensor(keep, dtype=torch.int32)
+
+
 class FusedWindow(torch.autograd.Function):
     """y [S, R, C] and the hidden state after step one [R, C, H] from x [S, R, C] and h0 [R, C, H];
-    gradients flow to the weights only."""
+    gradients flow to the weights only.
+
+    With ``keep`` (int32 [S], non-increasing), only rows :keep[s] take step s: y[s, keep[s]:] is left
+    unwritten and its gradient ignored (callers read only y[s, :keep[s]]), and the state after step one is
+    not computed (``first`` comes back empty)."""
 
     @staticmethod
-    def forward(ctx, x, h0, u, w, w_hy, b_y, residual: bool, anchor_mean: bool):  # noqa: ANN001, ANN205
+    def forward(ctx, x, h0, u, w, w_hy, b_y, residual: bool, anchor_mean: bool,  # noqa: ANN001, ANN205
+                keep: torch.Tensor | None = None):
         steps, rows, coords = x.shape
         hidden = u.shape[-1]
         x, h0 = x.contiguous(), h0.contiguous()
         u, w, w_hy, b_y = (t.detach().contiguous() for t in (u, w, w_hy, b_y))
+        if keep is not None:
+            keep = keep.to(torch.int32).contiguous()
+            if keep.shape != (steps,):
+                raise ValueError(f"keep needs one prefix length per step, got {tuple(keep.shape)}")
         y = x.new_empty(x.shape)
-        first = x.new_empty(rows, coords, hidden)
+        first = x.new_empty(0 if keep is not None else rows, coords, hidden)
         code = library().asmg_gru_forward(
             steps, rows, coords, hidden, _ptr(x), _ptr(h0), _ptr(u), _ptr(w), _ptr(w_hy), _ptr(b_y),
-            int(residual), int(anchor_mean), _ptr(y), _ptr(first), torch.get_num_threads())
+            int(residual), int(anchor_mean), _keep_ptr(keep), _ptr(y), None if keep is not None else _ptr(first),
+            torch.get_num_threads())
         if code:
             raise RuntimeError(f"fused GRU kernel refused its arguments (code {code})")
-        ctx.save_for_backward(x, h0, u, w, w_hy)
+        ctx.save_for_backward(x, h0, u, w, w_hy, keep)
         ctx.mark_non_differentiable(first)
         return y, first
 
     @staticmethod
     def backward(ctx, dy, _dfirst):  # noqa: ANN001, ANN205
-        x, h0, u, w, w_hy = ctx.saved_tensors
+        x, h0, u, w, w_hy, keep = ctx.saved_tensors
         steps, rows, coords = x.shape
         hidden = u.shape[-1]
         dy = dy.contiguous()
         du, dw, dwhy = torch.empty_like(u), torch.empty_like(w), torch.empty_like(w_hy)
         dby = u.new_empty(coords)
         code = library().asmg_gru_backward(
-            steps, rows, coords, hidden, _ptr(x), _ptr(h0), _ptr(u), _ptr(w), _ptr(w_hy), _ptr(dy),
-            _ptr(du), _ptr(dw), _ptr(dwhy), _ptr(dby), torch.get_num_threads())
+            steps, rows, coords, hidden, _ptr(x), _ptr(h0), _ptr(u), _ptr(w), _ptr(w_hy), _keep_ptr(keep),
+            _ptr(dy), _ptr(du), _ptr(dw), _ptr(dwhy), _ptr(dby), torch.get_num_threads())
         if code:
             raise RuntimeError(f"fused GRU kernel refused its arguments (code {code})")
-        return None, None, du, dw, dwhy, dby, None, None
+        return None, None, du, dw, dwhy, dby, None, None, None
 
 
 def rows_usable(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> bool:

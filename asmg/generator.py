@@ -111,12 +111,19 @@ class GruGenerator(nn.Module):
         return state
 
     def run(self, inputs: dict[str, list[torch.Tensor]], h0: dict[str, torch.Tensor],
-            scales: dict[str, float] | None = None) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+            scales: dict[str, float] | None = None, keep: dict[str, list[int]] | None = None
+            ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         """inputs[name] = one [R, c] tensor per step. Returns every step's outputs and h after step one.
 
         With ``scales``, a parameter is divided by its scale on the way in and multiplied on the way out,
         so one GRU sees embeddings (~0.05) and MLP weights (~0.3) in the same range.
+
+        ``keep[name]`` (embedding tables only; non-increasing, one per step): only rows :keep[name][i] take
+        step i, so step i's output for that table has keep[name][i] rows, and no state after step one comes
+        back for it. A meta step reads only the rows its batches use, ordered so those a later step still
+        needs come first; the others skip the GRU steps whose outputs nobody reads.
         """
+        keep = keep or {}
         scales = scales or {}
         steps = len(next(iter(inputs.values())))
         scaled = {n: [x / scales[n] for x in xs] if n in scales else xs for n, xs in inputs.items()}
@@ -127,17 +134,26 @@ class GruGenerator(nn.Module):
         first: dict[str, torch.Tensor] = {}
         for group, xs in groups.items():
             cell = self.cells[_key(group)]
+            rows = keep.get(group)
+            if rows is not None and (len(rows) != steps or any(
+                    b > a for a, b in zip([xs[0].shape[0], *rows], rows, strict=False))):
+                raise ValueError(f"keep[{group!r}] must give each step a prefix no longer than the last: {rows}")
             if cpu_kernels.gru_usable(xs, h0[group], self.hidden):
-                ys, first[group] = cpu_kernels.FusedWindow.apply(
+                ys, h_first = cpu_kernels.FusedWindow.apply(
                     torch.stack(xs), h0[group], cell.u, cell.w, cell.w_hy, cell.b_y, cell.residual,
-                    self.anchor == "mean")
+                    self.anchor == "mean", cpu_kernels.keep_tensor(rows))
                 for i, y in enumerate(ys.unbind(0)):
-                    self._collect(outputs[i], group, y)
+                    self._collect(outputs[i], group, y if rows is None else y[:rows[i]])
+                if rows is None:
+                    first[group] = h_first
                 continue
             fused = cell.fused_weights()
             h = h0[group].permute(1, 0, 2).contiguous()  # coordinate-major for the whole window
             total = None
             for i, x in enumerate(xs):
+                if rows is not None:  # the dropped rows are the tail: a slice of the state and the inputs
+                    x, h = x[:rows[i]], h[:, :rows[i]]
+                    total = None if total is None else total[:, :rows[i]]
                 xt = x.t()
                 anchor = None
                 if self.anchor == "mean":
@@ -145,7 +161,7 @@ class GruGenerator(nn.Module):
                     anchor = total / (i + 1)
                 y, h = cell.step_by_coordinate(xt, h, fused, anchor)
                 self._collect(outputs[i], group, y.t())
-                if i == 0:
+                if i == 0 and rows is None:
                     first[group] = h.permute(1, 0, 2).contiguous()
         if scales:
             outputs = [{n: y * scales.get(n, 1.0) for n, y in out.items()} for out in outputs]

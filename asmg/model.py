@@ -17,6 +17,8 @@ from asmg.cpu_kernels import weighted_rows
 
 Params = dict[str, torch.Tensor]
 EMBEDDINGS = {"user_emb": "user", "item_emb": "item", "cat_emb": "category"}
+# the Batch fields that hold each table's row ids
+TABLE_FIELDS = {"user_emb": ("user",), "item_emb": ("item", "history"), "cat_emb": ("item_cats", "history_cats")}
 EMBED_INIT = 0.05
 INIT_PURPOSE = 7
 MF_MARKER = "mf.bias"  # the global bias only a matrix-factorisation model has (see the end of this module)
@@ -159,11 +161,11 @@ def compact_batch(batch: Batch) -> tuple[dict[str, torch.Tensor], Batch]:
             start += p.numel()
         return rows, out
 
-    users, (user,) = rows_and_local(batch.user)
-    items, (item, history) = rows_and_local(batch.item, batch.history)
-    cats, (item_cats, history_cats) = rows_and_local(batch.item_cats, batch.history_cats)
-    local = replace(batch, user=user, item=item, history=history, item_cats=item_cats, history_cats=history_cats)
-    return {"user_emb": users, "item_emb": items, "cat_emb": cats}, local
+    rows, changes = {}, {}
+    for name, names in TABLE_FIELDS.items():
+        rows[name], parts = rows_and_local(*(getattr(batch, f) for f in names))
+        changes.update(zip(names, parts, strict=True))
+    return rows, replace(batch, **changes)
 
 
 def _unique_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -172,3 +172,108 @@ def test_weighted_rows_refuses_rows_outside_the_table_and_ignores_the_thread_cou
     assert not grads[0][untouched].any()
     with pytest.raises(IndexError, match="out of range"):
         cpu_kernels.weighted_rows(table, torch.full((2, 1), 50), torch.ones(2, 1))
+
+
+def _kernel_args(steps: int, rows: int, coords: int, hidden: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, rows, coords, generator=gen) * 0.5
+    h0 = torch.randn(rows, coords, hidden, generator=gen) * 0.5
+    weights = [(torch.rand(*shape, generator=gen) * 1.2 - 0.6).requires_grad_(True)
+               for shape in ((3, coords, hidden), (3, coords, hidden, hidden), (coords, hidden), (coords,))]
+    return x, h0, weights
+
+
+def _prefixes(steps: int, rows: int, gen: torch.Generator) -> list[int]:
+    """Random non-increasing prefix lengths, the first below the row count (a row no step uses)."""
+    cuts = sorted(torch.randint(0, rows, (steps,), generator=gen).tolist(), reverse=True)
+    return [max(cuts[0], 1), *cuts[1:]]
+
+
+@pytest.mark.parametrize(("hidden", "residual", "anchor_mean"), [(4, True, False), (4, False, False),
+                                                                 (8, True, True), (5, True, False)])
+def test_trimmed_window_equals_the_whole_window_on_the_kept_rows(hidden, residual, anchor_mean):
+    """Rows :keep[s] at step s: their outputs and the weight gradients equal the whole window's when the
+    dropped outputs get no gradient; the dropped outputs' gradients (non-zero here) must be ignored."""
+    steps, rows, coords = 4, 203, 13  # 13 coordinates: one full tile of lanes and a partial one
+    gen = torch.Generator().manual_seed(hidden)
+    for seed in range(4):
+        keep = _prefixes(steps, rows, gen)
+        x, h0, weights = _kernel_args(steps, rows, coords, hidden, seed)
+        dy = torch.randn(x.shape, generator=gen)
+        dropped = torch.arange(rows).view(1, rows, 1) >= torch.tensor(keep).view(steps, 1, 1)
+        assert dropped.any() and not dropped.all()
+        y_all, first = cpu_kernels.FusedWindow.apply(x, h0, *weights, residual, anchor_mean)
+        grads_all = torch.autograd.grad(y_all, weights, dy.masked_fill(dropped, 0.0))
+        y_kept, no_first = cpu_kernels.FusedWindow.apply(x, h0, *weights, residual, anchor_mean,
+                                                         cpu_kernels.keep_tensor(keep))
+        grads_kept = torch.autograd.grad(y_kept, weights, dy)
+        assert first.shape == h0.shape and no_first.numel() == 0
+        for s, n in enumerate(keep):
+            assert torch.equal(y_kept[s, :n], y_all[s, :n]), (seed, s, n)
+        for kept, whole in zip(grads_kept, grads_all, strict=True):
+            assert whole.abs().sum() > 0
+            assert torch.allclose(kept, whole, rtol=1e-6, atol=1e-6 * whole.abs().max().item()), (seed, keep)
+
+
+def test_trimmed_window_does_not_depend_on_the_thread_count():
+    x, h0, weights = _kernel_args(3, 150, 16, 4, seed=7)
+    keep = cpu_kernels.keep_tensor([140, 90, 20])
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            y, _ = cpu_kernels.FusedWindow.apply(x, h0, *weights, True, False, keep)
+            results.append((y, torch.autograd.grad(y, weights, dy)))
+    finally:
+        torch.set_num_threads(threads)
+    (y_a, grads_a), (y_b, grads_b) = results
+    assert all(torch.equal(y_a[s, :n], y_b[s, :n]) for s, n in enumerate([140, 90, 20]))
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+
+
+def test_trimmed_window_refuses_prefixes_that_grow_or_exceed_the_rows():
+    x, h0, weights = _kernel_args(3, 10, 8, 4, seed=0)
+    for keep in ([10, 11, 3], [11, 5, 3], [5, 3, -1]):
+        with pytest.raises(RuntimeError, match="code 4"):
+            cpu_kernels.FusedWindow.apply(x, h0, *weights, True, False, cpu_kernels.keep_tensor(keep))
+    generator, inputs, h0 = _window(4, True, "last")
+    with pytest.raises(ValueError, match="prefix"):
+        generator.run(inputs, h0, keep={"item_emb": [53, 60, 10]})
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_generator_trims_to_the_kept_rows_on_both_paths(fused, monkeypatch):
+    """GruGenerator.run with ``keep``: step i of a trimmed table has keep[i] rows, equal to the whole window's
+    first rows, and so are the gradients of a loss that reads only those (the C kernel and torch's ops)."""
+    generator, inputs, h0 = _window(8, True, "mean", steps=4)
+    keep = {"user_emb": [37, 30, 12, 0], "item_emb": [50, 50, 41, 7]}
+
+    def kept_sum(outputs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        total = torch.zeros(())
+        for i, out in enumerate(outputs):
+            for name, y in out.items():
+                y = y[:keep[name][i]] if name in keep else y
+                total = total + (i + 1) * (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum()
+        return total
+
+    results = []
+    for trim in (False, True):
+        with monkeypatch.context() as patch:
+            if not fused:
+                patch.setattr(cpu_kernels, "gru_usable", lambda *args: False)
+            generator.zero_grad(set_to_none=True)
+            outputs, first = generator.run(inputs, h0, keep=keep if trim else None)
+            kept_sum(outputs).backward()
+        results.append((outputs, first, {n: p.grad.clone() for n, p in generator.named_parameters()}))
+    (whole, first_whole, grads_whole), (trimmed, first_trimmed, grads_trimmed) = results
+    assert first_trimmed.keys() == first_whole.keys() - keep.keys()
+    for i, (out_whole, out_trimmed) in enumerate(zip(whole, trimmed, strict=True)):
+        for name, y in out_whole.items():
+            rows = keep[name][i] if name in keep else y.shape[0]
+            assert out_trimmed[name].shape == (rows, *y.shape[1:]), (name, i)
+            assert torch.allclose(out_trimmed[name], y[:rows], rtol=1e-6, atol=1e-7), (name, i)
+    for name, grad in grads_whole.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(grads_trimmed[name], grad, rtol=1e-6, atol=1e-6 * grad.abs().max().item()), name

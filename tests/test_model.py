@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from asmg import cpu_kernels
 from asmg.batches import BatchMaker, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
 from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator, as_rows
-from asmg.methods.meta import AsmgMethod, _compact_all
+from asmg.methods.meta import AsmgMethod, _compact_all, _gather_by_last_use
 from asmg.model import (
+    TABLE_FIELDS,
     compact_batch,
     grow_params,
     init_params,
@@ -210,13 +212,14 @@ def test_step_weights_of_the_variants():
     assert AsmgMethod(RunConfig(), torch.device("cpu"), "unif").name == "asmg-gru-unif"
 
 
-def _asmg_with_window(row_gather: bool, output="direct", normalize=False):
+def _asmg_with_window(row_gather: bool, output="direct", normalize=False, anchor="last", correction_l2=0.0):
     # a vocabulary much larger than the batches: each batch touches a scattered few rows of every table, so
     # the gathered rows are not 0..n-1 and a wrong re-indexing reads other rows than the full-table path
     samples = tiny_samples(n_events=1000, n_users=300, n_items=400, category_mods=(37, 23))
     vocabs = Vocabularies()
     data = encode_period(samples, vocabs, period=1, history_len=30)
-    cfg = RunConfig(meta=MetaConfig(row_gather=row_gather, output=output, normalize=normalize))
+    cfg = RunConfig(meta=MetaConfig(row_gather=row_gather, output=output, normalize=normalize, anchor=anchor,
+                                    correction_l2=correction_l2))
     method = AsmgMethod(cfg, torch.device("cpu"), "multi")
     params = init_params(vocabs.sizes(), seed=0)
     method.start(params)
@@ -255,6 +258,66 @@ def test_row_gather_equals_full_table_loss_and_gradients(output, normalize):
     for name, grad in grads_full.items():
         assert torch.allclose(grads_rows[name], grad, atol=1e-6), name
         assert grad.abs().sum() > 0, name  # every table's generator takes part in the loss
+
+
+def _meta_loss_and_grads(method: AsmgMethod, batches) -> tuple[float, dict[str, torch.Tensor]]:
+    for p in method.generator.parameters():  # non-trivial output layer
+        torch.nn.init.uniform_(p, -0.3, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    method.generator.zero_grad(set_to_none=True)
+    loss = method.meta_loss(batches, method.step_weights(3), method.initial_state())
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in method.generator.named_parameters()}
+
+
+def test_gather_by_last_use_orders_rows_so_each_step_reads_a_prefix():
+    method, batches = _asmg_with_window(True)
+    sizes = {n: method.base[n].shape[0] for n in TABLE_FIELDS}
+    rows, local, keep = _gather_by_last_use(batches, 3, sizes)
+    for name, fields in TABLE_FIELDS.items():
+        used = torch.cat([getattr(b, f).reshape(-1) for b in batches.values() for f in fields]).unique()
+        assert torch.equal(rows[name].sort().values, used), name  # each used row once, no other
+        assert not torch.equal(rows[name], used), name  # reordered: the re-indexing is not the sorted one
+        assert keep[name][0] == len(rows[name]) and keep[name] == sorted(keep[name], reverse=True), name
+        for i, batch in batches.items():
+            for field in fields:
+                ids = getattr(local[i], field)
+                assert torch.equal(rows[name][ids], getattr(batch, field)), (name, field)
+                assert int(ids.max()) < keep[name][i], (name, i)  # step i reads only its prefix
+            if i < 2:  # the prefix is tight: its last row is used at step i or later
+                later = torch.cat([getattr(local[j], f).reshape(-1) for j in range(i, 3) for f in fields])
+                assert int(later.max()) == keep[name][i] - 1, (name, i)
+    assert keep["item_emb"][2] < keep["item_emb"][0] and keep["user_emb"][2] < keep["user_emb"][0]
+
+
+@pytest.mark.parametrize(("output", "normalize", "anchor", "fused"), [
+    ("direct", False, "last", True), ("residual", True, "last", True), ("residual", False, "mean", True),
+    ("residual", True, "mean", False)])
+def test_trimmed_meta_loss_equals_the_whole_window(output, normalize, anchor, fused, monkeypatch):
+    """Rows stop at their last used window step: the same loss and generator gradients (1e-6 relative) as
+    running every gathered row through the whole window, with the C kernel and with torch's ops."""
+    if not fused:
+        monkeypatch.setattr(cpu_kernels, "gru_usable", lambda *args: False)
+    results = []
+    for trim in (True, False):
+        method, batches = _asmg_with_window(True, output, normalize, anchor)
+        method.trim_rows = trim
+        results.append(_meta_loss_and_grads(method, batches))
+    (loss_trim, grads_trim), (loss_whole, grads_whole) = results
+    assert math.isfinite(loss_whole)
+    assert loss_trim == pytest.approx(loss_whole, rel=1e-6)
+    for name, grad in grads_whole.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(grads_trim[name], grad, rtol=1e-6, atol=1e-6 * grad.abs().max().item()), name
+
+
+def test_shrinkage_keeps_the_whole_window(monkeypatch):
+    """correction_l2 averages over every gathered row at every step: no trimming then."""
+    method, batches = _asmg_with_window(True, "residual", correction_l2=0.5)
+    run, extra = method.generator.run, []
+    monkeypatch.setattr(method.generator, "run", lambda *args: extra.append(args[3:]) or run(*args))
+    loss, grads = _meta_loss_and_grads(method, batches)
+    assert extra == [()]  # inputs, state, scales: no prefix lengths
+    assert math.isfinite(loss) and all(g.abs().sum() > 0 for g in grads.values())
 
 
 def test_asmg_grow_extends_every_window_model_with_the_same_seeded_rows():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -23,7 +24,7 @@ from asmg.batches import BatchMaker, PeriodTensors
 from asmg.config import RunConfig, seeded
 from asmg.generator import GruGenerator, LinearGenerator, as_rows, from_rows
 from asmg.methods.base import State, UpdateMethod, pack, pack_periods, unpack, unpack_periods
-from asmg.model import EMBEDDINGS, Batch, Params, compact_batch, loss, serving_copy, table_sizes
+from asmg.model import EMBEDDINGS, TABLE_FIELDS, Batch, Params, compact_batch, loss, serving_copy, table_sizes
 from asmg.train import adam, train_base
 
 Variant = Literal["multi", "single", "unif", "zero", "full", "linear"]
@@ -32,6 +33,10 @@ META_SHUFFLE_PURPOSE = 29
 
 
 class AsmgMethod(UpdateMethod):
+    # meta steps skip the GRU steps after a row's last used one (row_gather, no shrinkage); False: every
+    # gathered row runs the whole window, the reference the trimmed path is tested against
+    trim_rows: bool = True
+
     def __init__(self, cfg: RunConfig, device: torch.device, variant: Variant) -> None:
         super().__init__(cfg, device)
         self.variant = variant
@@ -135,8 +140,16 @@ class AsmgMethod(UpdateMethod):
     def meta_loss(self, batches: dict[int, Batch], weights: list[float], h0: dict[str, torch.Tensor]
                   ) -> torch.Tensor:
         """sum_i w_i * loss(generated model at step i, batch i), generating only the rows the batches use
-        (or every row when ``row_gather`` is off, as the authors' code did)."""
-        if self.cfg.meta.row_gather:
+        (or every row when ``row_gather`` is off, as the authors' code did).
+
+        Trimmed (``trim_rows``): a row only the older steps' batches use stops at the last of them; the
+        shrinkage term averages over every gathered row at every step, so it keeps the whole window."""
+        shrink = self.cfg.meta.correction_l2
+        keep = None
+        if self.cfg.meta.row_gather and self.trim_rows and not shrink and isinstance(self.generator, GruGenerator):
+            sizes = {n: self.base[n].shape[0] for n in EMBEDDINGS if n in self.base}
+            rows, local, keep = _gather_by_last_use(batches, len(self.models), sizes)
+        elif self.cfg.meta.row_gather:
             rows, local = _compact_all(batches)
         else:
             rows, local = None, batches
@@ -146,9 +159,9 @@ class AsmgMethod(UpdateMethod):
             inputs[name] = [as_rows(name, m[name]).index_select(0, pick) if pick is not None
                             else as_rows(name, m[name]) for m in self.models]
         state = {g: h.index_select(0, rows[g]) if rows is not None and g in rows else h for g, h in h0.items()}
-        outputs, _ = self.generator.run(inputs, state, self.scales())
+        outputs, _ = (self.generator.run(inputs, state, self.scales()) if keep is None
+                      else self.generator.run(inputs, state, self.scales(), keep))
         total = torch.zeros((), device=self.device)
-        shrink = self.cfg.meta.correction_l2
         for i, batch in local.items():
             params = {n: from_rows(n, outputs[i][n], self.base[n].shape) for n in self.base}
             total = total + weights[i] * loss(params, batch)
@@ -216,6 +229,36 @@ def _compact_all(batches: dict[int, Batch]) -> tuple[dict[str, torch.Tensor], di
         out[i] = Batch(**{f: getattr(local, f)[start:start + n] for f in fields})
         start += n
     return rows, out
+
+
+def _gather_by_last_use(batches: dict[int, Batch], steps: int, sizes: dict[str, int]
+                        ) -> tuple[dict[str, torch.Tensor], dict[int, Batch], dict[str, list[int]]]:
+    """The rows the batches use, per table ordered by the last window step whose batch uses them (latest
+    first, then by id), each batch re-indexed onto them, and per step how many leading rows are still used
+    at that step or later: the prefix lengths :meth:`GruGenerator.run` trims the window to.
+
+    A row counts as used by every id a batch holds for it, padding included, so the loss at step i reads
+    only rows :keep[i] of its step's output."""
+    order = sorted(batches)
+    rows: dict[str, torch.Tensor] = {}
+    keep: dict[str, list[int]] = {}
+    changes: dict[int, dict[str, torch.Tensor]] = {i: {} for i in order}
+    for name, names in TABLE_FIELDS.items():
+        if name not in sizes:  # a table the model kind lacks: its ids stay as they are
+            continue
+        device = batches[order[0]].user.device
+        last = torch.full((sizes[name],), -1, dtype=torch.long, device=device)
+        for i in order:  # later steps overwrite: each row ends with its last
+            for field in names:
+                last[getattr(batches[i], field).reshape(-1)] = i
+        by_step = {i: (last == i).nonzero().squeeze(1) for i in reversed(order)}
+        rows[name] = torch.cat(list(by_step.values()))
+        position = torch.empty_like(last)
+        position[rows[name]] = torch.arange(len(rows[name]), device=device)
+        keep[name] = [sum(len(picked) for i, picked in by_step.items() if i >= s) for s in range(steps)]
+        for i in order:
+            changes[i].update({field: position[getattr(batches[i], field)] for field in names})
+    return rows, {i: replace(batches[i], **changes[i]) for i in order}, keep
 
 
 __all__ = ["EMBEDDINGS", "AsmgMethod"]
