@@ -248,7 +248,9 @@ def bench_pipeline(args, log, kafka, prefix: str, run_dir: Path, stack: ExitStac
     logs = workers.logs
     stack.callback(workers.stop)
     for i in range(args.windowing_workers):
-        workers.start(f"windowing-{i}", "windowing", env, worker_dir=run_dir / f"faust-windowing-{i}")
+        # one folder for all: each worker takes its own slot there, so its own transactional id (separate
+        # folders gave them all slot 0, and they fenced each other)
+        workers.start(f"windowing-{i}", "windowing", env, worker_dir=run_dir / "faust-windowing")
     for role in ("trainer", "scorer"):
         workers.start(role, role, env, worker_dir=run_dir / f"faust-{role}")
     console.print(f"workers: {args.windowing_workers} windowing, trainer, scorer on :{port} "
@@ -375,14 +377,16 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
         send_end_of_stream(kafka, names)
     workers = Workers(run_dir / "logs", cwd=REPO)
     logs = workers.logs
-    workers.start("windowing", "windowing", env)
+    count = args.windowing_workers
+    for i in range(count):
+        workers.start(f"windowing-{i}", "windowing", env)  # one worker dir: each takes its own slot (transactional id)
     stack.callback(workers.stop)
     admin = AdminClient(kafka.confluent_config(logger=quiet_logger()))
     deadline = time.monotonic() + args.timeout
-    while group_members(admin, f"{names.prefix}windowing") < 1:
+    while group_members(admin, f"{names.prefix}windowing") < count:
         workers.check()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the windowing worker did not join within {args.timeout:.0f}s; see {logs}")
+            raise RuntimeError(f"{count} windowing worker(s) did not join within {args.timeout:.0f}s; see {logs}")
         time.sleep(0.1)
     t0 = time.time()
     what = "replay -> windowing" if live else "windowing a filled topic"
@@ -400,14 +404,15 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
                 raise RuntimeError(f"{len(records)}/{n_periods} periods within {args.timeout:.0f}s; see {logs}")
             time.sleep(0.2)
     seconds = max(r.timestamp for r in records) / 1000.0 - t0
-    peak = workers.peak_rss_mb().get("windowing")
+    peaks = [mb for name, mb in workers.peak_rss_mb().items() if name.startswith("windowing")]
     workers.stop()
     rate = len(log.events) / seconds
     console.print(f"{what}: {len(log.events):,} events, last of {n_periods} periods closed after {seconds:.2f} s "
                   f"({rate:,.0f} events/s)")
     key = "ingest" if live else "windowing_prefilled"
     return {f"{key}_events": len(log.events), f"{key}_seconds": round(seconds, 3),
-            f"{key}_events_per_second": round(rate, 1), f"{key}_windowing_peak_rss_mb": peak}
+            f"{key}_events_per_second": round(rate, 1), f"{key}_windowing_workers": count,
+            f"{key}_windowing_peak_rss_mb": max(peaks, default=None), f"{key}_windowing_peak_rss_mb_sum": sum(peaks)}
 
 
 def bench_scorer(args, log, port: int) -> dict[str, Any]:
