@@ -412,7 +412,8 @@ def bench_windowing(args, log, kafka, names, run_dir: Path, stack: ExitStack, li
     key = "ingest" if live else "windowing_prefilled"
     return {f"{key}_events": len(log.events), f"{key}_seconds": round(seconds, 3),
             f"{key}_events_per_second": round(rate, 1), f"{key}_windowing_workers": count,
-            f"{key}_windowing_peak_rss_mb": max(peaks, default=None), f"{key}_windowing_peak_rss_mb_sum": sum(peaks)}
+            f"{key}_windowing_peak_rss_mb": max(peaks, default=None),
+            f"{key}_windowing_peak_rss_mb_sum": round(sum(peaks), 1)}
 
 
 def bench_scorer(args, log, port: int) -> dict[str, Any]:

@@ -243,10 +243,10 @@ def _gather_by_last_use(batches: dict[int, Batch], steps: int, sizes: dict[str, 
     rows: dict[str, torch.Tensor] = {}
     keep: dict[str, list[int]] = {}
     changes: dict[int, dict[str, torch.Tensor]] = {i: {} for i in order}
+    device = batches[order[0]].user.device
     for name, names in TABLE_FIELDS.items():
         if name not in sizes:  # a table the model kind lacks: its ids stay as they are
             continue
-        device = batches[order[0]].user.device
         last = torch.full((sizes[name],), -1, dtype=torch.long, device=device)
         for i in order:  # later steps overwrite: each row ends with its last
             for field in names:

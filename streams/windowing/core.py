@@ -469,8 +469,7 @@ class WindowingCore:
         facts = Facts.concat([part for _, chunk in memory.chunks
                               if (part := _rows(chunk, chunk.period == period)) is not None])
         order = user_order(facts)
-        table = self.period_table(memory, facts, period, order, canonical=False)  # the store sorts it
-        part = store.write_partition(period, partition, table)
+        part = store.write_partition(period, partition, self.period_table(memory, facts, period, order))
         self._fold(memory, partition, facts, batch, order)
         kept = []
         for key, chunk in memory.chunks:
@@ -482,10 +481,10 @@ class WindowingCore:
         memory.chunks = kept
         return part
 
-    def period_table(self, memory: Memory, facts: Facts, period: int, order: np.ndarray | None = None,
-                     canonical: bool = True) -> pa.Table:
+    def period_table(self, memory: Memory, facts: Facts, period: int, order: np.ndarray | None = None) -> pa.Table:
         """The partition's samples of ``period``: histories from the users' positives of closed periods and
-        the period's own positives strictly before each sample's time; implicit negatives share them."""
+        the period's own positives strictly before each sample's time; implicit negatives share them. Rows
+        in no particular order: the store writes them sorted."""
         width = self.history_len
         # every positive of a closed period is older than every event of this one, and a user's list is in
         # canonical order: a history is the tail of the user's list, then the period's own positives before
@@ -511,7 +510,7 @@ class WindowingCore:
             history=(np.concatenate([lengths, neg_hist_lengths]), np.concatenate([hist_values, neg_hist_values])),
             categories=(np.concatenate([facts.cat_lengths, neg_cat_lengths]),
                         np.concatenate([facts.cat_values, neg_cat_values])),
-            period=period, canonical=canonical)
+            period=period, canonical=False)
 
     def _fold(self, memory: Memory, partition: int, facts: Facts, batch: Batch, order: np.ndarray) -> None:
         """A closed period's facts into the users' records (positives; implicit: items had); ``order``:

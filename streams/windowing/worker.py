@@ -157,8 +157,7 @@ class WindowingWorker:
         self.names = names
         self.partitions = partitions
         self.core = WindowingCore.from_settings(settings)
-        self.store = PeriodStore(settings.period_store)
-        self.writer = BackgroundWriter(self.store)  # closed periods' files, off the loop
+        self.writer = BackgroundWriter(PeriodStore(settings.period_store))  # closed periods' files, off the loop
         self.app_id = settings.role_app_id("windowing")
         self.state_topic = f"{self.app_id}-state"
         self.metrics = metrics
