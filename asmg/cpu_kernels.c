@@ -4,9 +4,9 @@
  * The GRU of asmg/generator.py: every (row, coordinate) pair is its own tiny recurrence (hidden size H, scalar
  * input and output); the coordinate's weights are shared by all rows. torch runs it as ~20 whole-tensor ops
  * per step, each a pass over [rows, coords, H] floats in memory. Here a tile of V coordinates of one row lives
- * in registers for the whole window, the lanes of a tile are the SIMD lanes (one vector of the compiler's vector
- * extensions, so the code is the same for every target), and exp is a vectorisable polynomial (Cephes' expf,
- * ~1 ulp) because libm's is scalar.
+ * in registers for the whole window (a few rows' tiles step together, for the core's parallelism), the lanes of
+ * a tile are the SIMD lanes (one vector of the compiler's vector extensions, so the code is the same for every
+ * target), and exp is a vectorisable polynomial (Cephes' expf, ~1 ulp) because libm's is scalar.
  *
  * Layouts (contiguous float32): x, y, dy [S, R, C]; h0, h_first [R, C, H]; u [3, C, H] (gates z, r, g);
  * w [3, C, H, H] (w[gate][c][i][j]: h_i -> gate_j); why [C, H]; by [C].
@@ -28,6 +28,9 @@
 #define MAX_H 16
 #define MAX_S 32
 #define CHUNKS 32
+/* rows whose tiles step together (see cell). 3 ran ~5% faster, but the compiler then fused a multiply-add of
+ * the generic-H copy differently, changing its outputs in the last bit; 2 keeps them, 4 ran no faster. */
+#define ROWS 2
 #define INLINE static inline __attribute__((always_inline))
 
 /* V lanes as one vector (GCC/Clang vector extensions: one AVX register here, several SSE/NEON ones elsewhere) */
@@ -91,24 +94,40 @@ static void load_tile(Tile *t, int C, int H, int c0, const float *u, const float
     }
 }
 
-/* one step for a tile: h -> hn, keeping z, r, g */
-INLINE void cell(const Tile *t, const int H, vf x, const vf *h, vf *z, vf *r, vf *g, vf *hn) {
-    vf q[MAX_H];
+/* one step for the tiles of ROWS rows (one block, so one Tile): h -> hn, keeping z, r, g. A row alone is a chain
+ * of dependent FMAs, exps and divides that leaves the core waiting on latencies; the rows' chains are
+ * independent, so each op is issued for every row in turn. A row's own ops and their order are those of a
+ * one-row step. */
+INLINE void cell(const Tile *t, const int H, const vf *x, vf (*h)[MAX_H], vf (*z)[MAX_H], vf (*r)[MAX_H],
+                 vf (*g)[MAX_H], vf (*hn)[MAX_H]) {
+    vf q[ROWS][MAX_H];
     for (int j = 0; j < H; j++) {
-        vf pz = x * t->U[0][j], pr = x * t->U[1][j];
-        for (int i = 0; i < H; i++) {
-            pz += h[i] * t->W[0][i][j];
-            pr += h[i] * t->W[1][i][j];
+        vf pz[ROWS], pr[ROWS];
+        for (int p = 0; p < ROWS; p++) {
+            pz[p] = x[p] * t->U[0][j];
+            pr[p] = x[p] * t->U[1][j];
         }
-        z[j] = vsigm(pz);
-        r[j] = vsigm(pr);
+        for (int i = 0; i < H; i++)
+            for (int p = 0; p < ROWS; p++) {
+                pz[p] += h[p][i] * t->W[0][i][j];
+                pr[p] += h[p][i] * t->W[1][i][j];
+            }
+        for (int p = 0; p < ROWS; p++) {
+            z[p][j] = vsigm(pz[p]);
+            r[p][j] = vsigm(pr[p]);
+        }
     }
-    for (int i = 0; i < H; i++) q[i] = r[i] * h[i];
+    for (int p = 0; p < ROWS; p++)
+        for (int i = 0; i < H; i++) q[p][i] = r[p][i] * h[p][i];
     for (int j = 0; j < H; j++) {
-        vf pg = x * t->U[2][j];
-        for (int i = 0; i < H; i++) pg += q[i] * t->W[2][i][j];
-        g[j] = vtanh(pg);
-        hn[j] = h[j] + z[j] * (g[j] - h[j]);
+        vf pg[ROWS];
+        for (int p = 0; p < ROWS; p++) pg[p] = x[p] * t->U[2][j];
+        for (int i = 0; i < H; i++)
+            for (int p = 0; p < ROWS; p++) pg[p] += q[p][i] * t->W[2][i][j];
+        for (int p = 0; p < ROWS; p++) {
+            g[p][j] = vtanh(pg[p]);
+            hn[p][j] = h[p][j] + z[p][j] * (g[p][j] - h[p][j]);
+        }
     }
 }
 
@@ -130,6 +149,19 @@ static int keep_valid(int S, long R, const int *keep) {
     return 1;
 }
 
+/* A group of ROWS rows from row0 (rows up to end exist): each row's steps and where its data starts. A row that
+ * takes no step (past end, or trimmed from every step) repeats row0, and at steps past its own a row's lanes run
+ * on row0's input (row0 takes the most steps, keep being non-increasing): finite values whose results are
+ * dropped, so the group's rows always step together. */
+INLINE void group(int S, const int *keep, long row0, long end, int C, int c0, int *steps, size_t *base) {
+    for (int p = 0; p < ROWS; p++) {
+        steps[p] = row0 + p < end ? steps_of(S, keep, row0 + p) : 0;
+        base[p] = (size_t)(steps[p] ? row0 + p : row0) * C + c0;
+    }
+}
+
+INLINE size_t at(const size_t *base, const int *steps, int p, int s) { return s < steps[p] ? base[p] : base[0]; }
+
 INLINE vf load_x(const float *src, int n) {
     vf out;
     if (n == V) {
@@ -140,16 +172,129 @@ INLINE vf load_x(const float *src, int n) {
     return out;
 }
 
+/* a whole tile apart, so the common case has constant sizes the compiler turns into moves (no calls or loops) */
+INLINE void store_y(float *dst, vf out, int n) {
+    if (n == V) memcpy(dst, &out, sizeof(out));
+    else memcpy(dst, &out, sizeof(float) * n);
+}
+
 INLINE void load_h(vf *h, const float *src, int n, const int H) {
+    if (n == V) {
+        for (int v = 0; v < V; v++)
+            for (int i = 0; i < H; i++) h[i][v] = src[v * H + i];
+        return;
+    }
     for (int v = 0; v < V; v++) {
         const float *at = src + (size_t)(v < n ? v : n - 1) * H;
         for (int i = 0; i < H; i++) h[i][v] = at[i];
     }
 }
 
-INLINE int forward(int S, int R, int C, const int H, const float *x, const float *h0, const float *u,
-                   const float *w, const float *why, const float *by, int residual, int anchor_mean,
-                   const int *keep, float *y, float *h_first, int threads) {
+/* ROWS rows from row0 through the window, on tile t (coordinates c0..) */
+INLINE void forward_group(const Tile *t, int S, int R, int C, const int H, long row0, int c0, const float *x,
+                          const float *h0, int residual, int anchor_mean, const int *keep, float *y, float *h_first) {
+    int n = lanes(C, c0), steps[ROWS];
+    size_t base[ROWS];
+    group(S, keep, row0, R, C, c0, steps, base);
+    vf h[ROWS][MAX_H], hn[ROWS][MAX_H], z[ROWS][MAX_H], r[ROWS][MAX_H], g[ROWS][MAX_H], xs[ROWS], total[ROWS];
+    for (int p = 0; p < ROWS; p++) {
+        load_h(h[p], h0 + base[p] * H, n, H);
+        total[p] = vset(0.0f);
+    }
+    for (int s = 0; s < steps[0]; s++) {
+        for (int p = 0; p < ROWS; p++) xs[p] = load_x(x + (size_t)s * R * C + at(base, steps, p, s), n);
+        cell(t, H, xs, h, z, r, g, hn);
+        for (int p = 0; p < ROWS; p++) {
+            vf out = t->BY;
+            for (int j = 0; j < H; j++) out += hn[p][j] * t->WHY[j];
+            total[p] += xs[p];
+            if (residual) out += anchor_mean ? total[p] / vset((float)(s + 1)) : xs[p];
+            if (s < steps[p]) store_y(y + (size_t)s * R * C + base[p], out, n);
+            memcpy(h[p], hn[p], sizeof(vf) * H);
+            if (s == 0 && h_first && steps[p])
+                for (int v = 0; v < n; v++)
+                    for (int i = 0; i < H; i++) h_first[(base[p] + v) * H + i] = h[p][i][v];
+        }
+    }
+}
+
+/* Weight gradients of sum_s <dy_s, y_s> from rows first..last-1 on tile t (coordinates c0..), added to gt: recompute
+ * a group's window forward, then run it back (restrict: the weights' loads need not wait on the sums' stores). */
+INLINE void backward_chunk(const Tile *restrict t, Tile *restrict gt, int S, int R, int C, const int H, long first,
+                           long last, int c0, const float *x, const float *h0, const int *keep, const float *dy) {
+    int n = lanes(C, c0);
+    vf hs[MAX_S + 1][ROWS][MAX_H], zs[MAX_S][ROWS][MAX_H], rs[MAX_S][ROWS][MAX_H], gs[MAX_S][ROWS][MAX_H];
+    vf xs[MAX_S][ROWS], live = vset(0.0f);
+    for (int v = 0; v < n; v++) live[v] = 1.0f;  /* padded lanes add nothing */
+    for (long row0 = first; row0 < last; row0 += ROWS) {
+        int steps[ROWS];
+        size_t base[ROWS];
+        group(S, keep, row0, last, C, c0, steps, base);
+        for (int p = 0; p < ROWS; p++) load_h(hs[0][p], h0 + base[p] * H, n, H);
+        for (int s = 0; s < steps[0]; s++) {
+            for (int p = 0; p < ROWS; p++) xs[s][p] = load_x(x + (size_t)s * R * C + at(base, steps, p, s), n);
+            cell(t, H, xs[s], hs[s], zs[s], rs[s], gs[s], hs[s + 1]);
+        }
+        vf dh[ROWS][MAX_H];
+        for (int p = 0; p < ROWS; p++)
+            for (int j = 0; j < H; j++) dh[p][j] = vset(0.0f);
+        /* a row's steps past its own get d = 0: with dh still 0 they add exact zeros */
+        for (int s = steps[0] - 1; s >= 0; s--) {
+            vf (*h)[MAX_H] = hs[s], (*hn)[MAX_H] = hs[s + 1], (*z)[MAX_H] = zs[s], (*r)[MAX_H] = rs[s];
+            vf (*g)[MAX_H] = gs[s], *xp = xs[s], d[ROWS];
+            vf dpz[ROWS][MAX_H], dpr[ROWS][MAX_H], dpg[ROWS][MAX_H], next[ROWS][MAX_H];
+            for (int p = 0; p < ROWS; p++) {
+                d[p] = s < steps[p] ? load_x(dy + (size_t)s * R * C + base[p], n) * live : vset(0.0f);
+                gt->BY += d[p];
+            }
+            for (int j = 0; j < H; j++)
+                for (int p = 0; p < ROWS; p++) {
+                    vf dhn = dh[p][j] + d[p] * t->WHY[j];
+                    gt->WHY[j] += d[p] * hn[p][j];
+                    dpg[p][j] = dhn * z[p][j] * (vset(1.0f) - g[p][j] * g[p][j]);
+                    dpz[p][j] = dhn * (g[p][j] - h[p][j]) * z[p][j] * (vset(1.0f) - z[p][j]);
+                    next[p][j] = dhn * (vset(1.0f) - z[p][j]);
+                }
+            for (int i = 0; i < H; i++) {
+                vf dq[ROWS], q[ROWS];
+                for (int p = 0; p < ROWS; p++) {
+                    dq[p] = vset(0.0f);
+                    q[p] = r[p][i] * h[p][i];
+                }
+                for (int j = 0; j < H; j++)
+                    for (int p = 0; p < ROWS; p++) {
+                        dq[p] += t->W[2][i][j] * dpg[p][j];
+                        gt->W[2][i][j] += q[p] * dpg[p][j];
+                    }
+                for (int p = 0; p < ROWS; p++) {
+                    dpr[p][i] = dq[p] * h[p][i] * r[p][i] * (vset(1.0f) - r[p][i]);
+                    next[p][i] += dq[p] * r[p][i];
+                }
+            }
+            for (int j = 0; j < H; j++)
+                for (int p = 0; p < ROWS; p++) {
+                    gt->U[0][j] += dpz[p][j] * xp[p];
+                    gt->U[1][j] += dpr[p][j] * xp[p];
+                    gt->U[2][j] += dpg[p][j] * xp[p];
+                }
+            for (int i = 0; i < H; i++)
+                for (int j = 0; j < H; j++)
+                    for (int p = 0; p < ROWS; p++) {
+                        gt->W[0][i][j] += h[p][i] * dpz[p][j];
+                        gt->W[1][i][j] += h[p][i] * dpr[p][j];
+                        next[p][i] += t->W[0][i][j] * dpz[p][j] + t->W[1][i][j] * dpr[p][j];
+                    }
+            for (int p = 0; p < ROWS; p++) memcpy(dh[p], next[p], sizeof(vf) * H);
+        }
+    }
+}
+
+/* Entry points. The usual hidden sizes get their own copies of the loop bodies, with H a constant the compiler
+ * unrolls; the choice is made inside the parallel loops because OpenMP outlines their bodies before anything is
+ * inlined (a constant H passed in from outside would not reach them). */
+int asmg_gru_forward(int S, int R, int C, int H, const float *x, const float *h0, const float *u,
+                     const float *w, const float *why, const float *by, int residual, int anchor_mean,
+                     const int *keep, float *y, float *h_first, int threads) {
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
     if (!keep_valid(S, R, keep)) return 4;
     const int blocks = (C + V - 1) / V;
@@ -157,36 +302,24 @@ INLINE int forward(int S, int R, int C, const int H, const float *x, const float
     if (!tiles) return 2;
     for (int b = 0; b < blocks; b++) load_tile(&tiles[b], C, H, b * V, u, w, why, by);
     /* rows come in decreasing work with keep: interleaved chunks share it out (no sums here, any order) */
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
-    for (long rb = 0; rb < (long)R * blocks; rb++) {
-        long row = rb / blocks;
-        int b = (int)(rb % blocks), c0 = b * V, n = lanes(C, c0), steps = steps_of(S, keep, row);
-        const Tile *t = &tiles[b];
-        size_t base = (size_t)row * C + c0;
-        vf h[MAX_H], hn[MAX_H], z[MAX_H], r[MAX_H], g[MAX_H], total = vset(0.0f);
-        load_h(h, h0 + base * H, n, H);
-        for (int s = 0; s < steps; s++) {
-            vf xs = load_x(x + (size_t)s * R * C + base, n);
-            cell(t, H, xs, h, z, r, g, hn);
-            vf out = t->BY;
-            for (int j = 0; j < H; j++) out += hn[j] * t->WHY[j];
-            total += xs;
-            if (residual) out += anchor_mean ? total / vset((float)(s + 1)) : xs;
-            memcpy(y + (size_t)s * R * C + base, &out, sizeof(float) * n);
-            memcpy(h, hn, sizeof(vf) * H);
-            if (s == 0 && h_first)
-                for (int v = 0; v < n; v++)
-                    for (int i = 0; i < H; i++) h_first[(base + v) * H + i] = h[i][v];
-        }
+    const long groups = (R + ROWS - 1) / ROWS;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 8)
+    for (long gb = 0; gb < groups * blocks; gb++) {
+        const Tile *t = &tiles[gb % blocks];
+        long row0 = gb / blocks * ROWS;
+        int c0 = (int)(gb % blocks) * V;
+        if (H == 4) forward_group(t, S, R, C, 4, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
+        else if (H == 8) forward_group(t, S, R, C, 8, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
+        else forward_group(t, S, R, C, H, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
     }
     free(tiles);
     return 0;
 }
 
-/* Weight gradients of sum_s <dy_s, y_s>: recompute a tile's window forward, then run it back. */
-INLINE int backward(int S, int R, int C, const int H, const float *x, const float *h0, const float *u,
-                    const float *w, const float *why, const int *keep, const float *dy, float *du, float *dw,
-                    float *dwhy, float *dby, int threads) {
+/* Weight gradients of sum_s <dy_s, y_s>. */
+int asmg_gru_backward(int S, int R, int C, int H, const float *x, const float *h0, const float *u,
+                      const float *w, const float *why, const int *keep, const float *dy, float *du, float *dw,
+                      float *dwhy, float *dby, int threads) {
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
     if (!keep_valid(S, R, keep)) return 4;
     const int blocks = (C + V - 1) / V;
@@ -196,61 +329,15 @@ INLINE int backward(int S, int R, int C, const int H, const float *x, const floa
     Tile *grads = new_tiles((size_t)chunks * blocks);  /* [chunk][block] */
     if (!tiles || !grads) { free(tiles); free(grads); return 2; }
     for (int b = 0; b < blocks; b++) load_tile(&tiles[b], C, H, b * V, u, w, why, NULL);
-    /* dynamic: with keep the first chunks carry the most steps; each pair still sums alone, in row order */
+    /* dynamic: with keep the first chunks carry the most steps; each pair still sums alone, in a fixed order */
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (long kb = 0; kb < (long)chunks * blocks; kb++) {
-        int k = (int)(kb / blocks), b = (int)(kb % blocks), c0 = b * V, n = lanes(C, c0);
+        int k = (int)(kb / blocks), c0 = (int)(kb % blocks) * V;
+        const Tile *t = &tiles[kb % blocks];
         long first = (long)R * k / chunks, last = (long)R * (k + 1) / chunks;
-        vf hs[MAX_S + 1][MAX_H], zs[MAX_S][MAX_H], rs[MAX_S][MAX_H], gs[MAX_S][MAX_H], xs[MAX_S];
-        vf live = vset(0.0f);
-        for (int v = 0; v < n; v++) live[v] = 1.0f;  /* padded lanes add nothing */
-        const Tile *t = &tiles[b];
-        Tile *gt = &grads[kb];
-        for (long row = first; row < last; row++) {
-            size_t base = (size_t)row * C + c0;
-            int steps = steps_of(S, keep, row);
-            load_h(hs[0], h0 + base * H, n, H);
-            for (int s = 0; s < steps; s++) {
-                xs[s] = load_x(x + (size_t)s * R * C + base, n);
-                cell(t, H, xs[s], hs[s], zs[s], rs[s], gs[s], hs[s + 1]);
-            }
-            vf dh[MAX_H];
-            for (int j = 0; j < H; j++) dh[j] = vset(0.0f);
-            for (int s = steps - 1; s >= 0; s--) {
-                vf d = load_x(dy + (size_t)s * R * C + base, n) * live;
-                const vf *h = hs[s], *hn = hs[s + 1], *z = zs[s], *r = rs[s], *g = gs[s];
-                vf dpz[MAX_H], dpr[MAX_H], dpg[MAX_H], next[MAX_H];
-                gt->BY += d;
-                for (int j = 0; j < H; j++) {
-                    vf dhn = dh[j] + d * t->WHY[j];
-                    gt->WHY[j] += d * hn[j];
-                    dpg[j] = dhn * z[j] * (vset(1.0f) - g[j] * g[j]);
-                    dpz[j] = dhn * (g[j] - h[j]) * z[j] * (vset(1.0f) - z[j]);
-                    next[j] = dhn * (vset(1.0f) - z[j]);
-                }
-                for (int i = 0; i < H; i++) {
-                    vf dq = vset(0.0f), q = r[i] * h[i];
-                    for (int j = 0; j < H; j++) {
-                        dq += t->W[2][i][j] * dpg[j];
-                        gt->W[2][i][j] += q * dpg[j];
-                    }
-                    dpr[i] = dq * h[i] * r[i] * (vset(1.0f) - r[i]);
-                    next[i] += dq * r[i];
-                }
-                for (int j = 0; j < H; j++) {
-                    gt->U[0][j] += dpz[j] * xs[s];
-                    gt->U[1][j] += dpr[j] * xs[s];
-                    gt->U[2][j] += dpg[j] * xs[s];
-                }
-                for (int i = 0; i < H; i++)
-                    for (int j = 0; j < H; j++) {
-                        gt->W[0][i][j] += h[i] * dpz[j];
-                        gt->W[1][i][j] += h[i] * dpr[j];
-                        next[i] += t->W[0][i][j] * dpz[j] + t->W[1][i][j] * dpr[j];
-                    }
-                memcpy(dh, next, sizeof(vf) * H);
-            }
-        }
+        if (H == 4) backward_chunk(t, &grads[kb], S, R, C, 4, first, last, c0, x, h0, keep, dy);
+        else if (H == 8) backward_chunk(t, &grads[kb], S, R, C, 8, first, last, c0, x, h0, keep, dy);
+        else backward_chunk(t, &grads[kb], S, R, C, H, first, last, c0, x, h0, keep, dy);
     }
     /* chunk sums in a fixed order, back to the weights' layouts */
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -278,23 +365,6 @@ INLINE int backward(int S, int R, int C, const int H, const float *x, const floa
     free(tiles);
     free(grads);
     return 0;
-}
-
-/* Entry points: the usual hidden sizes get their own copies, with H a constant the compiler unrolls. */
-int asmg_gru_forward(int S, int R, int C, int H, const float *x, const float *h0, const float *u,
-                     const float *w, const float *why, const float *by, int residual, int anchor_mean,
-                     const int *keep, float *y, float *h_first, int threads) {
-    if (H == 4) return forward(S, R, C, 4, x, h0, u, w, why, by, residual, anchor_mean, keep, y, h_first, threads);
-    if (H == 8) return forward(S, R, C, 8, x, h0, u, w, why, by, residual, anchor_mean, keep, y, h_first, threads);
-    return forward(S, R, C, H, x, h0, u, w, why, by, residual, anchor_mean, keep, y, h_first, threads);
-}
-
-int asmg_gru_backward(int S, int R, int C, int H, const float *x, const float *h0, const float *u,
-                      const float *w, const float *why, const int *keep, const float *dy, float *du, float *dw,
-                      float *dwhy, float *dby, int threads) {
-    if (H == 4) return backward(S, R, C, 4, x, h0, u, w, why, keep, dy, du, dw, dwhy, dby, threads);
-    if (H == 8) return backward(S, R, C, 8, x, h0, u, w, why, keep, dy, du, dw, dwhy, dby, threads);
-    return backward(S, R, C, H, x, h0, u, w, why, keep, dy, du, dw, dwhy, dby, threads);
 }
 
 /* ---- weighted sums of embedding rows: out[b] = sum_l weight[b, l] * table[index[b, l]] ----------------------

@@ -215,6 +215,36 @@ def test_trimmed_window_equals_the_whole_window_on_the_kept_rows(hidden, residua
             assert torch.allclose(kept, whole, rtol=1e-6, atol=1e-6 * whole.abs().max().item()), (seed, keep)
 
 
+@pytest.mark.parametrize("hidden", [4, 5])
+def test_rows_stepped_in_groups_equal_rows_stepped_alone(hidden):
+    """The kernel steps a few rows' tiles together (ROWS in cpu_kernels.c): each row's outputs must be bitwise
+    those of the row run alone, and the weight gradients the sum of the rows' own, whatever the row's group
+    holds: an odd row count, a neighbour with fewer steps or none, chunk ends (75 rows: chunks of 2 and 3).
+    Inputs at steps a row does not take, and the start state of a row that takes none, are NaN here: a group
+    may run such lanes on other rows' inputs, but must never read these."""
+    steps, rows, coords = 4, 75, 13
+    keep = [73, 50, 31, 4]  # odd and even cuts; rows 73 and 74 take no step
+    x, h0, weights = _kernel_args(steps, rows, coords, hidden, seed=11)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    dropped = torch.arange(rows).view(1, rows, 1) >= torch.tensor(keep).view(steps, 1, 1)
+    x, dy = x.masked_fill(dropped, float("nan")), dy.masked_fill(dropped, float("nan"))
+    h0[keep[0]:] = float("nan")
+    y, _ = cpu_kernels.FusedWindow.apply(x, h0, *weights, True, True, cpu_kernels.keep_tensor(keep))
+    grads = torch.autograd.grad(y, weights, dy)
+    summed = [torch.zeros_like(w) for w in weights]
+    for row in range(rows):
+        alone = [int(row < n) for n in keep]
+        y_row, _ = cpu_kernels.FusedWindow.apply(x[:, row:row + 1], h0[row:row + 1], *weights, True, True,
+                                                 cpu_kernels.keep_tensor(alone))
+        for s in range(sum(alone)):  # the steps the row takes
+            assert torch.equal(y[s, row], y_row[s, 0]), (row, s)
+        for total, grad in zip(summed, torch.autograd.grad(y_row, weights, dy[:, row:row + 1]), strict=True):
+            total += grad
+    for grouped, alone in zip(grads, summed, strict=True):
+        assert grouped.isfinite().all() and alone.abs().sum() > 0
+        assert torch.allclose(grouped, alone, rtol=1e-5, atol=1e-6 * alone.abs().max().item())
+
+
 def test_trimmed_window_does_not_depend_on_the_thread_count():
     x, h0, weights = _kernel_args(3, 150, 16, 4, seed=7)
     keep = cpu_kernels.keep_tensor([140, 90, 20])
