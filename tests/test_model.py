@@ -11,7 +11,7 @@ from asmg import cpu_kernels
 from asmg.batches import BatchMaker, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
 from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator, as_rows
-from asmg.methods.meta import META_SHUFFLE_PURPOSE, AsmgMethod, _compact_all, _cycle, _gather_by_last_use
+from asmg.methods.meta import AsmgMethod, _compact_all, _gather_by_last_use
 from asmg.model import (
     TABLE_FIELDS,
     compact_batch,
@@ -22,7 +22,7 @@ from asmg.model import (
     serving_copy,
     table_sizes,
 )
-from asmg.train import adam, train_base
+from asmg.train import train_base
 from asmg.vocab import Vocabularies, Vocabulary
 from tests.helpers import tiny_samples
 
@@ -357,50 +357,3 @@ def test_compact_batch_keeps_row_zero_first():
     assert torch.equal(rows["cat_emb"][local.item_cats], batch.item_cats)
     assert torch.equal(rows["cat_emb"][local.history_cats], batch.history_cats)
     assert not torch.equal(local.item, batch.item)
-
-
-def test_update_equals_generator_training_then_iu_then_generation_one_after_the_other():
-    """update() runs the IU update beside the generator's training and makes each meta step's batches ahead
-    in a helper thread: the same model, generator and window, bit for bit, as the paper's order written out
-    here with a plain loop of meta steps."""
-    samples = tiny_samples(n_events=1200, n_users=80, n_items=120)
-    vocabs = Vocabularies()
-    periods = [encode_period(samples.iloc[i * 300:(i + 1) * 300], vocabs, period=i + 1, history_len=30)
-               for i in range(4)]
-    cats = vocabs.item_categories.table
-    cfg = RunConfig(meta=MetaConfig(batch_size=64))
-    params = init_params(vocabs.sizes(), seed=0)
-
-    def windowed() -> AsmgMethod:
-        method = AsmgMethod(cfg, torch.device("cpu"), "multi")
-        method.start(params)
-        for data in periods[:3]:
-            method.update(data, cats)
-        return method
-
-    method, reference = windowed(), windowed()
-    method.update(periods[3], cats)
-
-    # the reference: the generator first, one meta step after the other, then IU, then the full pass
-    reference.periods.append(periods[3])
-    weights = reference.step_weights(len(reference.models))
-    optimiser = adam(reference.generator.parameters(), cfg.meta.lr)
-    maker = BatchMaker(cats, table_sizes(reference.base), torch.device("cpu"))
-    order = {i: torch.randperm(len(reference.periods[i]), generator=seeded(cfg.seed, 4, META_SHUFFLE_PURPOSE + i))
-             for i in range(3)}
-    for it in range(math.ceil(len(periods[3]) / cfg.meta.batch_size)):
-        batches = {i: maker.batch(reference.periods[i], _cycle(order[i], it, cfg.meta.batch_size)) for i in range(3)}
-        optimiser.zero_grad(set_to_none=True)
-        reference.meta_loss(batches, weights, reference.initial_state()).backward()
-        optimiser.step()
-    reference.base = train_base(reference.base, periods[3], cats, cfg.train, cfg.seed)
-    reference.models.append(reference.base)
-    reference.generated = reference.generate()
-
-    assert method.meta_steps == reference.meta_steps + math.ceil(300 / 64) > 0
-    for name, tensor in reference.serving().items():
-        assert torch.equal(method.serving()[name], tensor), name
-    for name, tensor in reference.generator.state_dict().items():
-        assert torch.equal(method.generator.state_dict()[name], tensor), name
-    assert all(torch.equal(m[n], r[n]) for m, r in zip(method.models, reference.models, strict=True) for n in r)
-    assert set(method.seconds) == {"meta_training", "base_update", "generation"}

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -31,17 +30,6 @@ from asmg.train import adam, train_base
 Variant = Literal["multi", "single", "unif", "zero", "full", "linear"]
 GENERATOR_INIT_PURPOSE = 23
 META_SHUFFLE_PURPOSE = 29
-
-
-@dataclass(frozen=True)
-class MetaInputs:
-    """What a meta step's loss needs besides the generator: the window's rows, the start state, the batches
-    re-indexed onto those rows. None of it depends on the generator, so the next step's is made ahead."""
-
-    inputs: dict[str, list[torch.Tensor]]
-    state: dict[str, torch.Tensor]
-    batches: dict[int, Batch]
-    keep: dict[str, list[int]] | None
 
 
 class AsmgMethod(UpdateMethod):
@@ -91,21 +79,14 @@ class AsmgMethod(UpdateMethod):
         return added
 
     def update(self, data: PeriodTensors, item_cats: np.ndarray) -> None:
-        """The generator trains on the window as it stood before this period's model, so the IU update that
-        makes that model does not depend on it: it runs beside the generator's training, on the core the
-        generator's many small serial ops leave idle. Same results as one after the other."""
         data = data.to(self.device)
         self.periods.append(data)
         clock = time.perf_counter()
-        with ThreadPoolExecutor(1, thread_name_prefix="asmg-base-update") as pool:
-            base_update = pool.submit(_timed, train_base, self.base, data, item_cats, self.cfg.train, self.cfg.seed,
-                                      device=self.device)
-            self.train_generator(item_cats)
-            meta_seconds = time.perf_counter() - clock
-            base, base_seconds = base_update.result()
-        # PeriodResult.seconds gets these; the two phases overlap, so the period took less than their sum
-        self.seconds = {"meta_training": meta_seconds, "base_update": base_seconds}
-        self.base = base
+        self.train_generator(item_cats)
+        self.seconds = {"meta_training": time.perf_counter() - clock}  # PeriodResult.seconds gets these
+        clock = time.perf_counter()
+        self.base = train_base(self.base, data, item_cats, self.cfg.train, self.cfg.seed, device=self.device)
+        self.seconds["base_update"] = time.perf_counter() - clock
         clock = time.perf_counter()
         self.models.append(self.base)
         self.generated = self.generate()
@@ -136,10 +117,7 @@ class AsmgMethod(UpdateMethod):
         return self.hidden
 
     def train_generator(self, item_cats: np.ndarray) -> None:
-        """Adam on the generator; each step sees one batch of every period its window step is trained on.
-
-        A helper thread makes the next step's batches and gathers their rows while this step trains: that
-        work is serial small ops, which leave a core idle, and none of it depends on the generator."""
+        """Adam on the generator; each step sees one batch of every period its window step is trained on."""
         meta, steps = self.cfg.meta, len(self.models)
         weights = self.step_weights(steps)
         active = [i for i, w in enumerate(weights) if w > 0]
@@ -148,39 +126,27 @@ class AsmgMethod(UpdateMethod):
         newest = self.periods[-1]
         iterations = math.ceil(len(newest) / meta.batch_size)
         h0 = self.initial_state()
-
-        def prepare(orders: dict[int, torch.Tensor], it: int) -> MetaInputs:
-            return self.meta_inputs({i: maker.batch(self.periods[i], _cycle(orders[i], it, meta.batch_size).to(
-                self.device)) for i in active}, h0)
-
-        with ThreadPoolExecutor(1, thread_name_prefix="asmg-meta-batches") as pool:
-            for epoch in range(meta.epochs):
-                orders = {i: torch.randperm(len(self.periods[i]), generator=seeded(
-                    self.cfg.seed, newest.period, META_SHUFFLE_PURPOSE + 100 * epoch + i)) for i in active}
-                ahead = pool.submit(prepare, orders, 0)
-                for it in range(iterations):
-                    prepared = ahead.result()
-                    if it + 1 < iterations:
-                        ahead = pool.submit(prepare, orders, it + 1)
-                    optimiser.zero_grad(set_to_none=True)
-                    self.loss_of(prepared, weights).backward()
-                    optimiser.step()
-                    self.meta_steps += 1
+        for epoch in range(meta.epochs):
+            orders = {i: torch.randperm(len(self.periods[i]), generator=seeded(
+                self.cfg.seed, newest.period, META_SHUFFLE_PURPOSE + 100 * epoch + i)) for i in active}
+            for it in range(iterations):
+                batches = {i: maker.batch(self.periods[i], _cycle(orders[i], it, meta.batch_size).to(self.device))
+                           for i in active}
+                optimiser.zero_grad(set_to_none=True)
+                self.meta_loss(batches, weights, h0).backward()
+                optimiser.step()
+                self.meta_steps += 1
 
     def meta_loss(self, batches: dict[int, Batch], weights: list[float], h0: dict[str, torch.Tensor]
                   ) -> torch.Tensor:
         """sum_i w_i * loss(generated model at step i, batch i), generating only the rows the batches use
-        (or every row when ``row_gather`` is off, as the authors' code did)."""
-        return self.loss_of(self.meta_inputs(batches, h0), weights)
-
-    def meta_inputs(self, batches: dict[int, Batch], h0: dict[str, torch.Tensor]) -> MetaInputs:
-        """The window's rows the batches use (every row without ``row_gather``) and their start state.
+        (or every row when ``row_gather`` is off, as the authors' code did).
 
         Trimmed (``trim_rows``): a row only the older steps' batches use stops at the last of them; the
         shrinkage term averages over every gathered row at every step, so it keeps the whole window."""
+        shrink = self.cfg.meta.correction_l2
         keep = None
-        if (self.cfg.meta.row_gather and self.trim_rows and not self.cfg.meta.correction_l2
-                and isinstance(self.generator, GruGenerator)):
+        if self.cfg.meta.row_gather and self.trim_rows and not shrink and isinstance(self.generator, GruGenerator):
             sizes = {n: self.base[n].shape[0] for n in EMBEDDINGS if n in self.base}
             rows, local, keep = _gather_by_last_use(batches, len(self.models), sizes)
         elif self.cfg.meta.row_gather:
@@ -193,15 +159,10 @@ class AsmgMethod(UpdateMethod):
             inputs[name] = [as_rows(name, m[name]).index_select(0, pick) if pick is not None
                             else as_rows(name, m[name]) for m in self.models]
         state = {g: h.index_select(0, rows[g]) if rows is not None and g in rows else h for g, h in h0.items()}
-        return MetaInputs(inputs, state, local, keep)
-
-    def loss_of(self, prepared: MetaInputs, weights: list[float]) -> torch.Tensor:
-        shrink = self.cfg.meta.correction_l2
-        inputs = prepared.inputs
-        outputs, _ = (self.generator.run(inputs, prepared.state, self.scales()) if prepared.keep is None
-                      else self.generator.run(inputs, prepared.state, self.scales(), prepared.keep))
+        outputs, _ = (self.generator.run(inputs, state, self.scales()) if keep is None
+                      else self.generator.run(inputs, state, self.scales(), keep))
         total = torch.zeros((), device=self.device)
-        for i, batch in prepared.batches.items():
+        for i, batch in local.items():
             params = {n: from_rows(n, outputs[i][n], self.base[n].shape) for n in self.base}
             total = total + weights[i] * loss(params, batch)
             if shrink:
@@ -248,11 +209,6 @@ class AsmgMethod(UpdateMethod):
         self.models = [unpack(f"models/{j}", tensors, self.device) for j in range(meta["models"])]
         self.periods = unpack_periods("periods", tensors, meta["periods"], self.device)
         self.meta_steps = meta["meta_steps"]
-
-
-def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    clock = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - clock
 
 
 def _cycle(order: torch.Tensor, iteration: int, size: int) -> torch.Tensor:
