@@ -73,10 +73,35 @@ typedef struct {
     vf U[3][MAX_H], W[3][MAX_H][MAX_H], WHY[MAX_H], BY;
 } Tile;
 
-static Tile *new_tiles(size_t n) {
-    Tile *t = aligned_alloc(sizeof(vf), n * sizeof(Tile));  /* sizeof(Tile) is a multiple of sizeof(vf) */
-    if (t) memset(t, 0, n * sizeof(Tile));
-    return t;
+/* A Tile is sized for MAX_H (~27 KB), so the kernels keep it on each thread's stack, one block's weights at a time,
+ * and keep only a tile's H-sized parts between a parallel loop and the sums after it: heap tiles of MAX_H cost a
+ * 3.5 MB allocation and fill per call for the MLP's 131 blocks, most of that call's time. */
+static inline size_t packed_size(int H) { return (size_t)3 * H + (size_t)3 * H * H + H + 1; }
+
+/* offsets of a packed tile's parts: U[3][H], W[3][H][H], WHY[H], BY */
+static inline size_t at_u(int H, int g, int j) { return (size_t)g * H + j; }
+static inline size_t at_w(int H, int g, int i, int j) { return (size_t)3 * H + ((size_t)g * H + i) * H + j; }
+static inline size_t at_why(int H, int j) { return (size_t)3 * H + (size_t)3 * H * H + j; }
+static inline size_t at_by(int H) { return (size_t)3 * H + (size_t)3 * H * H + H; }
+
+static void zero_tile(Tile *t, int H) {
+    for (int g = 0; g < 3; g++)
+        for (int j = 0; j < H; j++) {
+            t->U[g][j] = vset(0.0f);
+            for (int i = 0; i < H; i++) t->W[g][i][j] = vset(0.0f);
+        }
+    for (int j = 0; j < H; j++) t->WHY[j] = vset(0.0f);
+    t->BY = vset(0.0f);
+}
+
+static void pack_tile(vf *out, const Tile *t, int H) {
+    for (int g = 0; g < 3; g++)
+        for (int j = 0; j < H; j++) {
+            out[at_u(H, g, j)] = t->U[g][j];
+            for (int i = 0; i < H; i++) out[at_w(H, g, i, j)] = t->W[g][i][j];
+        }
+    for (int j = 0; j < H; j++) out[at_why(H, j)] = t->WHY[j];
+    out[at_by(H)] = t->BY;
 }
 
 /* the weights of coordinates c0..c0+V-1 (lanes past C repeat coordinate C-1; their results are dropped) */
@@ -298,21 +323,25 @@ int asmg_gru_forward(int S, int R, int C, int H, const float *x, const float *h0
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
     if (!keep_valid(S, R, keep)) return 4;
     const int blocks = (C + V - 1) / V;
-    Tile *tiles = new_tiles((size_t)blocks);
-    if (!tiles) return 2;
-    for (int b = 0; b < blocks; b++) load_tile(&tiles[b], C, H, b * V, u, w, why, by);
     /* rows come in decreasing work with keep: interleaved chunks share it out (no sums here, any order) */
     const long groups = (R + ROWS - 1) / ROWS;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 8)
-    for (long gb = 0; gb < groups * blocks; gb++) {
-        const Tile *t = &tiles[gb % blocks];
-        long row0 = gb / blocks * ROWS;
-        int c0 = (int)(gb % blocks) * V;
-        if (H == 4) forward_group(t, S, R, C, 4, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
-        else if (H == 8) forward_group(t, S, R, C, 8, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
-        else forward_group(t, S, R, C, H, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
+#pragma omp parallel num_threads(threads)
+    {
+        Tile t;  /* this thread's copy of one block's weights, loaded when the block changes */
+        int loaded = -1;
+#pragma omp for schedule(dynamic, 8)
+        for (long gb = 0; gb < groups * blocks; gb++) {
+            int b = (int)(gb % blocks), c0 = b * V;
+            long row0 = gb / blocks * ROWS;
+            if (b != loaded) {
+                load_tile(&t, C, H, c0, u, w, why, by);
+                loaded = b;
+            }
+            if (H == 4) forward_group(&t, S, R, C, 4, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
+            else if (H == 8) forward_group(&t, S, R, C, 8, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
+            else forward_group(&t, S, R, C, H, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
+        }
     }
-    free(tiles);
     return 0;
 }
 
@@ -325,44 +354,54 @@ int asmg_gru_backward(int S, int R, int C, int H, const float *x, const float *h
     const int blocks = (C + V - 1) / V;
     /* of rows (at least one, so no rows give zero gradients); a (chunk, block) pair owns its accumulator */
     const int chunks = R < 1 ? 1 : (R < CHUNKS ? R : CHUNKS);
-    Tile *tiles = new_tiles((size_t)blocks);
-    Tile *grads = new_tiles((size_t)chunks * blocks);  /* [chunk][block] */
-    if (!tiles || !grads) { free(tiles); free(grads); return 2; }
-    for (int b = 0; b < blocks; b++) load_tile(&tiles[b], C, H, b * V, u, w, why, NULL);
+    const size_t P = packed_size(H);
+    vf *grads = aligned_alloc(sizeof(vf), (size_t)chunks * blocks * P * sizeof(vf));  /* [chunk][block], packed */
+    if (!grads) return 2;
     /* dynamic: with keep the first chunks carry the most steps; each pair still sums alone, in a fixed order */
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (long kb = 0; kb < (long)chunks * blocks; kb++) {
-        int k = (int)(kb / blocks), c0 = (int)(kb % blocks) * V;
-        const Tile *t = &tiles[kb % blocks];
-        long first = (long)R * k / chunks, last = (long)R * (k + 1) / chunks;
-        if (H == 4) backward_chunk(t, &grads[kb], S, R, C, 4, first, last, c0, x, h0, keep, dy);
-        else if (H == 8) backward_chunk(t, &grads[kb], S, R, C, 8, first, last, c0, x, h0, keep, dy);
-        else backward_chunk(t, &grads[kb], S, R, C, H, first, last, c0, x, h0, keep, dy);
+#pragma omp parallel num_threads(threads)
+    {
+        Tile t, sums;  /* this thread's copy of one block's weights, and the sums of the pair at hand */
+        int loaded = -1;
+#pragma omp for schedule(dynamic, 1)
+        for (long kb = 0; kb < (long)chunks * blocks; kb++) {
+            int k = (int)(kb / blocks), b = (int)(kb % blocks), c0 = b * V;
+            long first = (long)R * k / chunks, last = (long)R * (k + 1) / chunks;
+            if (b != loaded) {
+                load_tile(&t, C, H, c0, u, w, why, NULL);
+                loaded = b;
+            }
+            zero_tile(&sums, H);
+            if (H == 4) backward_chunk(&t, &sums, S, R, C, 4, first, last, c0, x, h0, keep, dy);
+            else if (H == 8) backward_chunk(&t, &sums, S, R, C, 8, first, last, c0, x, h0, keep, dy);
+            else backward_chunk(&t, &sums, S, R, C, H, first, last, c0, x, h0, keep, dy);
+            pack_tile(grads + (size_t)kb * P, &sums, H);
+        }
     }
     /* chunk sums in a fixed order, back to the weights' layouts */
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int c = 0; c < C; c++) {
         int b = c / V, v = c % V;
+        const vf *pair = grads + (size_t)b * P;  /* chunk k's is pair[k * blocks * P] */
+        const size_t next = (size_t)blocks * P;
         for (int j = 0; j < H; j++) {
             for (int gate = 0; gate < 3; gate++) {
                 float su = 0.0f;
-                for (int k = 0; k < chunks; k++) su += grads[(size_t)k * blocks + b].U[gate][j][v];
+                for (int k = 0; k < chunks; k++) su += pair[k * next + at_u(H, gate, j)][v];
                 du[((size_t)gate * C + c) * H + j] = su;
                 for (int i = 0; i < H; i++) {
                     float sw = 0.0f;
-                    for (int k = 0; k < chunks; k++) sw += grads[(size_t)k * blocks + b].W[gate][i][j][v];
+                    for (int k = 0; k < chunks; k++) sw += pair[k * next + at_w(H, gate, i, j)][v];
                     dw[(((size_t)gate * C + c) * H + i) * H + j] = sw;
                 }
             }
             float sy = 0.0f;
-            for (int k = 0; k < chunks; k++) sy += grads[(size_t)k * blocks + b].WHY[j][v];
+            for (int k = 0; k < chunks; k++) sy += pair[k * next + at_why(H, j)][v];
             dwhy[(size_t)c * H + j] = sy;
         }
         float sb = 0.0f;
-        for (int k = 0; k < chunks; k++) sb += grads[(size_t)k * blocks + b].BY[v];
+        for (int k = 0; k < chunks; k++) sb += pair[k * next + at_by(H)][v];
         dby[c] = sb;
     }
-    free(tiles);
     free(grads);
     return 0;
 }
