@@ -75,14 +75,13 @@ typedef struct {
 
 /* A Tile is sized for MAX_H (~27 KB), so the kernels keep it on each thread's stack, one block's weights at a time,
  * and keep only a tile's H-sized parts between a parallel loop and the sums after it: heap tiles of MAX_H cost a
- * 3.5 MB allocation and fill per call for the MLP's 131 blocks, most of that call's time. */
-static inline size_t packed_size(int H) { return (size_t)3 * H + (size_t)3 * H * H + H + 1; }
-
-/* offsets of a packed tile's parts: U[3][H], W[3][H][H], WHY[H], BY */
+ * 3.5 MB allocation and fill per call for the MLP's 131 blocks (~40% of that group's forward, 0.19 -> 0.11 ms).
+ * Offsets of a packed tile's parts: U[3][H], W[3][H][H], WHY[H], BY. */
 static inline size_t at_u(int H, int g, int j) { return (size_t)g * H + j; }
 static inline size_t at_w(int H, int g, int i, int j) { return (size_t)3 * H + ((size_t)g * H + i) * H + j; }
 static inline size_t at_why(int H, int j) { return (size_t)3 * H + (size_t)3 * H * H + j; }
-static inline size_t at_by(int H) { return (size_t)3 * H + (size_t)3 * H * H + H; }
+static inline size_t at_by(int H) { return at_why(H, H); }
+static inline size_t packed_size(int H) { return at_by(H) + 1; }
 
 static void zero_tile(Tile *t, int H) {
     for (int g = 0; g < 3; g++)
