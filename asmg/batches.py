@@ -138,9 +138,15 @@ def _take(table: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
     faster on CPU than advanced indexing's per-element gather)."""
     if isinstance(index, slice):
         return table[index]
+    if table.dim() == 2 and table.shape[1] == 1:  # one category per item: scalars gather ~3x faster than rows
+        return table.view(-1).index_select(0, index.reshape(-1)).view(*index.shape, 1)
     rows = table.index_select(0, index.reshape(-1))
     return rows.view(*index.shape, *table.shape[1:])
 
 
 def _clamp(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """Ids the model has no row for yet -> the fallback row 0. Usually every id is known: on CPU one max
+    (~10x cheaper than the select) skips the pass; on a GPU it would cost a sync, so the select always runs."""
+    if rows.device.type == "cpu" and (rows.numel() == 0 or int(rows.max()) < size):
+        return rows
     return torch.where(rows < size, rows, torch.zeros_like(rows))

@@ -117,35 +117,68 @@ def _mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def logits(params: Params, batch: Batch) -> torch.Tensor:
-    """MLP([user ; mean over the history of [item ; mean of its categories] ; [item ; mean of its categories]]).
-
-    Every look-up is one weighted sum of embedding rows (asmg.cpu_kernels.weighted_rows: a C kernel on CPU),
-    the history's nested means folded into one weight per (history slot, category)."""
+    """MLP([user ; mean over the history of [item ; mean of its categories] ; [item ; mean of its categories]])."""
     if is_mf(params):  # model-kind dispatch: matrix factorisation (below) has the same interface
         return mf_logits(params, batch)
+    return _mlp(_features(params, batch), [(params[f"mlp.{i}.weight"], params[f"mlp.{i}.bias"])
+                                           for i in range(len(HIDDEN_LAYERS) + 1)])
+
+
+def _features(tables: Params, batch: Batch) -> torch.Tensor:
+    """The MLP's input [B, 5 * dim]. Every look-up is one weighted sum of embedding rows
+    (asmg.cpu_kernels.weighted_rows: a C kernel on CPU), the history's nested means folded into one weight
+    per (history slot, category)."""
     n, (width, cats) = len(batch), batch.history_cats.shape[1:]
-    dtype = params["cat_emb"].dtype
+    dtype = tables["cat_emb"].dtype
     one = torch.ones(n, 1, dtype=dtype, device=batch.user.device)
-    user = weighted_rows(params["user_emb"], batch.user.view(n, 1), one)
-    target = torch.cat([weighted_rows(params["item_emb"], batch.item.view(n, 1), one),
-                        weighted_rows(params["cat_emb"], batch.item_cats, _mean_weights(batch.item_cat_mask, dtype))],
+    user = weighted_rows(tables["user_emb"], batch.user.view(n, 1), one)
+    target = torch.cat([weighted_rows(tables["item_emb"], batch.item.view(n, 1), one),
+                        weighted_rows(tables["cat_emb"], batch.item_cats, _mean_weights(batch.item_cat_mask, dtype))],
                        dim=-1)
     slots = _mean_weights(batch.history_mask, dtype)  # [B, L]
     slot_cats = _mean_weights(batch.history_cat_mask, dtype) * slots.unsqueeze(-1)  # [B, L, C]
-    history = torch.cat([weighted_rows(params["item_emb"], batch.history, slots),
-                         weighted_rows(params["cat_emb"], batch.history_cats.reshape(n, width * cats),
+    history = torch.cat([weighted_rows(tables["item_emb"], batch.history, slots),
+                         weighted_rows(tables["cat_emb"], batch.history_cats.reshape(n, width * cats),
                                        slot_cats.reshape(n, width * cats))], dim=-1)
-    hidden = torch.cat([user, history, target], dim=-1)
-    n_layers = len(HIDDEN_LAYERS) + 1
-    for layer in range(n_layers):
-        hidden = F.linear(hidden, params[f"mlp.{layer}.weight"], params[f"mlp.{layer}.bias"])
-        if layer < n_layers - 1:
+    return torch.cat([user, history, target], dim=-1)
+
+
+def _mlp(hidden: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """ReLU between layers. hidden [B, in] with weights [out, in], or [S, B, in] with [S, out, in]: S models."""
+    for layer, (weight, bias) in enumerate(layers):
+        if weight.dim() == 2:
+            hidden = F.linear(hidden, weight, bias)
+        else:
+            hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+        if layer < len(layers) - 1:
             hidden = F.relu(hidden)
     return hidden.squeeze(-1)
 
 
 def loss(params: Params, batch: Batch) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits(params, batch), batch.label)
+
+
+def weighted_loss(models: list[Params], batches: list[Batch], weights: list[float]) -> torch.Tensor:
+    """sum_i weights[i] * loss(models[i], batches[i]), in one pass when the batches are the same size: model
+    i's tables stacked into one table each, batch i's ids shifted onto its block, and the MLPs as one batched
+    matmul. A generator's training step scores each window step's model this way: a third of the ops."""
+    if is_mf(models[0]) or len({len(b) for b in batches}) != 1:
+        return sum((w * loss(p, b) for p, w, b in zip(models, weights, batches, strict=True)),
+                   torch.zeros((), device=batches[0].label.device))
+    tables = {name: torch.cat([p[name] for p in models]) for name in TABLE_FIELDS}
+    starts = {name: [0, *torch.tensor([p[name].shape[0] for p in models[:-1]]).cumsum(0).tolist()]
+              for name in TABLE_FIELDS}
+    shifted = {field: torch.cat([getattr(b, field) + start for b, start in zip(batches, starts[name], strict=True)])
+               for name, names in TABLE_FIELDS.items() for field in names}
+    joined = Batch(**{f.name: shifted[f.name] if f.name in shifted else torch.cat([getattr(b, f.name) for b in batches])
+                      for f in fields(Batch)})
+    steps, size = len(models), len(batches[0])
+    layers = [(torch.stack([p[f"mlp.{i}.weight"] for p in models]), torch.stack([p[f"mlp.{i}.bias"] for p in models]))
+              for i in range(len(HIDDEN_LAYERS) + 1)]
+    out = _mlp(_features(tables, joined).view(steps, size, -1), layers)
+    per_sample = torch.tensor(weights, dtype=out.dtype, device=out.device).div(size).unsqueeze(1).expand_as(out)
+    return F.binary_cross_entropy_with_logits(out, joined.label.view_as(out), weight=per_sample, reduction="sum")
 
 
 def compact_batch(batch: Batch) -> tuple[dict[str, torch.Tensor], Batch]:

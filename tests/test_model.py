@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asmg import cpu_kernels
-from asmg.batches import BatchMaker, encode_period
+from asmg import cpu_kernels, model
+from asmg.batches import BatchMaker, PeriodTensors, encode_period
 from asmg.config import MetaConfig, RunConfig, seeded
 from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator, as_rows
 from asmg.methods.meta import AsmgMethod, _compact_all, _gather_by_last_use
@@ -18,9 +18,11 @@ from asmg.model import (
     grow_params,
     init_params,
     logits,
+    loss,
     mlp_shapes,
     serving_copy,
     table_sizes,
+    weighted_loss,
 )
 from asmg.train import train_base
 from asmg.vocab import Vocabularies, Vocabulary
@@ -65,6 +67,78 @@ def test_forward_equals_a_direct_computation():
             x = F.linear(x, params[f"mlp.{layer}.weight"], params[f"mlp.{layer}.bias"])
             x = F.relu(x) if layer < 2 else x
         assert out[b].item() == pytest.approx(x.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("sizes", [(40, 40, 40), (40, 25, 40)], ids=["same-size", "one-smaller"])
+def test_weighted_loss_equals_each_models_loss_summed(sizes, monkeypatch):
+    """Three models whose tables differ in values and length (a trimmed window step's table is shorter): the
+    one-pass loss equals sum_i w_i * loss(model_i, batch_i) with the same gradients, in one weighted-rows call
+    per look-up instead of one per model; batches of different sizes take the per-model sum."""
+    _, vocabs, data = _encoded()
+    maker = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu"))
+    picks = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
+    batches = [maker.batch(data, picks[i * 40:i * 40 + size]) for i, size in enumerate(sizes)]
+    weights = [0.5, 0.2, 0.3]
+    models = []
+    for seed, batch in enumerate(batches):
+        params = init_params(vocabs.sizes(), seed=seed + 1)
+        for name, fields_of in TABLE_FIELDS.items():  # each model only as long as its batch needs, as trimmed
+            used = max(int(getattr(batch, f).max()) for f in fields_of) + 1
+            params[name] = params[name][:used + seed]
+        models.append({n: t.clone().requires_grad_() for n, t in params.items()})
+    calls = []
+    monkeypatch.setattr(model, "weighted_rows", lambda *a: calls.append(1) or cpu_kernels.weighted_rows(*a))
+    results = []
+    for fn in (weighted_loss, lambda ms, bs, ws: sum(w * loss(m, b) for m, b, w in zip(ms, bs, ws, strict=True))):
+        for m in models:
+            for t in m.values():
+                t.grad = None
+        total = fn(models, batches, weights)
+        total.backward()
+        results.append((total.item(), [{n: t.grad.clone() for n, t in m.items()} for m in models], len(calls)))
+        calls.clear()
+    (one_pass, grads, one_pass_calls), (summed, summed_grads, summed_calls) = results
+    assert summed_calls == 5 * len(models)
+    assert one_pass_calls == (5 if len(set(sizes)) == 1 else summed_calls)
+    assert one_pass == pytest.approx(summed, rel=1e-6)
+    for got, want in zip(grads, summed_grads, strict=True):
+        for name, grad in want.items():
+            assert grad.abs().sum() > 0, name
+            assert torch.allclose(got[name], grad, rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("cats_per_item", [1, 3])
+@pytest.mark.parametrize("beyond", [0, 1], ids=["max-id-is-size", "all-known"])
+def test_batches_send_ids_the_model_lacks_to_row_zero(cats_per_item, beyond):
+    """Ids >= the model's table size read the fallback row 0, the rest are kept, and the masks see the ids
+    before the clamp: at the boundary (the largest id equals the size) and when every id is known."""
+    gen = torch.Generator().manual_seed(cats_per_item)
+    n, items = 64, 30
+    data = PeriodTensors(1, torch.randint(1, 20, (n,), generator=gen), torch.randint(1, items, (n,), generator=gen),
+                         torch.randint(0, items, (n, 7), generator=gen), torch.rand(n, generator=gen))
+    item_cats = np.random.default_rng(cats_per_item).integers(0, 12, (items, cats_per_item))
+    sizes = {"user": int(data.user.max()) + beyond, "item": int(data.history.max()) + beyond,
+             "category": int(item_cats.max()) + beyond}
+    index = torch.randperm(n, generator=gen)[:40]
+    batch = BatchMaker(item_cats, sizes, torch.device("cpu")).batch(data, index)
+    raw_cats = torch.from_numpy(item_cats)
+    history, item_cat_ids = data.history[index], raw_cats[data.item[index]]
+    history_cat_ids = raw_cats[history]
+
+    def clamped(ids, size):
+        return torch.where(ids < size, ids, 0)
+
+    assert torch.equal(batch.user, clamped(data.user[index], sizes["user"]))
+    assert torch.equal(batch.item, clamped(data.item[index], sizes["item"]))
+    assert torch.equal(batch.history, clamped(history, sizes["item"]))
+    assert torch.equal(batch.history_mask, history > 0)
+    assert torch.equal(batch.item_cats, clamped(item_cat_ids, sizes["category"]))
+    assert torch.equal(batch.history_cats, clamped(history_cat_ids, sizes["category"]))
+    assert torch.equal(batch.item_cat_mask, (item_cat_ids > 0) & (item_cat_ids < sizes["category"]))
+    assert torch.equal(batch.history_cat_mask, (history_cat_ids > 0) & (history_cat_ids < sizes["category"]))
+    assert batch.history_cats.shape == (40, 7, cats_per_item)
+    if not beyond:  # the boundary id really was clamped
+        assert int(batch.history.max()) < sizes["item"] and int(batch.user.max()) < sizes["user"]
 
 
 def test_vocabulary_grows_without_moving_rows():

@@ -24,7 +24,16 @@ from asmg.batches import BatchMaker, PeriodTensors
 from asmg.config import RunConfig, seeded
 from asmg.generator import GruGenerator, LinearGenerator, as_rows, from_rows
 from asmg.methods.base import State, UpdateMethod, pack, pack_periods, unpack, unpack_periods
-from asmg.model import EMBEDDINGS, TABLE_FIELDS, Batch, Params, compact_batch, loss, serving_copy, table_sizes
+from asmg.model import (
+    EMBEDDINGS,
+    TABLE_FIELDS,
+    Batch,
+    Params,
+    compact_batch,
+    serving_copy,
+    table_sizes,
+    weighted_loss,
+)
 from asmg.train import adam, train_base
 
 Variant = Literal["multi", "single", "unif", "zero", "full", "linear"]
@@ -161,11 +170,11 @@ class AsmgMethod(UpdateMethod):
         state = {g: h.index_select(0, rows[g]) if rows is not None and g in rows else h for g, h in h0.items()}
         outputs, _ = (self.generator.run(inputs, state, self.scales()) if keep is None
                       else self.generator.run(inputs, state, self.scales(), keep))
-        total = torch.zeros((), device=self.device)
-        for i, batch in local.items():
-            params = {n: from_rows(n, outputs[i][n], self.base[n].shape) for n in self.base}
-            total = total + weights[i] * loss(params, batch)
-            if shrink:
+        steps = sorted(local)
+        models = [{n: from_rows(n, outputs[i][n], self.base[n].shape) for n in self.base} for i in steps]
+        total = weighted_loss(models, [local[i] for i in steps], [weights[i] for i in steps])
+        if shrink:
+            for i in steps:
                 total = total + weights[i] * shrink * sum(
                     (outputs[i][n] - inputs[n][i]).pow(2).mean() / inputs[n][i].pow(2).mean().clamp(min=1e-12)
                     for n in self.base)
