@@ -1,5 +1,5 @@
-/* CPU kernels built on first use by asmg/cpu_kernels.py: the coordinate GRU's window (forward and backward)
- * and the model's weighted sums of embedding rows (forward and backward).
+/* CPU kernels built on first use by asmg/cpu_kernels.py: the coordinate GRU's window (forward and backward),
+ * the model's weighted sums of embedding rows (forward and backward) and a meta step's rows by last use.
  *
  * The GRU of asmg/generator.py: every (row, coordinate) pair is its own tiny recurrence (hidden size H, scalar
  * input and output); the coordinate's weights are shared by all rows. torch runs it as ~20 whole-tensor ops
@@ -456,4 +456,44 @@ int asmg_rows_backward(long B, int L, int D, const float *g, long N, const long 
         }
     }
     return bad ? 3 : 0;
+}
+
+/* ---- a meta step's rows of one table, ordered by their last used window step --------------------------------
+ * ids: the step batches' ids, step by step (seg[s] of window step s; 0 for a step without a batch). Out: rows
+ * (every used row once, latest last use first, then by id; the count is returned), local (each id's position
+ * in rows) and keep[s] (how many leading rows are used at step s or later: the prefix step s reads).
+ * scratch: 2N ints. Two passes over the ids and one scan of the table; torch needed ~15 ops a table (fills,
+ * nonzeros, gathers) for the same. Returns -1 for an id outside 0..N-1, -2 for bad sizes. */
+long asmg_last_use(long N, int S, const long *seg, const long *ids, int *scratch, long *rows, long *local,
+                   long *keep) {
+    if (S < 1 || S > MAX_S || N < 1 || N > 2147483647L) return -2;
+    int *last = scratch, *used = scratch + N;
+    long count[MAX_S] = {0}, start[MAX_S], total = 0, at = 0, n = 0;
+    memset(last, 0xff, (size_t)N * sizeof(int));  /* -1: not used */
+    for (int s = 0; s < S; s++) {
+        if (seg[s] < 0) return -2;
+        for (long j = 0; j < seg[s]; j++, at++) {
+            long k = ids[at];
+            if (k < 0 || k >= N) return -1;
+            last[k] = s;  /* later steps overwrite: each row ends with its last */
+        }
+    }
+    for (long r = 0; r < N; r++)
+        if (last[r] >= 0) {
+            used[n++] = (int)r;  /* ascending ids */
+            count[last[r]]++;
+        }
+    for (int s = S - 1; s >= 0; s--) {
+        start[s] = total;
+        total += count[s];
+        keep[s] = total;
+    }
+    for (long q = 0; q < n; q++) {
+        int r = used[q];
+        long p = start[last[r]]++;
+        rows[p] = r;
+        last[r] = (int)p;  /* r is not read as a step again: its slot now holds its position */
+    }
+    for (long j = 0; j < at; j++) local[j] = last[ids[j]];
+    return total;
 }

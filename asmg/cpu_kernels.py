@@ -1,7 +1,7 @@
-"""Two CPU kernels in C (cpu_kernels.c), built on first use with the system's C compiler and called through
-ctypes: the coordinate GRU's window (the meta generator) and the weighted sums of embedding rows (every
-look-up of the base model). torch's ops remain the path on CUDA, without a compiler, or with
-ASMG_CPU_KERNELS=0.
+"""CPU kernels in C (cpu_kernels.c), built on first use with the system's C compiler and called through
+ctypes: the coordinate GRU's window (the meta generator), the weighted sums of embedding rows (every
+look-up of the base model) and a meta step's row ordering (:func:`last_use`). torch's ops remain the path on
+CUDA, without a compiler, or with ASMG_CPU_KERNELS=0.
 
 Both replace many small whole-tensor torch ops whose per-element overhead dominated a training step on CPU:
 a meta step's GRU was ~20 ops per window step over [rows, coords, hidden]; an IU step's history look-up and
@@ -35,6 +35,7 @@ def library() -> ctypes.CDLL | None:
         return None
     for name in ("asmg_gru_forward", "asmg_gru_backward", "asmg_rows_forward", "asmg_rows_backward"):
         getattr(lib, name).restype = ctypes.c_int
+    lib.asmg_last_use.restype = ctypes.c_long
     return lib
 
 
@@ -144,3 +145,28 @@ class WeightedRows(torch.autograd.Function):
         if code:
             raise IndexError(f"embedding row out of range 0..{ctx.rows - 1}")
         return grad, None, None
+
+
+def last_use_usable(ids: torch.Tensor) -> bool:
+    return ids.device.type == "cpu" and ids.dtype == torch.int64 and library() is not None
+
+
+def last_use(ids: torch.Tensor, per_step: list[int], size: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The rows of a ``size``-row table that ``ids`` use (ids[:per_step[0]] by window step 0, the next
+    per_step[1] by step 1, ...), latest last use first, then by id; each id's position in them; and per step
+    the prefix of rows used at that step or later. See asmg_last_use in cpu_kernels.c."""
+    ids = ids.contiguous()
+    if len(ids) != sum(per_step):
+        raise ValueError(f"{len(ids)} ids, but the steps' counts add up to {sum(per_step)}")
+    seg = torch.tensor(per_step, dtype=torch.int64)
+    scratch = torch.empty(2 * size, dtype=torch.int32)
+    rows, local, keep = torch.empty(size, dtype=torch.int64), torch.empty_like(ids), torch.empty_like(seg)
+    used = library().asmg_last_use(
+        ctypes.c_long(size), len(per_step), ctypes.cast(seg.data_ptr(), _long_p), ctypes.cast(ids.data_ptr(), _long_p),
+        ctypes.cast(scratch.data_ptr(), _int_p), ctypes.cast(rows.data_ptr(), _long_p),
+        ctypes.cast(local.data_ptr(), _long_p), ctypes.cast(keep.data_ptr(), _long_p))
+    if used == -1:
+        raise IndexError(f"embedding row out of range 0..{size - 1}")
+    if used < 0:
+        raise ValueError(f"last_use refused a table of {size} rows over {len(per_step)} steps")
+    return rows[:used], local, keep.tolist()

@@ -14,6 +14,7 @@ from asmg.generator import CoordinateGRU, GruGenerator, LinearGenerator, as_rows
 from asmg.methods.meta import AsmgMethod, _compact_all, _gather_by_last_use
 from asmg.model import (
     TABLE_FIELDS,
+    Batch,
     compact_batch,
     grow_params,
     init_params,
@@ -361,6 +362,28 @@ def test_gather_by_last_use_orders_rows_so_each_step_reads_a_prefix():
                 later = torch.cat([getattr(local[j], f).reshape(-1) for j in range(i, 3) for f in fields])
                 assert int(later.max()) == keep[name][i] - 1, (name, i)
     assert keep["item_emb"][2] < keep["item_emb"][0] and keep["user_emb"][2] < keep["user_emb"][0]
+
+
+@pytest.mark.parametrize("active", [(0, 1, 2), (2,), (0, 2)], ids=["every-step", "last-only", "a-gap"])
+def test_gather_by_last_use_in_c_equals_torch(active, monkeypatch):
+    """The C pass gives the rows, re-indexed batches and prefixes of the torch ops exactly, also when some
+    window steps have no batch (``single``: the last step only); an id outside the table is refused."""
+    method, batches = _asmg_with_window(True)
+    batches = {i: batches[i] for i in active}
+    sizes = {n: method.base[n].shape[0] for n in TABLE_FIELDS}
+    results = []
+    for usable in (True, False):
+        monkeypatch.setattr(cpu_kernels, "last_use_usable", lambda ids, on=usable: on)
+        results.append(_gather_by_last_use(batches, 3, sizes))
+    (rows_c, local_c, keep_c), (rows_t, local_t, keep_t) = results
+    assert keep_c == keep_t
+    for name in rows_t:
+        assert torch.equal(rows_c[name], rows_t[name]), name
+    for i in batches:
+        for field in Batch.__dataclass_fields__:
+            assert torch.equal(getattr(local_c[i], field), getattr(local_t[i], field)), (i, field)
+    with pytest.raises(IndexError, match="out of range"):
+        cpu_kernels.last_use(torch.tensor([1, sizes["user_emb"]]), [1, 0, 1], sizes["user_emb"])
 
 
 @pytest.mark.parametrize(("output", "normalize", "anchor", "fused"), [
