@@ -63,7 +63,9 @@ class StreamSettings:
     history_len: int = _opt(HISTORY_LEN, "Items in a sample's history (the user's most recent positives).")
     seed: int = _opt(0, "Seed of negative sampling and of training.")
     period_store: str = _opt("runs/stream/periods", "Where period samples go (local path or pyarrow URI).")
-    batch_max: int = _opt(10_000, "Records the windowing worker takes per batch (one Kafka transaction).")
+    # 50,000 rather than 10,000: a transaction's fixed costs (the broker's commit, the core's per-batch work) are
+    # spread over 5x the records: per 1M events ~2 CPU-s less in the broker and ~0.7 in the core; +~50 MB RSS
+    batch_max: int = _opt(50_000, "Records the windowing worker takes per batch (one Kafka transaction).")
     worker_name: str | None = _opt(None, "Windowing worker name in its transactional id (default: host name + "
                                          "the first free slot under --worker-dir; a restarted worker reuses it).")
     watermark_interval: float = _opt(1.0, "Seconds between progress watermarks of a partition (closes are "
