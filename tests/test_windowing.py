@@ -753,7 +753,12 @@ def test_windowing_worker_dumps_every_threads_stack_on_sigusr1(kafka_settings, t
     try:
         wait_for(lambda: assigned_partitions(worker) == {0, 1}, 90, [worker], "the worker's assignment")
         assert worker.dump_stacks(timeout=20), f"no stack dump after SIGUSR1:\n{worker.tail()}"
-        dump = worker.log.read_text(errors="replace")
+
+        def whole_dump() -> str | None:  # faulthandler writes a thread at a time: the first header can come early
+            dump = worker.log.read_text(errors="replace")
+            return dump if "in run_windowing" in dump and re.search(r"coordinator\.py.*in run", dump) else None
+
+        dump = wait_for(whole_dump, 20, [worker], "the main thread's and the coordinator's stacks in the dump")
         assert "in run_windowing" in dump  # the main thread, in the worker's loop
         assert re.search(r"coordinator\.py.*in run", dump)  # the coordinator's thread
         assert worker.alive(), "SIGUSR1 must not stop the worker"
