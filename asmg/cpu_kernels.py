@@ -3,10 +3,10 @@ ctypes: the coordinate GRU's window (the meta generator), the weighted sums of e
 look-up of the base model) and a meta step's row ordering (:func:`last_use`). torch's ops remain the path on
 CUDA, without a compiler, or with ASMG_CPU_KERNELS=0.
 
-Both replace many small whole-tensor torch ops whose per-element overhead dominated a training step on CPU:
-a meta step's GRU was ~20 ops per window step over [rows, coords, hidden]; an IU step's history look-up and
-its scatter-add backward ran per element through strided iterators. No torch headers are needed, so the
-build takes about a second and is cached per source, compiler and CPU.
+The GRU and look-up kernels replace many small whole-tensor torch ops whose per-element overhead dominated
+a training step on CPU: a meta step's GRU was ~20 ops per window step over [rows, coords, hidden]; an IU step's
+history look-up and its scatter-add backward ran per element through strided iterators. No torch headers are
+needed, so the build takes about a second and is cached per source, compiler and CPU.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ def gru_usable(xs: list[torch.Tensor], h0: torch.Tensor, hidden: int) -> bool:
             and hidden <= MAX_HIDDEN and len(xs) <= MAX_STEPS and library() is not None)
 
 
-def _ptr(t: torch.Tensor) -> ctypes._Pointer:
-    return ctypes.cast(t.data_ptr(), _float_p)
+def _ptr(t: torch.Tensor, pointer: type = _float_p) -> ctypes._Pointer:
+    return ctypes.cast(t.data_ptr(), pointer)
 
 
 def _keep_ptr(keep: torch.Tensor | None) -> ctypes._Pointer | None:
-    return None if keep is None else ctypes.cast(keep.data_ptr(), _int_p)
+    return None if keep is None else _ptr(keep, _int_p)
 
 
 def keep_tensor(keep: list[int] | None) -> torch.Tensor | None:
@@ -126,7 +126,7 @@ class WeightedRows(torch.autograd.Function):
         out = table.new_empty(batch, dim)
         code = library().asmg_rows_forward(
             ctypes.c_long(batch), width, dim, _ptr(table), ctypes.c_long(table.shape[0]),
-            ctypes.cast(index.data_ptr(), _long_p), _ptr(weight), _ptr(out), torch.get_num_threads())
+            _ptr(index, _long_p), _ptr(weight), _ptr(out), torch.get_num_threads())
         if code:
             raise IndexError(f"embedding row out of range 0..{table.shape[0] - 1}")
         ctx.save_for_backward(index, weight)
@@ -141,7 +141,7 @@ class WeightedRows(torch.autograd.Function):
         grad = grad_out.new_zeros(ctx.rows, dim)
         code = library().asmg_rows_backward(
             ctypes.c_long(batch), width, dim, _ptr(grad_out), ctypes.c_long(ctx.rows),
-            ctypes.cast(index.data_ptr(), _long_p), _ptr(weight), _ptr(grad), torch.get_num_threads())
+            _ptr(index, _long_p), _ptr(weight), _ptr(grad), torch.get_num_threads())
         if code:
             raise IndexError(f"embedding row out of range 0..{ctx.rows - 1}")
         return grad, None, None
@@ -161,10 +161,9 @@ def last_use(ids: torch.Tensor, per_step: list[int], size: int) -> tuple[torch.T
     seg = torch.tensor(per_step, dtype=torch.int64)
     scratch = torch.empty(2 * size, dtype=torch.int32)
     rows, local, keep = torch.empty(size, dtype=torch.int64), torch.empty_like(ids), torch.empty_like(seg)
-    used = library().asmg_last_use(
-        ctypes.c_long(size), len(per_step), ctypes.cast(seg.data_ptr(), _long_p), ctypes.cast(ids.data_ptr(), _long_p),
-        ctypes.cast(scratch.data_ptr(), _int_p), ctypes.cast(rows.data_ptr(), _long_p),
-        ctypes.cast(local.data_ptr(), _long_p), ctypes.cast(keep.data_ptr(), _long_p))
+    used = library().asmg_last_use(ctypes.c_long(size), len(per_step), _ptr(seg, _long_p), _ptr(ids, _long_p),
+                                   _ptr(scratch, _int_p), _ptr(rows, _long_p), _ptr(local, _long_p),
+                                   _ptr(keep, _long_p))
     if used == -1:
         raise IndexError(f"embedding row out of range 0..{size - 1}")
     if used < 0:

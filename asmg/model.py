@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -167,8 +168,7 @@ def weighted_loss(models: list[Params], batches: list[Batch], weights: list[floa
         return sum((w * loss(p, b) for p, w, b in zip(models, weights, batches, strict=True)),
                    torch.zeros((), device=batches[0].label.device))
     tables = {name: torch.cat([p[name] for p in models]) for name in TABLE_FIELDS}
-    starts = {name: [0, *torch.tensor([p[name].shape[0] for p in models[:-1]]).cumsum(0).tolist()]
-              for name in TABLE_FIELDS}
+    starts = {name: [0, *accumulate(p[name].shape[0] for p in models[:-1])] for name in TABLE_FIELDS}
     shifted = {field: torch.cat([getattr(b, field) + start for b, start in zip(batches, starts[name], strict=True)])
                for name, names in TABLE_FIELDS.items() for field in names}
     joined = Batch(**{f.name: shifted[f.name] if f.name in shifted else torch.cat([getattr(b, f.name) for b in batches])
