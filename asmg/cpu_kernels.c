@@ -8,8 +8,10 @@
  * a tile are the SIMD lanes (one vector of the compiler's vector extensions, so the code is the same for every
  * target), and exp is a vectorisable polynomial (Cephes' expf, ~1 ulp) because libm's is scalar.
  *
- * Layouts (contiguous float32): x, y, dy [S, R, C]; h0, h_first [R, C, H]; u [3, C, H] (gates z, r, g);
- * w [3, C, H, H] (w[gate][c][i][j]: h_i -> gate_j); why [C, H]; by [C].
+ * Layouts (contiguous float32): x[s] [N_s, C] (the window's tables, one per step); h0 [N, C, H]; y, dy
+ * [S, R, C]; h_first [R, C, H]; u [3, C, H] (gates z, r, g); w [3, C, H, H] (w[gate][c][i][j]: h_i -> gate_j);
+ * why [C, H]; by [C]. Output row r reads row rows[r] of the tables and of h0 (rows: R ids below every N_s, or
+ * NULL for rows 0..R-1): a meta step's rows are read where they are, not gathered into copies first.
  * Gradients are for the weights only (inputs and h0 are constants of a meta step). Rows are summed in
  * fixed chunks whatever the thread count, so results do not depend on it.
  *
@@ -173,18 +175,37 @@ static int keep_valid(int S, long R, const int *keep) {
     return 1;
 }
 
-/* A group of ROWS rows from row0 (rows up to end exist): each row's steps and where its data starts. A row that
+/* A group of ROWS rows from row0 (rows up to end exist): each row's steps, where its outputs go (base) and where
+ * its inputs and start state are read (src: row rows[row] of the tables, or row itself without rows). A row that
  * takes no step (past end, or trimmed from every step) repeats row0, and at steps past its own a row's lanes run
  * on row0's input (row0 takes the most steps, keep being non-increasing): finite values whose results are
  * dropped, so the group's rows always step together. */
-INLINE void group(int S, const int *keep, long row0, long end, int C, int c0, int *steps, size_t *base) {
+INLINE void group(int S, const int *keep, long row0, long end, int C, int c0, const long *rows, int *steps,
+                  size_t *base, size_t *src) {
     for (int p = 0; p < ROWS; p++) {
         steps[p] = row0 + p < end ? steps_of(S, keep, row0 + p) : 0;
-        base[p] = (size_t)(steps[p] ? row0 + p : row0) * C + c0;
+        long row = steps[p] ? row0 + p : row0;
+        base[p] = (size_t)row * C + c0;
+        src[p] = (size_t)(rows ? rows[row] : row) * C + c0;
     }
 }
 
 INLINE size_t at(const size_t *base, const int *steps, int p, int s) { return s < steps[p] ? base[p] : base[0]; }
+
+/* Rows read through an index are scattered over the tables: ask for a later group's inputs and state while this
+ * one computes, as the hardware does for the contiguous copies it replaces. */
+#define AHEAD 4
+INLINE void prefetch_group(int S, const int *keep, long row0, long end, int C, int H, int c0, const float *const *x,
+                           const long *rows, const float *h0) {
+    if (!rows) return;
+    for (int p = 0; p < ROWS; p++) {
+        long row = row0 + (long)AHEAD * ROWS + p;
+        if (row >= end) return;
+        size_t src = (size_t)rows[row] * C + c0;
+        for (int s = 0; s < S && (!keep || row < keep[s]); s++) __builtin_prefetch(x[s] + src);
+        for (int i = 0; i < V * H; i += 64 / (int)sizeof(float)) __builtin_prefetch(h0 + src * H + i);
+    }
+}
 
 INLINE vf load_x(const float *src, int n) {
     vf out;
@@ -215,18 +236,20 @@ INLINE void load_h(vf *h, const float *src, int n, const int H) {
 }
 
 /* ROWS rows from row0 through the window, on tile t (coordinates c0..) */
-INLINE void forward_group(const Tile *t, int S, int R, int C, const int H, long row0, int c0, const float *x,
-                          const float *h0, int residual, int anchor_mean, const int *keep, float *y, float *h_first) {
+INLINE void forward_group(const Tile *t, int S, int R, int C, const int H, long row0, int c0, const float *const *x,
+                          const long *rows, const float *h0, int residual, int anchor_mean, const int *keep, float *y,
+                          float *h_first) {
     int n = lanes(C, c0), steps[ROWS];
-    size_t base[ROWS];
-    group(S, keep, row0, R, C, c0, steps, base);
+    size_t base[ROWS], src[ROWS];
+    group(S, keep, row0, R, C, c0, rows, steps, base, src);
+    prefetch_group(S, keep, row0, R, C, H, c0, x, rows, h0);
     vf h[ROWS][MAX_H], hn[ROWS][MAX_H], z[ROWS][MAX_H], r[ROWS][MAX_H], g[ROWS][MAX_H], xs[ROWS], total[ROWS];
     for (int p = 0; p < ROWS; p++) {
-        load_h(h[p], h0 + base[p] * H, n, H);
+        load_h(h[p], h0 + src[p] * H, n, H);
         total[p] = vset(0.0f);
     }
     for (int s = 0; s < steps[0]; s++) {
-        for (int p = 0; p < ROWS; p++) xs[p] = load_x(x + (size_t)s * R * C + at(base, steps, p, s), n);
+        for (int p = 0; p < ROWS; p++) xs[p] = load_x(x[s] + at(src, steps, p, s), n);
         cell(t, H, xs, h, z, r, g, hn);
         for (int p = 0; p < ROWS; p++) {
             vf out = t->BY;
@@ -245,18 +268,20 @@ INLINE void forward_group(const Tile *t, int S, int R, int C, const int H, long 
 /* Weight gradients of sum_s <dy_s, y_s> from rows first..last-1 on tile t (coordinates c0..), added to gt: recompute
  * a group's window forward, then run it back (restrict: the weights' loads need not wait on the sums' stores). */
 INLINE void backward_chunk(const Tile *restrict t, Tile *restrict gt, int S, int R, int C, const int H, long first,
-                           long last, int c0, const float *x, const float *h0, const int *keep, const float *dy) {
+                           long last, int c0, const float *const *x, const long *rows, const float *h0,
+                           const int *keep, const float *dy) {
     int n = lanes(C, c0);
     vf hs[MAX_S + 1][ROWS][MAX_H], zs[MAX_S][ROWS][MAX_H], rs[MAX_S][ROWS][MAX_H], gs[MAX_S][ROWS][MAX_H];
     vf xs[MAX_S][ROWS], live = vset(0.0f);
     for (int v = 0; v < n; v++) live[v] = 1.0f;  /* padded lanes add nothing */
     for (long row0 = first; row0 < last; row0 += ROWS) {
         int steps[ROWS];
-        size_t base[ROWS];
-        group(S, keep, row0, last, C, c0, steps, base);
-        for (int p = 0; p < ROWS; p++) load_h(hs[0][p], h0 + base[p] * H, n, H);
+        size_t base[ROWS], src[ROWS];
+        group(S, keep, row0, last, C, c0, rows, steps, base, src);
+        prefetch_group(S, keep, row0, last, C, H, c0, x, rows, h0);
+        for (int p = 0; p < ROWS; p++) load_h(hs[0][p], h0 + src[p] * H, n, H);
         for (int s = 0; s < steps[0]; s++) {
-            for (int p = 0; p < ROWS; p++) xs[s][p] = load_x(x + (size_t)s * R * C + at(base, steps, p, s), n);
+            for (int p = 0; p < ROWS; p++) xs[s][p] = load_x(x[s] + at(src, steps, p, s), n);
             cell(t, H, xs[s], hs[s], zs[s], rs[s], gs[s], hs[s + 1]);
         }
         vf dh[ROWS][MAX_H];
@@ -316,7 +341,7 @@ INLINE void backward_chunk(const Tile *restrict t, Tile *restrict gt, int S, int
 /* Entry points. The usual hidden sizes get their own copies of the loop bodies, with H a constant the compiler
  * unrolls; the choice is made inside the parallel loops because OpenMP outlines their bodies before anything is
  * inlined (a constant H passed in from outside would not reach them). */
-int asmg_gru_forward(int S, int R, int C, int H, const float *x, const float *h0, const float *u,
+int asmg_gru_forward(int S, int R, int C, int H, const float *const *x, const long *rows, const float *h0, const float *u,
                      const float *w, const float *why, const float *by, int residual, int anchor_mean,
                      const int *keep, float *y, float *h_first, int threads) {
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
@@ -336,16 +361,16 @@ int asmg_gru_forward(int S, int R, int C, int H, const float *x, const float *h0
                 load_tile(&t, C, H, c0, u, w, why, by);
                 loaded = b;
             }
-            if (H == 4) forward_group(&t, S, R, C, 4, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
-            else if (H == 8) forward_group(&t, S, R, C, 8, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
-            else forward_group(&t, S, R, C, H, row0, c0, x, h0, residual, anchor_mean, keep, y, h_first);
+            if (H == 4) forward_group(&t, S, R, C, 4, row0, c0, x, rows, h0, residual, anchor_mean, keep, y, h_first);
+            else if (H == 8) forward_group(&t, S, R, C, 8, row0, c0, x, rows, h0, residual, anchor_mean, keep, y, h_first);
+            else forward_group(&t, S, R, C, H, row0, c0, x, rows, h0, residual, anchor_mean, keep, y, h_first);
         }
     }
     return 0;
 }
 
 /* Weight gradients of sum_s <dy_s, y_s>. */
-int asmg_gru_backward(int S, int R, int C, int H, const float *x, const float *h0, const float *u,
+int asmg_gru_backward(int S, int R, int C, int H, const float *const *x, const long *rows, const float *h0, const float *u,
                       const float *w, const float *why, const int *keep, const float *dy, float *du, float *dw,
                       float *dwhy, float *dby, int threads) {
     if (H > MAX_H || S > MAX_S || H < 1 || S < 1 || C < 1) return 1;
@@ -370,9 +395,9 @@ int asmg_gru_backward(int S, int R, int C, int H, const float *x, const float *h
                 loaded = b;
             }
             zero_tile(&sums, H);
-            if (H == 4) backward_chunk(&t, &sums, S, R, C, 4, first, last, c0, x, h0, keep, dy);
-            else if (H == 8) backward_chunk(&t, &sums, S, R, C, 8, first, last, c0, x, h0, keep, dy);
-            else backward_chunk(&t, &sums, S, R, C, H, first, last, c0, x, h0, keep, dy);
+            if (H == 4) backward_chunk(&t, &sums, S, R, C, 4, first, last, c0, x, rows, h0, keep, dy);
+            else if (H == 8) backward_chunk(&t, &sums, S, R, C, 8, first, last, c0, x, rows, h0, keep, dy);
+            else backward_chunk(&t, &sums, S, R, C, H, first, last, c0, x, rows, h0, keep, dy);
             pack_tile(grads + (size_t)kb * P, &sums, H);
         }
     }

@@ -59,50 +59,69 @@ def keep_tensor(keep: list[int] | None) -> torch.Tensor | None:
 
 
 class FusedWindow(torch.autograd.Function):
-    """y [S, R, C] and the hidden state after step one [R, C, H] from x [S, R, C] and h0 [R, C, H];
-    gradients flow to the weights only.
+    """y [S, R, C] and the hidden state after step one [R, C, H] from the window's tables xs (S tensors [N_s, C])
+    and h0 [N, C, H], for the rows ``rows`` (int64 [R], each below every N_s; None: rows 0..N-1) in that
+    order; gradients flow to the weights only. The rows are read in place: no gathered copies.
 
     With ``keep`` (int32 [S], non-increasing), only rows :keep[s] take step s: y[s, keep[s]:] is left
     unwritten and its gradient ignored (callers read only y[s, :keep[s]]), and the state after step one is
     not computed (``first`` comes back empty)."""
 
     @staticmethod
-    def forward(ctx, x, h0, u, w, w_hy, b_y, residual: bool, anchor_mean: bool,  # noqa: ANN001, ANN205
+    def forward(ctx, xs, rows, h0, u, w, w_hy, b_y, residual: bool, anchor_mean: bool,  # noqa: ANN001, ANN205
                 keep: torch.Tensor | None = None):
-        steps, rows, coords = x.shape
+        xs = [x.contiguous() for x in xs]
+        steps, coords = len(xs), xs[0].shape[1]
         hidden = u.shape[-1]
-        x, h0 = x.contiguous(), h0.contiguous()
+        h0 = h0.contiguous()
+        if rows is not None:
+            rows = rows.to(torch.int64).contiguous()
+            if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= min(x.shape[0] for x in (*xs, h0))):
+                raise IndexError(f"rows out of range 0..{min(x.shape[0] for x in (*xs, h0)) - 1}")
+        count = len(rows) if rows is not None else xs[0].shape[0]
+        if any(x.shape[1:] != (coords,) for x in xs) or h0.shape[1:] != (coords, hidden) or (
+                rows is None and any(x.shape[0] != count for x in (*xs, h0))):
+            raise ValueError(f"window tables {[tuple(x.shape) for x in xs]} and state {tuple(h0.shape)} do not fit")
         u, w, w_hy, b_y = (t.detach().contiguous() for t in (u, w, w_hy, b_y))
         if keep is not None:
             keep = keep.to(torch.int32).contiguous()
             if keep.shape != (steps,):
                 raise ValueError(f"keep needs one prefix length per step, got {tuple(keep.shape)}")
-        y = x.new_empty(x.shape)
-        first = x.new_empty(0 if keep is not None else rows, coords, hidden)
+        y = xs[0].new_empty(steps, count, coords)
+        first = y.new_empty(0 if keep is not None else count, coords, hidden)
         code = library().asmg_gru_forward(
-            steps, rows, coords, hidden, _ptr(x), _ptr(h0), _ptr(u), _ptr(w), _ptr(w_hy), _ptr(b_y),
-            int(residual), int(anchor_mean), _keep_ptr(keep), _ptr(y), None if keep is not None else _ptr(first),
-            torch.get_num_threads())
+            steps, count, coords, hidden, _table_ptrs(xs), _rows_ptr(rows), _ptr(h0), _ptr(u), _ptr(w),
+            _ptr(w_hy), _ptr(b_y), int(residual), int(anchor_mean), _keep_ptr(keep), _ptr(y),
+            None if keep is not None else _ptr(first), torch.get_num_threads())
         if code:
             raise RuntimeError(f"fused GRU kernel refused its arguments (code {code})")
-        ctx.save_for_backward(x, h0, u, w, w_hy, keep)
+        ctx.xs = xs  # constants of the step (no gradient), so kept as they are rather than saved
+        ctx.save_for_backward(rows, h0, u, w, w_hy, keep)
         ctx.mark_non_differentiable(first)
         return y, first
 
     @staticmethod
     def backward(ctx, dy, _dfirst):  # noqa: ANN001, ANN205
-        x, h0, u, w, w_hy, keep = ctx.saved_tensors
-        steps, rows, coords = x.shape
+        rows, h0, u, w, w_hy, keep = ctx.saved_tensors
+        steps, count, coords = dy.shape
         hidden = u.shape[-1]
         dy = dy.contiguous()
         du, dw, dwhy = torch.empty_like(u), torch.empty_like(w), torch.empty_like(w_hy)
         dby = u.new_empty(coords)
         code = library().asmg_gru_backward(
-            steps, rows, coords, hidden, _ptr(x), _ptr(h0), _ptr(u), _ptr(w), _ptr(w_hy), _keep_ptr(keep),
-            _ptr(dy), _ptr(du), _ptr(dw), _ptr(dwhy), _ptr(dby), torch.get_num_threads())
+            steps, count, coords, hidden, _table_ptrs(ctx.xs), _rows_ptr(rows), _ptr(h0), _ptr(u), _ptr(w),
+            _ptr(w_hy), _keep_ptr(keep), _ptr(dy), _ptr(du), _ptr(dw), _ptr(dwhy), _ptr(dby), torch.get_num_threads())
         if code:
             raise RuntimeError(f"fused GRU kernel refused its arguments (code {code})")
-        return None, None, du, dw, dwhy, dby, None, None, None
+        return None, None, None, du, dw, dwhy, dby, None, None, None
+
+
+def _table_ptrs(tables: list[torch.Tensor]) -> ctypes.Array:
+    return (_float_p * len(tables))(*(_ptr(t) for t in tables))
+
+
+def _rows_ptr(rows: torch.Tensor | None) -> ctypes._Pointer | None:
+    return None if rows is None else _ptr(rows, _long_p)
 
 
 def rows_usable(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> bool:

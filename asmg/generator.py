@@ -111,61 +111,74 @@ class GruGenerator(nn.Module):
         return state
 
     def run(self, inputs: dict[str, list[torch.Tensor]], h0: dict[str, torch.Tensor],
-            scales: dict[str, float] | None = None, keep: dict[str, list[int]] | None = None
+            scales: dict[str, float] | None = None, keep: dict[str, list[int]] | None = None,
+            rows: dict[str, torch.Tensor] | None = None
             ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         """inputs[name] = one [R, c] tensor per step. Returns every step's outputs and h after step one.
 
         With ``scales``, a parameter is divided by its scale on the way in and multiplied on the way out,
         so one GRU sees embeddings (~0.05) and MLP weights (~0.3) in the same range.
 
+        ``rows[name]`` (embedding tables only): inputs[name] and h0[name] are whole tables, and only these
+        rows (in this order) are run, as if they had been gathered first; the CPU kernel reads them in place.
+
         ``keep[name]`` (embedding tables only; non-increasing, one per step): only rows :keep[name][i] take
         step i, so step i's output for that table has keep[name][i] rows, and no state after step one comes
         back for it. A meta step reads only the rows its batches use, ordered so those a later step still
         needs come first; the others skip the GRU steps whose outputs nobody reads.
         """
-        keep = keep or {}
-        scales = scales or {}
+        keep, scales, rows = keep or {}, scales or {}, rows or {}
         steps = len(next(iter(inputs.values())))
-        scaled = {n: [x / scales[n] for x in xs] if n in scales else xs for n, xs in inputs.items()}
-        groups = {n: xs for n, xs in scaled.items() if n in EMBEDDINGS}
+        groups = {n: xs for n, xs in inputs.items() if n in EMBEDDINGS}
         if self.dense:
-            groups[DENSE] = [torch.cat([scaled[n][i] for n in self.dense], dim=1) for i in range(steps)]
+            groups[DENSE] = [torch.cat([self._scaled(n, inputs[n][i], scales) for n in self.dense], dim=1)
+                             for i in range(steps)]
         outputs: list[dict[str, torch.Tensor]] = [{} for _ in range(steps)]
         first: dict[str, torch.Tensor] = {}
         for group, xs in groups.items():
-            cell = self.cells[_key(group)]
-            rows = keep.get(group)
-            if rows is not None and (len(rows) != steps or any(
-                    b > a for a, b in zip([xs[0].shape[0], *rows], rows, strict=False))):
-                raise ValueError(f"keep[{group!r}] must give each step a prefix no longer than the last: {rows}")
-            if cpu_kernels.gru_usable(xs, h0[group], self.hidden):
+            cell, pick, h = self.cells[_key(group)], rows.get(group), h0[group]
+            fused = cpu_kernels.gru_usable(xs, h, self.hidden)
+            if pick is not None and (not fused or group in scales):  # gathered copies where the kernel cannot
+                xs, h, pick = [x.index_select(0, pick) for x in xs], h.index_select(0, pick), None
+            if group in scales:
+                xs = [self._scaled(group, x, scales) for x in xs]
+            count = len(pick) if pick is not None else xs[0].shape[0]
+            kept = keep.get(group)
+            if kept is not None and (len(kept) != steps or any(
+                    b > a for a, b in zip([count, *kept], kept, strict=False))):
+                raise ValueError(f"keep[{group!r}] must give each step a prefix no longer than the last: {kept}")
+            if fused:
                 ys, h_first = cpu_kernels.FusedWindow.apply(
-                    torch.stack(xs), h0[group], cell.u, cell.w, cell.w_hy, cell.b_y, cell.residual,
-                    self.anchor == "mean", cpu_kernels.keep_tensor(rows))
+                    xs, pick, h, cell.u, cell.w, cell.w_hy, cell.b_y, cell.residual, self.anchor == "mean",
+                    cpu_kernels.keep_tensor(kept))
                 for i, y in enumerate(ys.unbind(0)):
-                    self._collect(outputs[i], group, y if rows is None else y[:rows[i]])
-                if rows is None:
+                    self._collect(outputs[i], group, y if kept is None else y[:kept[i]])
+                if kept is None:
                     first[group] = h_first
                 continue
-            fused = cell.fused_weights()
-            h = h0[group].permute(1, 0, 2).contiguous()  # coordinate-major for the whole window
+            fused_weights = cell.fused_weights()
+            h = h.permute(1, 0, 2).contiguous()  # coordinate-major for the whole window
             total = None
             for i, x in enumerate(xs):
-                if rows is not None:  # the dropped rows are the tail: a slice of the state and the inputs
-                    x, h = x[:rows[i]], h[:, :rows[i]]
-                    total = None if total is None else total[:, :rows[i]]
+                if kept is not None:  # the dropped rows are the tail: a slice of the state and the inputs
+                    x, h = x[:kept[i]], h[:, :kept[i]]
+                    total = None if total is None else total[:, :kept[i]]
                 xt = x.t()
                 anchor = None
                 if self.anchor == "mean":
                     total = xt if total is None else total + xt
                     anchor = total / (i + 1)
-                y, h = cell.step_by_coordinate(xt, h, fused, anchor)
+                y, h = cell.step_by_coordinate(xt, h, fused_weights, anchor)
                 self._collect(outputs[i], group, y.t())
-                if i == 0 and rows is None:
+                if i == 0 and kept is None:
                     first[group] = h.permute(1, 0, 2).contiguous()
         if scales:
             outputs = [{n: y * scales.get(n, 1.0) for n, y in out.items()} for out in outputs]
         return outputs, first
+
+    @staticmethod
+    def _scaled(name: str, x: torch.Tensor, scales: dict[str, float]) -> torch.Tensor:
+        return x / scales[name] if name in scales else x
 
     def _collect(self, out: dict[str, torch.Tensor], group: str, y: torch.Tensor) -> None:
         """A group's [R, c] output into the step's name -> rows dict (the dense group splits per tensor)."""

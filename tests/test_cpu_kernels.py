@@ -202,9 +202,9 @@ def test_trimmed_window_equals_the_whole_window_on_the_kept_rows(hidden, residua
         dy = torch.randn(x.shape, generator=gen)
         dropped = torch.arange(rows).view(1, rows, 1) >= torch.tensor(keep).view(steps, 1, 1)
         assert dropped.any() and not dropped.all()
-        y_all, first = cpu_kernels.FusedWindow.apply(x, h0, *weights, residual, anchor_mean)
+        y_all, first = cpu_kernels.FusedWindow.apply(list(x), None, h0, *weights, residual, anchor_mean)
         grads_all = torch.autograd.grad(y_all, weights, dy.masked_fill(dropped, 0.0))
-        y_kept, no_first = cpu_kernels.FusedWindow.apply(x, h0, *weights, residual, anchor_mean,
+        y_kept, no_first = cpu_kernels.FusedWindow.apply(list(x), None, h0, *weights, residual, anchor_mean,
                                                          cpu_kernels.keep_tensor(keep))
         grads_kept = torch.autograd.grad(y_kept, weights, dy)
         assert first.shape == h0.shape and no_first.numel() == 0
@@ -229,12 +229,12 @@ def test_rows_stepped_in_groups_equal_rows_stepped_alone(hidden):
     dropped = torch.arange(rows).view(1, rows, 1) >= torch.tensor(keep).view(steps, 1, 1)
     x, dy = x.masked_fill(dropped, float("nan")), dy.masked_fill(dropped, float("nan"))
     h0[keep[0]:] = float("nan")
-    y, _ = cpu_kernels.FusedWindow.apply(x, h0, *weights, True, True, cpu_kernels.keep_tensor(keep))
+    y, _ = cpu_kernels.FusedWindow.apply(list(x), None, h0, *weights, True, True, cpu_kernels.keep_tensor(keep))
     grads = torch.autograd.grad(y, weights, dy)
     summed = [torch.zeros_like(w) for w in weights]
     for row in range(rows):
         alone = [int(row < n) for n in keep]
-        y_row, _ = cpu_kernels.FusedWindow.apply(x[:, row:row + 1], h0[row:row + 1], *weights, True, True,
+        y_row, _ = cpu_kernels.FusedWindow.apply(list(x[:, row:row + 1]), None, h0[row:row + 1], *weights, True, True,
                                                  cpu_kernels.keep_tensor(alone))
         for s in range(sum(alone)):  # the steps the row takes
             assert torch.equal(y[s, row], y_row[s, 0]), (row, s)
@@ -254,7 +254,7 @@ def test_trimmed_window_does_not_depend_on_the_thread_count():
     try:
         for n in (1, 3):
             torch.set_num_threads(n)
-            y, _ = cpu_kernels.FusedWindow.apply(x, h0, *weights, True, False, keep)
+            y, _ = cpu_kernels.FusedWindow.apply(list(x), None, h0, *weights, True, False, keep)
             results.append((y, torch.autograd.grad(y, weights, dy)))
     finally:
         torch.set_num_threads(threads)
@@ -267,7 +267,7 @@ def test_trimmed_window_refuses_prefixes_that_grow_or_exceed_the_rows():
     x, h0, weights = _kernel_args(3, 10, 8, 4, seed=0)
     for keep in ([10, 11, 3], [11, 5, 3], [5, 3, -1]):
         with pytest.raises(RuntimeError, match="code 4"):
-            cpu_kernels.FusedWindow.apply(x, h0, *weights, True, False, cpu_kernels.keep_tensor(keep))
+            cpu_kernels.FusedWindow.apply(list(x), None, h0, *weights, True, False, cpu_kernels.keep_tensor(keep))
     generator, inputs, h0 = _window(4, True, "last")
     with pytest.raises(ValueError, match="prefix"):
         generator.run(inputs, h0, keep={"item_emb": [53, 60, 10]})
@@ -307,3 +307,49 @@ def test_generator_trims_to_the_kept_rows_on_both_paths(fused, monkeypatch):
     for name, grad in grads_whole.items():
         assert grad.abs().sum() > 0, name
         assert torch.allclose(grads_trimmed[name], grad, rtol=1e-6, atol=1e-6 * grad.abs().max().item()), name
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_generator_reads_the_given_rows_as_if_gathered_first(fused, monkeypatch):
+    """GruGenerator.run with ``rows``: whole tables in, only the given rows (in their order, repeats allowed) run,
+    equal to running the gathered copies; trimmed too, and the C kernel reads them in place."""
+    generator, inputs, h0 = _window(4, True, "last", steps=3)
+    pick = {"user_emb": torch.tensor([36, 0, 5, 5, 17, 2, 30, 11, 8]), "item_emb": torch.randperm(
+        53, generator=torch.Generator().manual_seed(3))[:40]}
+    for keep in (None, {"user_emb": [9, 6, 2], "item_emb": [40, 33, 0]}):
+        results = []
+        for in_place in (True, False):
+            with monkeypatch.context() as patch:
+                if not fused:
+                    patch.setattr(cpu_kernels, "gru_usable", lambda *args: False)
+                generator.zero_grad(set_to_none=True)
+                if in_place:
+                    outputs, first = generator.run(inputs, h0, keep=keep, rows=pick)
+                else:
+                    gathered = {n: [x.index_select(0, pick[n]) if n in pick else x for x in xs]
+                                for n, xs in inputs.items()}
+                    state = {g: h.index_select(0, pick[g]) if g in pick else h for g, h in h0.items()}
+                    outputs, first = generator.run(gathered, state, keep=keep)
+                sum((i + 1) * (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum()
+                    for i, out in enumerate(outputs) for y in out.values()).backward()
+            results.append((outputs, first, {n: p.grad.clone() for n, p in generator.named_parameters()}))
+        (outs, first, grads), (outs_gathered, first_gathered, grads_gathered) = results
+        assert first.keys() == first_gathered.keys()
+        assert all(torch.equal(first[g], first_gathered[g]) for g in first)
+        for out, out_gathered in zip(outs, outs_gathered, strict=True):
+            assert out.keys() == out_gathered.keys()
+            assert all(torch.equal(out[n], out_gathered[n]) for n in out)
+        assert outs[-1]["user_emb"].shape[0] == (9 if keep is None else 2)
+        for name, grad in grads_gathered.items():
+            assert grad.abs().sum() > 0, name
+            assert torch.equal(grads[name], grad), name
+
+
+def test_fused_window_refuses_rows_outside_a_table():
+    x, h0, weights = _kernel_args(3, 10, 8, 4, seed=0)
+    tables = [x[0], x[1], x[2, :6]]  # the last step's table is shorter
+    assert cpu_kernels.FusedWindow.apply(tables, torch.tensor([5, 0, 3]), h0, *weights, True, False)[0].shape \
+        == (3, 3, 8)
+    for rows in ([6, 0], [-1, 2]):
+        with pytest.raises(IndexError, match="out of range"):
+            cpu_kernels.FusedWindow.apply(tables, torch.tensor(rows), h0, *weights, True, False)

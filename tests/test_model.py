@@ -411,9 +411,9 @@ def test_shrinkage_keeps_the_whole_window(monkeypatch):
     """correction_l2 averages over every gathered row at every step: no trimming then."""
     method, batches = _asmg_with_window(True, "residual", correction_l2=0.5)
     run, extra = method.generator.run, []
-    monkeypatch.setattr(method.generator, "run", lambda *args: extra.append(args[3:]) or run(*args))
+    monkeypatch.setattr(method.generator, "run", lambda *args: extra.append(args[3]) or run(*args))
     loss, grads = _meta_loss_and_grads(method, batches)
-    assert extra == [()]  # inputs, state, scales: no prefix lengths
+    assert extra == [None]  # inputs, state, scales, no prefix lengths, rows
     assert math.isfinite(loss) and all(g.abs().sum() > 0 for g in grads.values())
 
 

@@ -163,18 +163,16 @@ class AsmgMethod(UpdateMethod):
             rows, local = _compact_all(batches)
         else:
             rows, local = None, batches
-        inputs = {}
-        for name in self.base:
-            pick = rows.get(name) if rows is not None else None
-            inputs[name] = [as_rows(name, m[name]).index_select(0, pick) if pick is not None
-                            else as_rows(name, m[name]) for m in self.models]
-        state = {g: h.index_select(0, rows[g]) if rows is not None and g in rows else h for g, h in h0.items()}
-        outputs, _ = (self.generator.run(inputs, state, self.scales()) if keep is None
-                      else self.generator.run(inputs, state, self.scales(), keep))
+        tables = {n: [as_rows(n, m[n]) for m in self.models] for n in self.base}
+        if isinstance(self.generator, GruGenerator):  # it takes the rows and reads them where they are
+            outputs, _ = self.generator.run(tables, h0, self.scales(), keep, rows)
+        else:
+            outputs, _ = self.generator.run(_picked(tables, rows), {})
         steps = sorted(local)
         models = [{n: from_rows(n, outputs[i][n], self.base[n].shape) for n in self.base} for i in steps]
         total = weighted_loss(models, [local[i] for i in steps], [weights[i] for i in steps])
         if shrink:
+            inputs = _picked(tables, rows)
             for i in steps:
                 total = total + weights[i] * shrink * sum(
                     (outputs[i][n] - inputs[n][i]).pow(2).mean() / inputs[n][i].pow(2).mean().clamp(min=1e-12)
@@ -225,6 +223,13 @@ def _cycle(order: torch.Tensor, iteration: int, size: int) -> torch.Tensor:
     """The iteration-th batch of a shuffled order, wrapping around shorter periods."""
     idx = (torch.arange(size) + iteration * size) % len(order)
     return order[idx[: min(size, len(order))]]
+
+
+def _picked(tables: dict[str, list[torch.Tensor]], rows: dict[str, torch.Tensor] | None
+            ) -> dict[str, list[torch.Tensor]]:
+    """The window's tables cut to the rows a step uses (gathered copies)."""
+    return {n: [x.index_select(0, rows[n]) for x in xs] if rows is not None and n in rows else xs
+            for n, xs in tables.items()}
 
 
 def _compact_all(batches: dict[int, Batch]) -> tuple[dict[str, torch.Tensor], dict[int, Batch]]:
