@@ -8,8 +8,9 @@ event's time). Scores are accumulated per period so AUC and logloss are exact, n
 from __future__ import annotations
 
 import math
+import struct
 import threading
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,45 +30,35 @@ from streams.scorer.state import LoadedModel
 # --- user histories -----------------------------------------------------------------------------------------
 
 
-class _History:
-    """Positives of one user: ``done`` (older than ``pending_ts``) and ``pending`` (at ``pending_ts``).
-
-    Events at one second do not see each other in training samples, so positives at the newest second wait
-    in ``pending`` until a later event of the user arrives.
-    """
-
-    __slots__ = ("done", "pending", "pending_ts")
-
-    def __init__(self, length: int) -> None:
-        self.done: deque[int] = deque(maxlen=length)
-        self.pending: list[int] = []
-        self.pending_ts: float = -math.inf
-
-    def before(self, ts: float) -> list[int]:
-        """Positives strictly before ``ts`` (in time order), committing pending ones that now are."""
-        if ts > self.pending_ts and self.pending:
-            self.done.extend(sorted(self.pending))  # one second: (ts, item) order, as samples are built
-            self.pending.clear()
-        return list(self.done)
-
-    def add(self, item: int, ts: float) -> None:
-        if ts >= self.pending_ts:
-            self.pending_ts = ts
-            self.pending.append(item)
-        else:  # out of order: the best we can do is to make it older than the pending second
-            self.done.append(item)
-
-    def everything(self) -> list[int]:
-        return [*self.done, *sorted(self.pending)][-self.done.maxlen:] if self.done.maxlen else []
+# A user's entry: int64 item ids (done, oldest first, then pending, in arrival order), then a tail: the pending
+# second (float64, exact for whole seconds; -inf: none yet) and how many ids are pending.
+_TAIL = struct.Struct("=dq")
+_ITEM = struct.Struct("=q")
+_ITEM_TAIL = struct.Struct("=qdq")  # an id, then the tail: what an in-order positive appends
+_EMPTY = _TAIL.pack(-math.inf, 0)  # a user not seen yet
 
 
 class UserHistories:
-    """Each user's most recent positive items, for at most ``max_users`` users (least recently seen go first)."""
+    """Each user's most recent positive items, for at most ``max_users`` users (least recently seen go first).
+
+    A user's positives are ``done`` (the newest ``length`` older than the pending second) and ``pending`` (at the
+    pending second, in arrival order): events at one second do not see each other in training samples, so
+    positives at the newest second wait in ``pending`` until a later event of the user arrives.
+
+    Each user's entry is one ``bytes`` (the ids as int64, then the pending second and count), rebuilt on update:
+    bytes hold no references, so the cyclic garbage collector never tracks them: a full collection (which stalls
+    the scorer's event loop) walks the one dict, not objects per user (~3 us a user), and not even that once the
+    scorer has frozen its start-up objects. Tuples would not do: created tracked, they are untracked only by a
+    collection that sees them, and replacing them frees as much as it allocates, which is all the collector's
+    trigger counts, so they pile up for one long young collection (bench/bench_scorer_gc.py).
+    """
 
     def __init__(self, max_users: int = 1_000_000, length: int = HISTORY_LEN) -> None:
+        if length < 0:
+            raise ValueError(f"history length must be >= 0, got {length}")
         self.max_users = max_users
         self.length = length
-        self._users: OrderedDict[int, _History] = OrderedDict()
+        self._users: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted = 0
 
@@ -77,8 +68,15 @@ class UserHistories:
     def recent(self, user: int) -> list[int]:
         """Everything known about the user now: what a request without a history is scored with."""
         with self._lock:
-            history = self._users.get(user)
-            return history.everything() if history is not None else []
+            entry = self._users.get(user)
+        if entry is None or not self.length:
+            return []
+        end = len(entry) - _TAIL.size
+        pending = _TAIL.unpack_from(entry, end)[1]
+        ids = memoryview(entry)[:end].cast("q").tolist()
+        if pending > 1:
+            ids[len(ids) - pending:] = sorted(ids[len(ids) - pending:])
+        return ids[-self.length:]
 
     def observe(self, events: Sequence[Event], seconds: Sequence[int] | None = None,
                 update: Sequence[bool] | None = None) -> list[list[int]]:
@@ -90,24 +88,49 @@ class UserHistories:
         seconds = [math.floor(e.ts) for e in events] if seconds is None else seconds
         update = [True] * len(events) if update is None else update
         out: list[list[int]] = []
+        append, tail, unpack_tail, pack_tail = out.append, _TAIL.size, _TAIL.unpack_from, _TAIL.pack
+        pack_item, pack_item_tail, keep_bytes = _ITEM.pack, _ITEM_TAIL.pack, 8 * self.length
         with self._lock:
+            users = self._users
             for event, ts, keep in zip(events, seconds, update, strict=True):
-                history = self._touch(event.user_id)
-                out.append(history.before(ts))
+                user = event.user_id
+                entry = users.get(user)
+                fresh = entry is None
+                if fresh:
+                    entry = _EMPTY
+                else:
+                    users.move_to_end(user)
+                end = len(entry) - tail
+                pending_ts, pending = unpack_tail(entry, end)
+                cut = end - 8 * pending  # ids: done | pending
+                if pending and ts > pending_ts:  # the pending second is now strictly before: commit it
+                    if pending > 1:  # one second's positives in (ts, item) order, as samples are built
+                        ids = entry[:cut] + b"".join(map(pack_item, sorted(memoryview(entry)[cut:end].cast("q"))))
+                        ids = ids[max(0, len(ids) - keep_bytes):]
+                    else:
+                        ids = entry[end - keep_bytes if end > keep_bytes else 0:end]
+                    cut, pending = len(ids), 0
+                    append(memoryview(ids).cast("q").tolist())
+                else:
+                    ids = None
+                    append(memoryview(entry)[:cut].cast("q").tolist())
                 if keep and event.label == 1:
-                    history.add(event.item_id, ts)
+                    if ids is None:
+                        ids = entry[:end]
+                    if ts >= pending_ts:
+                        users[user] = ids + pack_item_tail(event.item_id, ts, pending + 1)
+                    else:  # out of order: the best we can do is to make it older than the pending second
+                        done = ids[:cut] + pack_item(event.item_id)
+                        users[user] = done[max(0, len(done) - keep_bytes):] + ids[cut:] + pack_tail(pending_ts, pending)
+                elif ids is not None:
+                    users[user] = ids + pack_tail(pending_ts, 0)
+                elif fresh:
+                    users[user] = entry
+                if fresh:
+                    while len(users) > self.max_users:
+                        users.popitem(last=False)
+                        self.evicted += 1
         return out
-
-    def _touch(self, user: int) -> _History:
-        history = self._users.get(user)
-        if history is None:
-            history = self._users[user] = _History(self.length)
-            while len(self._users) > self.max_users:
-                self._users.popitem(last=False)
-                self.evicted += 1
-        else:
-            self._users.move_to_end(user)
-        return history
 
 
 # --- prequential metrics ------------------------------------------------------------------------------------
