@@ -75,9 +75,9 @@ class FusedWindow(torch.autograd.Function):
         hidden = u.shape[-1]
         h0 = h0.contiguous()
         if rows is not None:
-            rows = rows.to(torch.int64).contiguous()
-            if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= min(x.shape[0] for x in (*xs, h0))):
-                raise IndexError(f"rows out of range 0..{min(x.shape[0] for x in (*xs, h0)) - 1}")
+            rows, limit = rows.to(torch.int64).contiguous(), min(x.shape[0] for x in (*xs, h0))
+            if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= limit):
+                raise IndexError(f"rows out of range 0..{limit - 1}")
         count = len(rows) if rows is not None else xs[0].shape[0]
         if any(x.shape[1:] != (coords,) for x in xs) or h0.shape[1:] != (coords, hidden) or (
                 rows is None and any(x.shape[0] != count for x in (*xs, h0))):

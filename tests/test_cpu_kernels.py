@@ -37,13 +37,14 @@ def _window(hidden: int, residual: bool, anchor: str, steps: int = 3, seed: int 
     return generator, inputs, h0
 
 
-def _run(generator, inputs, h0, fused: bool, monkeypatch):
-    """Every step's outputs, the state after step one, and the gradients of a weighted sum of the outputs."""
+def _run(generator, inputs, h0, fused: bool, monkeypatch, **options):
+    """Every step's outputs, the state after step one, and the gradients of a weighted sum of the outputs
+    (``options``: GruGenerator.run's keep and rows)."""
     with monkeypatch.context() as patch:
         if not fused:
             patch.setattr(cpu_kernels, "gru_usable", lambda *args: False)
         generator.zero_grad(set_to_none=True)
-        outputs, first = generator.run(inputs, h0)
+        outputs, first = generator.run(inputs, h0, **options)
         total = sum((i + 1) * (out[n] * torch.linspace(-1, 1, out[n].numel()).reshape(out[n].shape)).sum()
                     for i, out in enumerate(outputs) for n in out)
         total.backward()
@@ -316,24 +317,11 @@ def test_generator_reads_the_given_rows_as_if_gathered_first(fused, monkeypatch)
     generator, inputs, h0 = _window(4, True, "last", steps=3)
     pick = {"user_emb": torch.tensor([36, 0, 5, 5, 17, 2, 30, 11, 8]), "item_emb": torch.randperm(
         53, generator=torch.Generator().manual_seed(3))[:40]}
+    gathered = {n: [x.index_select(0, pick[n]) if n in pick else x for x in xs] for n, xs in inputs.items()}
+    state = {g: h.index_select(0, pick[g]) if g in pick else h for g, h in h0.items()}
     for keep in (None, {"user_emb": [9, 6, 2], "item_emb": [40, 33, 0]}):
-        results = []
-        for in_place in (True, False):
-            with monkeypatch.context() as patch:
-                if not fused:
-                    patch.setattr(cpu_kernels, "gru_usable", lambda *args: False)
-                generator.zero_grad(set_to_none=True)
-                if in_place:
-                    outputs, first = generator.run(inputs, h0, keep=keep, rows=pick)
-                else:
-                    gathered = {n: [x.index_select(0, pick[n]) if n in pick else x for x in xs]
-                                for n, xs in inputs.items()}
-                    state = {g: h.index_select(0, pick[g]) if g in pick else h for g, h in h0.items()}
-                    outputs, first = generator.run(gathered, state, keep=keep)
-                sum((i + 1) * (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum()
-                    for i, out in enumerate(outputs) for y in out.values()).backward()
-            results.append((outputs, first, {n: p.grad.clone() for n, p in generator.named_parameters()}))
-        (outs, first, grads), (outs_gathered, first_gathered, grads_gathered) = results
+        outs, first, grads = _run(generator, inputs, h0, fused, monkeypatch, keep=keep, rows=pick)
+        outs_gathered, first_gathered, grads_gathered = _run(generator, gathered, state, fused, monkeypatch, keep=keep)
         assert first.keys() == first_gathered.keys()
         assert all(torch.equal(first[g], first_gathered[g]) for g in first)
         for out, out_gathered in zip(outs, outs_gathered, strict=True):
