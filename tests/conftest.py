@@ -86,8 +86,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     failures = []
     for _ in range(3):  # the ports are free when picked; another process may bind one first: pick again
         broker = LocalBroker(BrokerConfig(home=tmp_path_factory.mktemp("kafka"), port=free_port(),
-                                          controller_port=free_port(), heap="384m",
-                                          jvm_opts=("-XX:TieredStopAtLevel=1", "-Xshare:auto")))  # C1: faster start
+                                          controller_port=free_port(), heap="384m"))
         try:
             broker.start(timeout=180, die_with_parent=True)
             break
@@ -126,9 +125,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     failures = []
     for _ in range(3):  # a picked port may be taken by another process before the node binds it: pick again
         config = ClusterConfig(home=tmp_path_factory.mktemp("cluster"), ports=tuple(free_port() for _ in range(3)),
-                               controller_ports=tuple(free_port() for _ in range(3)), heap="320m",
-                               # C1 only: three JVMs start in about half the time on two cores (30 s vs 62 s)
-                               jvm_opts=("-XX:TieredStopAtLevel=1", "-Xshare:auto"))
+                               controller_ports=tuple(free_port() for _ in range(3)), heap="320m")
         cluster = LocalCluster(config)
         try:
             cluster.start(timeout=240, die_with_parent=True)

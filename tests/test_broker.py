@@ -179,3 +179,25 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Pat
     _write_config(config)
     _format_storage(config, java_executable(), resolve_jars(config), lambda _: None)
     assert f"cluster.id={cluster_id}" in (config.data_dir / "meta.properties").read_text()
+
+
+def test_the_broker_runs_c1_only_and_kafka_tools_keep_the_jvm_defaults(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker's lean JIT is ours to choose; a user's ASMG_KAFKA_JVM_OPTS must still override it (the JVM takes
+    the last flag), and Kafka's own tools (ProducerPerformance: the benches' yardstick) run as shipped."""
+    import subprocess
+
+    from streams.local import broker as module
+
+    config = BrokerConfig(home=tmp_path, jvm_opts=("-XX:TieredStopAtLevel=4",))
+    command = module._java_cmd(config, "java", tmp_path, "512m", "kafka.Kafka", "server.properties")
+    assert set(module.BROKER_JIT) <= set(command)
+    assert command.index("-XX:TieredStopAtLevel=4") > command.index(module.BROKER_JIT[0])
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(module, "java_executable", lambda *_: "java")
+    monkeypatch.setattr(module, "resolve_jars", lambda _: tmp_path)
+    monkeypatch.setattr(module.subprocess, "run",
+                        lambda cmd, **_: ran.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    assert LocalBroker(config).run_tool("org.apache.kafka.tools.ProducerPerformance", ["--help"]) == 0
+    assert not any(flag.startswith("-XX:TieredStopAtLevel") for flag in ran[0])

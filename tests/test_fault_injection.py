@@ -51,7 +51,6 @@ PARTITIONS = 3
 SESSION = 6.0  # the roles' consumer-group session (seconds): outages below last longer
 OUTAGE = SESSION + 3.0  # a stopped or paused broker stays away this long, so every group session expires
 ROLES = ("windowing", "trainer", "scorer")
-FAST_START = ("-XX:TieredStopAtLevel=1", "-Xshare:auto")  # C1 only: the broker (re)starts here are half as long
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     while controller_port == port:
         controller_port = free_port()
     broker = LocalBroker(BrokerConfig(home=tmp_path_factory.mktemp("kafka-faults"), port=port,
-                                      controller_port=controller_port, heap="384m", jvm_opts=FAST_START))
+                                      controller_port=controller_port, heap="384m"))
     broker.start(timeout=180, die_with_parent=True)
     try:
         yield broker
