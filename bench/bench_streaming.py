@@ -531,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(stack: ExitStack, work: Path, kafka, config, out: dict[str, Any]) -> None:
         out["kafka"] = "external" if kafka.external else f"local {config.kafka_version} (fresh, {work / 'kafka'})"
+        if not kafka.external:  # the broker's JIT changed between passes of issue 12: say which one ran
+            from streams.local.broker import BROKER_JIT
+            out["kafka_jvm_flags"] = " ".join((*BROKER_JIT, *config.jvm_opts))
         full, _ = load_log(args.dataset, args.data_dir, console.print, args.synthetic_events)
         out["dataset"] = full.name
         prefix = f"bench-{int(time.time())}."
