@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from asmg.data.periods import PeriodScheme
 from streams.local.broker import BrokerConfig, LocalBroker, free_port
 from streams.scorer.service import ScorerOptions, ScorerService, running
+from streams.wire.records import read_topic
 from streams.wire.topics import TopicNames, ensure_topics
 from tests.test_scorer import call, make_model, publish, publish_records, served_version, wait_for
 
@@ -86,3 +89,39 @@ def test_scorer_counts_every_event_once_across_a_broker_restart(broker: LocalBro
     assert quality["periods"]["2"]["n"] == len(first)
     assert quality["events"]["events"] == quality["events"]["scored"] == len(first) + len(second)
     assert service.interactions.assignments >= 2  # it did rejoin, and resumed at its bookmark
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_a_topic_read_waits_out_the_broker_instead_of_raising(broker: LocalBroker, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The trainer reads the models topic when it starts; a broker killed under that read made it exit (CI,
+    the multihost test: ``_DESTROY_BROKER`` from a watermark query). A read begun while the broker is down
+    reads every record once it is back."""
+    broker.start(timeout=180, die_with_parent=True)
+    settings = broker.config.settings()
+    names = TopicNames(f"read-{tmp_path.name[-12:]}.")
+    ensure_topics(settings, names, partitions=3)
+    records = _events(60, 1000, 5)
+    publish(settings, names.models, records)
+    caplog.set_level(logging.WARNING, logger="streams.wire.records")
+    broker.kill()
+    outcome: dict[str, object] = {}
+
+    def read() -> None:
+        try:
+            outcome["records"] = read_topic(settings, names.models, timeout=2.0)
+        except Exception as exc:  # noqa: BLE001 - the assertions below name it
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_for(lambda: "error" in outcome or any("reading it again" in r.getMessage() for r in caplog.records), 120,
+             "the read to meet the outage")
+    assert "error" not in outcome, f"the read gave up while the broker was down: {outcome['error']!r}"
+    broker.start(timeout=180, die_with_parent=True)
+    reader.join(150)
+    assert not reader.is_alive() and "error" not in outcome, outcome.get("error")
+    got = outcome["records"]
+    assert sorted(r.value for r in got) == sorted(value for _, value in records)  # each record once
+    assert len({(r.partition, r.offset) for r in got}) == len(records)

@@ -32,6 +32,7 @@ Schemas (v1; readers ignore unknown fields, refuse other versions):
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -43,6 +44,8 @@ from asmg.records import VERSION, RecordError, dumps
 from asmg.safejson import UntrustedJSONError, load_object
 from asmg.safejson import loads as untrusted_loads
 from streams.wire.kafka_config import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["VERSION", "RecordError", "dumps"]  # shared with the model record (asmg/records.py)
 
@@ -207,53 +210,98 @@ class TopicRecord:
     timestamp: int | None = None  # ms, as Kafka stored it
 
 
-def read_topic(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list[TopicRecord]:
-    """Every record now in ``topic`` (all partitions, from the beginning to the current end); no group."""
+OUTAGE_TIMEOUT = 120.0  # how long a read waits out a broker away (a restart, a leader moving) before it fails
+
+
+def transient(error: Any) -> bool:
+    """A Kafka error that a broker restart or a leader change causes and that goes away by itself.
+
+    librdkafka marks few errors retriable (a watermark query's ``_DESTROY_BROKER`` when the broker it asked
+    is killed is not), so the usual ones of an outage are named here too."""
+    from confluent_kafka import KafkaError
+
+    codes = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+             KafkaError._DESTROY_BROKER, KafkaError._WAIT_COORD, KafkaError._NODE_UPDATE,
+             KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+             KafkaError.REQUEST_TIMED_OUT, KafkaError.BROKER_NOT_AVAILABLE, KafkaError.NETWORK_EXCEPTION,
+             KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+             KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
+    return not error.fatal() and (error.retriable() or error.code() in codes)
+
+
+def read_topic(settings: KafkaSettings, topic: str, timeout: float = 30.0,
+               outage: float = OUTAGE_TIMEOUT) -> list[TopicRecord]:
+    """Every record now in ``topic`` (all partitions, from the beginning to the current end); no group.
+
+    A transient error (a broker killed or restarting under the read) starts the read again, for up to
+    ``outage`` seconds: the records are the same either way, and the roles calling this at start-up
+    would otherwise exit for their supervisor over an outage the cluster rides out."""
     import time
 
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, KafkaException
 
     consumer = Consumer(settings.confluent_config(**{
         "group_id": f"asmg-reader-{time.monotonic_ns()}", "enable_auto_commit": False,
         "logger_name": f"{__name__}.kafka",
         "enable_partition_eof": True, "auto_offset_reset": "earliest"}))
+    give_up = time.monotonic() + outage
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout)
-        info = metadata.topics.get(topic)
-        if info is None or info.error is not None or not info.partitions:
-            return []
-        todo: dict[int, int] = {}
-        assign = []
-        for partition in info.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-            if high > low:
-                todo[partition] = high
-                assign.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
-        if not todo:
-            return []
-        consumer.assign(assign)
-        out: list[TopicRecord] = []
-        deadline = time.monotonic() + timeout
-        while todo:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} not read to the end in "
-                                   f"{timeout:.0f}s")
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error() is not None:
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    if message.offset() >= todo.get(message.partition(), 0):
-                        todo.pop(message.partition(), None)
-                    continue
-                raise KafkaException(message.error())
-            out.append(TopicRecord(message.key(), message.value(), message.partition(), message.offset(),
-                                   message.timestamp()[1]))
-            if message.offset() + 1 >= todo.get(message.partition(), 0):
-                todo.pop(message.partition(), None)
-        return out
+        while True:
+            try:
+                return _read_to_end(consumer, topic, timeout)
+            except (KafkaException, TimeoutError) as exc:
+                error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+                if isinstance(exc, KafkaException) and (error is None or not transient(error)):
+                    raise
+                if time.monotonic() > give_up:
+                    raise
+                log.warning("reading %s: %s; reading it again", topic, error.str() if error is not None else exc)
+                time.sleep(0.5)
     finally:
         consumer.close()
+
+
+def _read_to_end(consumer: Any, topic: str, timeout: float) -> list[TopicRecord]:
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+    metadata = consumer.list_topics(topic, timeout=timeout)
+    info = metadata.topics.get(topic)
+    if info is not None and info.error is not None and info.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+        raise KafkaException(info.error)  # e.g. no leader yet: transient, read again
+    if info is None or info.error is not None or not info.partitions:
+        return []
+    todo: dict[int, int] = {}
+    assign = []
+    for partition in info.partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        if high > low:
+            todo[partition] = high
+            assign.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+    if not todo:
+        return []
+    consumer.assign(assign)
+    out: list[TopicRecord] = []
+    deadline = time.monotonic() + timeout
+    while todo:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} not read to the end in "
+                               f"{timeout:.0f}s")
+        message = consumer.poll(0.5)
+        if message is None:
+            continue
+        if message.error() is not None:
+            if message.error().code() == KafkaError._PARTITION_EOF:
+                if message.offset() >= todo.get(message.partition(), 0):
+                    todo.pop(message.partition(), None)
+                continue
+            raise KafkaException(message.error())
+        out.append(TopicRecord(message.key(), message.value(), message.partition(), message.offset(),
+                               message.timestamp()[1]))
+        if message.offset() + 1 >= todo.get(message.partition(), 0):
+            todo.pop(message.partition(), None)
+    return out
 
 
 SEND_TIMEOUT = 120.0
