@@ -522,3 +522,263 @@ long asmg_last_use(long N, int S, const long *seg, const long *ids, int *scratch
     for (long j = 0; j < at; j++) local[j] = last[ids[j]];
     return total;
 }
+
+/* ---- one window step's loss: sum_b scale * BCE(MLP(features(b)), label(b)) -----------------------------------
+ * The base model's whole forward (asmg/model.py: _features, _mlp, the logistic loss) for one batch, and its
+ * backward to the three tables and the MLP. A meta step scores every window step's generated model this way:
+ * torch needed ~60 small ops a step for it (concatenations of ids and tables, masks turned into weights, three
+ * batched matmuls, their backward, the scatter to the tables). Features per sample, as model.py's:
+ * [user ; history items' mean ; history's category means' mean ; item ; item's categories' mean], each a
+ * weighted sum of table rows in the look-up kernel's order. Layer l's weight is [sizes[l+1], sizes[l]] (ReLU
+ * between layers, none after the last, whose width is 1).
+ * act [B, A] keeps each sample's features, hidden activations (after ReLU) and logit for the backward, wts
+ * [B, K] the weight of every row it read (FOR_ROWS's order). Sums
+ * over samples (the loss, the MLP's gradients) are taken over fixed chunks, then in chunk order; the tables'
+ * gradients are summed row by row in sample order: results do not depend on the thread count. */
+
+#define MAX_LAYERS 4
+#define MAX_WIDTH 128
+
+typedef struct {
+    long B;
+    int D, L, C, layers;
+    const int *sizes;
+    const float *tables[3];  /* user, item, category: [N_t, D] */
+    long n[3];
+    const long *user, *item, *item_cats, *history, *history_cats;  /* [B], [B], [B, C], [B, L], [B, L, C] */
+    const unsigned char *item_cat_mask, *history_mask, *history_cat_mask;
+} LossBatch;
+
+static int loss_sizes_ok(const LossBatch *p) {
+    if (p->B < 0 || p->D < 1 || p->L < 0 || p->C < 0 || p->layers < 1 || p->layers > MAX_LAYERS) return 0;
+    if (p->sizes[0] != 5 * p->D || p->sizes[p->layers] != 1) return 0;
+    for (int l = 0; l <= p->layers; l++)
+        if (p->sizes[l] < 1 || p->sizes[l] > MAX_WIDTH) return 0;
+    return 1;
+}
+
+static inline long loss_act_width(const LossBatch *p) {
+    long a = 0;
+    for (int l = 0; l <= p->layers; l++) a += p->sizes[l];
+    return a;
+}
+
+/* one sample's block weights, as model.py's _mean_weights: a mean over the set entries (none set: all zero) */
+static inline float mean_of(const unsigned char *mask, int n) {
+    int set = 0;
+    for (int i = 0; i < n; i++) set += mask[i] != 0;
+    return (float)(set < 1 ? 1 : set);
+}
+
+/* visit(table, row, weight, block) for every row a sample reads, block by block in feature order; returns 0, or
+ * 1 for a row outside its table */
+#define FOR_ROWS(p, b, VISIT)                                                                                      \
+    do {                                                                                                           \
+        const int L_ = (p)->L, C_ = (p)->C;                                                                        \
+        const unsigned char *hm_ = (p)->history_mask + (b) * L_;                                                   \
+        float hn_ = mean_of(hm_, L_);                                                                              \
+        VISIT(0, (p)->user[b], 1.0f, 0);                                                                           \
+        for (int l_ = 0; l_ < L_; l_++) VISIT(1, (p)->history[(b) * L_ + l_], (float)hm_[l_] / hn_, 1);            \
+        for (int l_ = 0; l_ < L_; l_++) {                                                                          \
+            const unsigned char *cm_ = (p)->history_cat_mask + ((b) * L_ + l_) * C_;                               \
+            float slot_ = (float)hm_[l_] / hn_, cn_ = mean_of(cm_, C_);                                            \
+            for (int c_ = 0; c_ < C_; c_++)                                                                        \
+                VISIT(2, (p)->history_cats[((b) * L_ + l_) * C_ + c_], (float)cm_[c_] / cn_ * slot_, 2);           \
+        }                                                                                                          \
+        VISIT(1, (p)->item[b], 1.0f, 3);                                                                           \
+        const unsigned char *im_ = (p)->item_cat_mask + (b) * C_;                                                  \
+        float in_ = mean_of(im_, C_);                                                                              \
+        for (int c_ = 0; c_ < C_; c_++) VISIT(2, (p)->item_cats[(b) * C_ + c_], (float)im_[c_] / in_, 4);          \
+    } while (0)
+
+/* the same walk, with the weights FOR_ROWS computed (saved in visit order, K = 2 + L + L C + C per sample) */
+#define FOR_SAVED_ROWS(p, b, wts, VISIT)                                                                           \
+    do {                                                                                                           \
+        const int L_ = (p)->L, C_ = (p)->C;                                                                        \
+        const float *w_of_ = (wts) + (b) * (2 + L_ + L_ * C_ + C_);                                                \
+        VISIT(0, (p)->user[b], *w_of_++, 0);                                                                       \
+        for (int l_ = 0; l_ < L_; l_++) VISIT(1, (p)->history[(b) * L_ + l_], *w_of_++, 1);                        \
+        for (long q_ = (b) * L_ * C_; q_ < ((b) + 1) * L_ * C_; q_++) VISIT(2, (p)->history_cats[q_], *w_of_++, 2); \
+        VISIT(1, (p)->item[b], *w_of_++, 3);                                                                       \
+        for (int c_ = 0; c_ < C_; c_++) VISIT(2, (p)->item_cats[(b) * C_ + c_], *w_of_++, 4);                      \
+    } while (0)
+
+static inline float log1p_exp_neg_abs(float x) { return log1pf(expf(-fabsf(x))); }
+
+/* o += w src over D floats; D = V (the default embedding size) as one vector: the compiler's loop moved floats
+ * one at a time and stalled on stores a later visit of the same row read back */
+INLINE void axpy(float *restrict o, const float *restrict src, float w, int D) {
+    if (D == V) {
+        vf acc, row;
+        memcpy(&acc, o, sizeof(vf));
+        memcpy(&row, src, sizeof(vf));
+        acc += vset(w) * row;
+        memcpy(o, &acc, sizeof(vf));
+        return;
+    }
+    for (int d = 0; d < D; d++) o[d] += w * src[d];
+}
+
+/* out = in w^T + b over wt = w transposed ([I, O]): each out[j] summed in i order; ReLU when relu */
+INLINE void dense(float *restrict out, const float *restrict in, const float *restrict wt, const float *restrict bias,
+                  int I, int O, int relu) {
+    for (int j = 0; j < O; j++) out[j] = 0.0f;
+    for (int i = 0; i < I; i++) {
+        const float xi = in[i];
+        for (int j = 0; j < O; j++) out[j] += xi * wt[(long)i * O + j];
+    }
+    for (int j = 0; j < O; j++) {
+        const float v = out[j] + bias[j];
+        out[j] = relu && v < 0.0f ? 0.0f : v;
+    }
+}
+
+/* one layer backward for one sample: gw [O, I] += dout in^T, gb += dout, din = dout w (each din[i] summed in j
+ * order), through ReLU (din[i] = 0 where in[i] <= 0) when relu */
+INLINE void dense_back(float *restrict gw, float *restrict gb, float *restrict din, const float *restrict in,
+                       const float *restrict w, const float *restrict dout, int I, int O, int relu) {
+    for (int i = 0; i < I; i++) din[i] = 0.0f;
+    for (int j = 0; j < O; j++) {
+        const float dj = dout[j];
+        for (int i = 0; i < I; i++) {
+            gw[(long)j * I + i] += dj * in[i];
+            din[i] += dj * w[(long)j * I + i];
+        }
+        gb[j] += dj;
+    }
+    if (relu)
+        for (int i = 0; i < I; i++) din[i] = in[i] > 0.0f ? din[i] : 0.0f;
+}
+
+int asmg_loss_forward(const LossBatch *p, const float *const *weights, const float *const *biases,
+                      const float *label, float scale, float *act, float *wts, double *loss, int threads) {
+    if (!loss_sizes_ok(p)) return 2;
+    const long B = p->B, A = loss_act_width(p);
+    const int D = p->D, chunks = B < 1 ? 1 : (B < CHUNKS ? (int)B : CHUNKS);
+    double partial[CHUNKS] = {0};
+    long toffset[MAX_LAYERS + 1] = {0};  /* each layer's weights transposed ([in, out]): the sums run over out */
+    for (int l = 0; l < p->layers; l++) toffset[l + 1] = toffset[l] + (long)p->sizes[l] * p->sizes[l + 1];
+    float *transposed = malloc((size_t)toffset[p->layers] * sizeof(float));
+    if (!transposed) return 4;
+    for (int l = 0; l < p->layers; l++)
+        for (int j = 0; j < p->sizes[l + 1]; j++)
+            for (int i = 0; i < p->sizes[l]; i++)
+                transposed[toffset[l] + (long)i * p->sizes[l + 1] + j] = weights[l][(long)j * p->sizes[l] + i];
+    int bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : bad)
+    for (int k = 0; k < chunks; k++) {
+        double sum = 0.0;
+        for (long b = B * k / chunks; b < B * (k + 1) / chunks; b++) {
+            float a[MAX_LAYERS * MAX_WIDTH + 1];  /* this sample's features, activations and logit */
+            for (int d = 0; d < 5 * D; d++) a[d] = 0.0f;
+            float *saved = wts + b * (2 + p->L + (long)p->L * p->C + p->C);
+#define LOOK_UP(t, row, wt, block)                                                                                 \
+    do {                                                                                                           \
+        long r_ = (row);                                                                                           \
+        float w_ = (wt);                                                                                           \
+        *saved++ = w_;                                                                                             \
+        if (r_ < 0 || r_ >= p->n[t]) { bad = 1; break; }                                                           \
+        if (w_ == 0.0f) break;                                                                                     \
+        axpy(a + (block) * D, p->tables[t] + r_ * D, w_, D);                                                       \
+    } while (0)
+            FOR_ROWS(p, b, LOOK_UP);
+#undef LOOK_UP
+            const float *in = a;
+            float *out = a + p->sizes[0];
+            for (int l = 0; l < p->layers; l++) {
+                const int I = p->sizes[l], O = p->sizes[l + 1];
+                const float *wt = transposed + toffset[l];
+                const int relu = l < p->layers - 1;
+                if (I == 40 && O == 20) dense(out, in, wt, biases[l], 40, 20, relu);  /* the default sizes: */
+                else if (I == 20 && O == 10) dense(out, in, wt, biases[l], 20, 10, relu);  /* out in registers */
+                else if (I == 10 && O == 1) dense(out, in, wt, biases[l], 10, 1, relu);
+                else dense(out, in, wt, biases[l], I, O, relu);
+                in = out;
+                out += O;
+            }
+            memcpy(act + b * A, a, (size_t)A * sizeof(float));
+            const float x = in[0], y = label[b];
+            sum += (double)(scale * (fmaxf(x, 0.0f) - x * y + log1p_exp_neg_abs(x)));
+        }
+        partial[k] = sum;
+    }
+    free(transposed);
+    double total = 0.0;
+    for (int k = 0; k < chunks; k++) total += partial[k];
+    *loss = total;
+    return bad ? 3 : 0;
+}
+
+/* grad: d loss / d act's logit is scale * (sigmoid(x) - y) times the incoming gradient (gscale = both). The
+ * tables' gradients (zeroed, [N_t, D]) and every layer's (dweights, dbiases: written, not added to).
+ * scratch: chunks * (the MLP's parameter count) floats; dfeat: [B, 5D] floats. */
+int asmg_loss_backward(const LossBatch *p, const float *const *weights, const float *label, float gscale,
+                       const float *act, const float *wts, float *const *dtables, float *const *dweights, float *const *dbiases,
+                       float *scratch, float *dfeat, int threads) {
+    if (!loss_sizes_ok(p)) return 2;
+    const long B = p->B, A = loss_act_width(p);
+    const int D = p->D, F = 5 * D, chunks = B < 1 ? 1 : (B < CHUNKS ? (int)B : CHUNKS);
+    long offset[MAX_LAYERS + 1], P = 0;  /* layer l's weights at offset[l], its biases right after */
+    for (int l = 0; l < p->layers; l++) {
+        offset[l] = P;
+        P += (long)p->sizes[l + 1] * (p->sizes[l] + 1);
+    }
+    offset[p->layers] = P;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int k = 0; k < chunks; k++) {
+        float *g = scratch + (long)k * P;
+        for (long q = 0; q < P; q++) g[q] = 0.0f;
+        float grad[2][MAX_WIDTH];
+        for (long b = B * k / chunks; b < B * (k + 1) / chunks; b++) {
+            const float *a = act + b * A;
+            long at = A - 1;  /* the logit's place; each layer's input sits just before its output */
+            const float x = a[at];
+            float *dout = grad[0], *din = grad[1];
+            dout[0] = gscale * (1.0f / (1.0f + expf(-x)) - label[b]);
+            for (int l = p->layers - 1; l >= 0; l--) {
+                const int I = p->sizes[l], O = p->sizes[l + 1];
+                const long in_at = at - I;
+                const float *in = a + in_at;
+                float *gw = g + offset[l], *gb = gw + (long)O * I;
+                float *target = l == 0 ? dfeat + b * F : din;
+                if (I == 40 && O == 20) dense_back(gw, gb, target, in, weights[l], dout, 40, 20, l > 0);
+                else if (I == 20 && O == 10) dense_back(gw, gb, target, in, weights[l], dout, 20, 10, l > 0);
+                else if (I == 10 && O == 1) dense_back(gw, gb, target, in, weights[l], dout, 10, 1, l > 0);
+                else dense_back(gw, gb, target, in, weights[l], dout, I, O, l > 0);
+                float *swap = dout;
+                dout = din;
+                din = swap;
+                at = in_at;
+            }
+        }
+    }
+    /* chunk sums in a fixed order, back to the layers' layouts */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long q = 0; q < P; q++) {
+        float s = 0.0f;
+        for (int k = 0; k < chunks; k++) s += scratch[(long)k * P + q];
+        int l = 0;
+        while (q >= offset[l + 1]) l++;
+        const long local = q - offset[l], wsize = (long)p->sizes[l + 1] * p->sizes[l];
+        if (local < wsize) dweights[l][local] = s;
+        else dbiases[l][local - wsize] = s;
+    }
+    /* to the tables, in sample order on one thread: threads owning row ranges each walked every visit and
+     * mispredicted whether the row was theirs, which cost more than the adds (0.6 ms at 1 thread, 0.8 at 2) */
+    int bad = 0;
+    float *const dt[3] = {dtables[0], dtables[1], dtables[2]};
+    for (long b = 0; b < B; b++) {
+        const float *df = dfeat + b * F;
+#define SCATTER(tb, row, wt, block)                                                                                \
+    do {                                                                                                           \
+        long r_ = (row);                                                                                           \
+        float w_ = (wt);                                                                                           \
+        if (r_ < 0 || r_ >= p->n[tb]) { bad = 1; break; }                                                          \
+        if (w_ == 0.0f) break;                                                                                     \
+        axpy(dt[tb] + r_ * D, df + (block) * D, w_, D);                                                            \
+    } while (0)
+        FOR_SAVED_ROWS(p, b, wts, SCATTER);
+#undef SCATTER
+    }
+    return bad ? 3 : 0;
+}

@@ -1,6 +1,7 @@
 """CPU kernels in C (cpu_kernels.c), built on first use with the system's C compiler and called through
 ctypes: the coordinate GRU's window (the meta generator), the weighted sums of embedding rows (every
-look-up of the base model) and a meta step's row ordering (:func:`last_use`). torch's ops remain the path on
+look-up of the base model), a meta step's row ordering (:func:`last_use`) and the loss of every window
+step's generated model (:func:`window_loss`). torch's ops remain the path on
 CUDA, without a compiler, or with ASMG_CPU_KERNELS=0.
 
 The GRU and look-up kernels replace many small whole-tensor torch ops whose per-element overhead dominated
@@ -25,6 +26,9 @@ MAX_HIDDEN, MAX_STEPS = 16, 32  # as in cpu_kernels.c
 _float_p = ctypes.POINTER(ctypes.c_float)
 _long_p = ctypes.POINTER(ctypes.c_long)
 _int_p = ctypes.POINTER(ctypes.c_int)
+_byte_p = ctypes.POINTER(ctypes.c_ubyte)
+LOSS_TABLES = ("user_emb", "item_emb", "cat_emb")  # the order of the kernel's tables
+MAX_LAYERS, MAX_WIDTH, CHUNKS = 4, 128, 32  # as in cpu_kernels.c
 
 
 @cache
@@ -33,7 +37,8 @@ def library() -> ctypes.CDLL | None:
     lib = native.load(SOURCE, FLAGS, "kernels", "ASMG_CPU_KERNELS", "training runs on torch ops only (slower on CPU)")
     if lib is None:
         return None
-    for name in ("asmg_gru_forward", "asmg_gru_backward", "asmg_rows_forward", "asmg_rows_backward"):
+    for name in ("asmg_gru_forward", "asmg_gru_backward", "asmg_rows_forward", "asmg_rows_backward",
+                 "asmg_loss_forward", "asmg_loss_backward"):
         getattr(lib, name).restype = ctypes.c_int
     lib.asmg_last_use.restype = ctypes.c_long
     return lib
@@ -188,3 +193,130 @@ def last_use(ids: torch.Tensor, per_step: list[int], size: int) -> tuple[torch.T
     if used < 0:
         raise ValueError(f"last_use refused a table of {size} rows over {len(per_step)} steps")
     return rows[:used], local, keep.tolist()
+
+
+class _LossBatch(ctypes.Structure):
+    """cpu_kernels.c's LossBatch: one batch's ids and masks and one model's tables."""
+
+    _fields_ = [("B", ctypes.c_long), ("D", ctypes.c_int), ("L", ctypes.c_int), ("C", ctypes.c_int),
+                ("layers", ctypes.c_int), ("sizes", _int_p), ("tables", _float_p * 3), ("n", ctypes.c_long * 3),
+                ("user", _long_p), ("item", _long_p), ("item_cats", _long_p), ("history", _long_p),
+                ("history_cats", _long_p), ("item_cat_mask", _byte_p), ("history_mask", _byte_p),
+                ("history_cat_mask", _byte_p)]
+
+
+def _layers(model: dict[str, torch.Tensor]) -> int:
+    layers = 0
+    while f"mlp.{layers}.weight" in model:
+        layers += 1
+    return layers
+
+
+def loss_usable(models: list[dict[str, torch.Tensor]], batches: list) -> bool:
+    """The kernel serves float32 CPU Embedding & MLP models of up to MAX_LAYERS layers MAX_WIDTH wide."""
+    if not models or library() is None:
+        return False
+    layers = _layers(models[0])
+    for model in models:
+        if any(n not in model for n in LOSS_TABLES) or not 0 < _layers(model) == layers <= MAX_LAYERS:
+            return False
+        tensors = [model[n] for n in LOSS_TABLES] + [model[f"mlp.{i}.{k}"] for i in range(layers)
+                                                     for k in ("weight", "bias")]
+        if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+            return False
+        dim = model["user_emb"].shape[1]
+        sizes = [model[f"mlp.{i}.weight"].shape[1] for i in range(layers)]
+        sizes.append(model[f"mlp.{layers - 1}.weight"].shape[0])
+        if any(model[n].dim() != 2 or model[n].shape[1] != dim for n in LOSS_TABLES) or sizes[0] != 5 * dim or \
+                sizes[-1] != 1 or max(sizes) > MAX_WIDTH:
+            return False
+    return all(b.user.device.type == "cpu" and b.user.dtype == torch.int64 and b.label.dtype == torch.float32
+               for b in batches)
+
+
+def window_loss(models: list[dict[str, torch.Tensor]], batches: list, weights: list[float]) -> torch.Tensor:
+    """sum_s weights[s] * mean logistic loss of models[s] on batches[s] (model.py's loss), in one C kernel per
+    window step each way; gradients to every model's three tables and MLP. See :func:`loss_usable`."""
+    layers = _layers(models[0])
+    names = [*LOSS_TABLES, *(f"mlp.{i}.{k}" for i in range(layers) for k in ("weight", "bias"))]
+    params = [model[n] for model in models for n in names]
+    return WindowLoss.apply(batches, weights, layers, *params)
+
+
+class WindowLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, batches, weights, layers: int, *params):  # noqa: ANN001, ANN205
+        per = 3 + 2 * layers
+        steps, total = [], 0.0
+        for s, (batch, weight) in enumerate(zip(batches, weights, strict=True)):
+            own = [t.detach().contiguous() for t in params[s * per:(s + 1) * per]]
+            tables, mlp = own[:3], own[3:]
+            sizes = torch.tensor([mlp[0].shape[1], *(w.shape[0] for w in mlp[0::2])], dtype=torch.int32)
+            keep = [sizes, *own, *(t.contiguous() for t in (batch.user, batch.item, batch.item_cats, batch.history,
+                                                            batch.history_cats, batch.label)),
+                    *(m.contiguous().view(torch.uint8) for m in (batch.item_cat_mask, batch.history_mask,
+                                                                 batch.history_cat_mask))]
+            spec = _loss_batch(keep, layers)
+            size = len(batch)
+            scale = float(torch.tensor(weight, dtype=torch.float32).div(max(size, 1)))
+            act = tables[0].new_empty(size, int(sizes.sum()))
+            wts = tables[0].new_empty(size, 2 + spec.L + spec.L * spec.C + spec.C)  # each row's weight
+            loss = ctypes.c_double()
+            code = library().asmg_loss_forward(
+                ctypes.byref(spec), _table_ptrs(mlp[0::2]), _table_ptrs(mlp[1::2]), _ptr(keep[-4]),
+                ctypes.c_float(scale), _ptr(act), _ptr(wts), ctypes.byref(loss), torch.get_num_threads())
+            if code:
+                raise _loss_error(code, spec)
+            total += loss.value
+            steps.append((spec, keep, mlp, scale, act, wts))
+        ctx.steps = steps  # the kernel's inputs and activations, for the backward (constants: no versions)
+        ctx.layers = layers
+        return params[0].new_tensor(total)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        g = float(grad)
+        out: list[torch.Tensor] = []
+        for spec, keep, mlp, scale, act, wts in ctx.steps:
+            size, dim = spec.B, spec.D
+            dtables = [torch.zeros(spec.n[t], dim) for t in range(3)]
+            dmlp = [torch.empty_like(t) for t in mlp]
+            count = sum(t.numel() for t in mlp)
+            scratch = torch.empty(min(max(size, 1), CHUNKS) * count)
+            dfeat = torch.empty(size, 5 * dim)
+            code = library().asmg_loss_backward(
+                ctypes.byref(spec), _table_ptrs(mlp[0::2]), _ptr(keep[-4]), ctypes.c_float(g * scale), _ptr(act),
+                _ptr(wts), _table_ptrs(dtables), _table_ptrs(dmlp[0::2]), _table_ptrs(dmlp[1::2]), _ptr(scratch),
+                _ptr(dfeat), torch.get_num_threads())
+            if code:
+                raise _loss_error(code, spec)
+            out += [*dtables, *dmlp]
+        return None, None, None, *out
+
+
+def _loss_batch(keep: list[torch.Tensor], layers: int) -> _LossBatch:
+    sizes, user_t, item_t, cat_t = keep[:4]
+    user, item, item_cats, history, history_cats, _label, item_cat_mask, history_mask, history_cat_mask = keep[-9:]
+    batch, width = history.shape
+    cats = item_cats.shape[1] if item_cats.dim() == 2 else -1
+    shapes = [(user, (batch,)), (item, (batch,)), (_label, (batch,)), (item_cats, (batch, cats)),
+              (item_cat_mask, (batch, cats)), (history_mask, (batch, width)), (history_cats, (batch, width, cats)),
+              (history_cat_mask, (batch, width, cats))]
+    if any(tuple(t.shape) != shape for t, shape in shapes):
+        raise ValueError(f"a batch of {batch} x {width} history slots whose fields do not fit")
+    spec = _LossBatch(batch, user_t.shape[1], width, cats, layers, _ptr(sizes, _int_p))
+    for t, table in enumerate((user_t, item_t, cat_t)):
+        spec.tables[t], spec.n[t] = _ptr(table), table.shape[0]
+    for name, ids in (("user", user), ("item", item), ("item_cats", item_cats), ("history", history),
+                      ("history_cats", history_cats)):
+        setattr(spec, name, _ptr(ids, _long_p))
+    for name, mask in (("item_cat_mask", item_cat_mask), ("history_mask", history_mask),
+                       ("history_cat_mask", history_cat_mask)):
+        setattr(spec, name, _ptr(mask, _byte_p))
+    return spec
+
+
+def _loss_error(code: int, spec: _LossBatch) -> Exception:
+    if code == 3:
+        return IndexError(f"an embedding row out of range (tables of {list(spec.n)} rows)")
+    return RuntimeError(f"loss kernel refused its arguments (code {code})")

@@ -13,6 +13,7 @@ from itertools import accumulate
 import torch
 import torch.nn.functional as F
 
+from asmg import cpu_kernels
 from asmg.config import EMBEDDING_DIM, HIDDEN_LAYERS, seeded
 from asmg.cpu_kernels import weighted_rows
 
@@ -163,7 +164,10 @@ def loss(params: Params, batch: Batch) -> torch.Tensor:
 def weighted_loss(models: list[Params], batches: list[Batch], weights: list[float]) -> torch.Tensor:
     """sum_i weights[i] * loss(models[i], batches[i]), in one pass when the batches are the same size: model
     i's tables stacked into one table each, batch i's ids shifted onto its block, and the MLPs as one batched
-    matmul. A generator's training step scores each window step's model this way: a third of the ops."""
+    matmul. A generator's training step scores each window step's model this way: a third of the ops. On CPU
+    one C kernel per step each way does it all (asmg.cpu_kernels.window_loss)."""
+    if cpu_kernels.loss_usable(models, batches):
+        return cpu_kernels.window_loss(models, batches, weights)
     if is_mf(models[0]) or len({len(b) for b in batches}) != 1:
         return sum((w * loss(p, b) for p, w, b in zip(models, weights, batches, strict=True)),
                    torch.zeros((), device=batches[0].label.device))

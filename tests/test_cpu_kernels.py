@@ -1,9 +1,11 @@
-"""The fused C kernel of the coordinate GRU (asmg/cpu_kernels.c) against torch's ops, which it replaces on CPU."""
+"""The C kernels (asmg/cpu_kernels.c: the coordinate GRU, the look-ups, the window loss) against torch's ops, which
+they replace on CPU."""
 
 from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from asmg import cpu_kernels, native
 from asmg.batches import BatchMaker, encode_period
 from asmg.generator import GruGenerator
-from asmg.model import init_params, loss
+from asmg.model import init_params, loss, weighted_loss
 from asmg.vocab import Vocabularies
 from tests.helpers import tiny_samples
 
@@ -173,6 +175,66 @@ def test_weighted_rows_refuses_rows_outside_the_table_and_ignores_the_thread_cou
     assert not grads[0][untouched].any()
     with pytest.raises(IndexError, match="out of range"):
         cpu_kernels.weighted_rows(table, torch.full((2, 1), 50), torch.ones(2, 1))
+
+
+def _window_models(sizes: str):
+    """Three window steps' models (tables of different lengths, as the generated rows are) and batches."""
+    params, batch = _model_batch()
+    gen = torch.Generator().manual_seed(4)
+    models = [{n: t + 0.05 * torch.randn(t.shape, generator=gen) for n, t in params.items()} for _ in range(3)]
+    for i, model in enumerate(models):
+        model["user_emb"] = model["user_emb"][:len(model["user_emb"]) - 7 * i]  # ids below: modulo its length
+    n = len(batch)
+    cut = [batch.slice(0, n), batch.slice(0, n), batch.slice(0, n)] if sizes == "same" else \
+        [batch.slice(0, n), batch.slice(5, n), batch.slice(0, n // 3)]
+    users = [len(m["user_emb"]) for m in models]
+    cut = [replace(b, user=b.user % u) for b, u in zip(cut, users, strict=True)]
+    return models, cut
+
+
+def _window_loss(models, batches, kernel: bool, monkeypatch, threads: int | None = None):
+    weights = [0.5, 0.0, 1.25]  # a step whose weight is zero still runs, with zero gradients
+    before = torch.get_num_threads()
+    with monkeypatch.context() as patch:
+        if not kernel:
+            patch.setattr(cpu_kernels, "loss_usable", lambda *args: False)
+        try:
+            torch.set_num_threads(threads or before)
+            leaves = [{n: t.clone().requires_grad_(True) for n, t in m.items()} for m in models]
+            value = weighted_loss(leaves, batches, weights)
+            value.backward()
+        finally:
+            torch.set_num_threads(before)
+    return value.item(), [{n: t.grad for n, t in m.items()} for m in leaves]
+
+
+@pytest.mark.parametrize("sizes", ["same", "different"])
+def test_window_loss_equals_torch_ops_loss_and_gradients(sizes, monkeypatch):
+    """The loss kernel against model.py's torch path (features, MLP, logistic loss) for a window of models:
+    the loss and the gradients of every model's tables and MLP."""
+    models, batches = _window_models(sizes)
+    fused, fused_grads = _window_loss(models, batches, True, monkeypatch)
+    eager, eager_grads = _window_loss(models, batches, False, monkeypatch)
+    assert fused == pytest.approx(eager, rel=1e-6)
+    for step, (mine, theirs) in enumerate(zip(fused_grads, eager_grads, strict=True)):
+        for name, grad in theirs.items():
+            assert (grad.abs().sum() > 0) == (step != 1), (step, name)
+            assert torch.allclose(mine[name], grad, rtol=1e-5, atol=1e-8), (step, name)
+
+
+def test_window_loss_does_not_depend_on_the_thread_count_and_refuses_bad_batches(monkeypatch):
+    models, batches = _window_models("different")
+    one = _window_loss(models, batches, True, monkeypatch, threads=1)
+    three = _window_loss(models, batches, True, monkeypatch, threads=3)
+    assert one[0] == three[0]
+    for mine, theirs in zip(one[1], three[1], strict=True):
+        assert all(torch.equal(mine[n], theirs[n]) for n in theirs)
+    outside = [replace(batches[0], item=batches[0].item.clone().fill_(len(models[0]["item_emb"]))), *batches[1:]]
+    with pytest.raises(IndexError, match="out of range"):
+        _window_loss(models, outside, True, monkeypatch)
+    short = [replace(batches[0], label=batches[0].label[1:]), *batches[1:]]
+    with pytest.raises(ValueError, match="do not fit"):
+        _window_loss(models, short, True, monkeypatch)
 
 
 def _kernel_args(steps: int, rows: int, coords: int, hidden: int, seed: int):

@@ -70,11 +70,15 @@ def test_forward_equals_a_direct_computation():
         assert out[b].item() == pytest.approx(x.item(), abs=1e-6)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["loss-kernel", "torch"])
 @pytest.mark.parametrize("sizes", [(40, 40, 40), (40, 25, 40)], ids=["same-size", "one-smaller"])
-def test_weighted_loss_equals_each_models_loss_summed(sizes, monkeypatch):
+def test_weighted_loss_equals_each_models_loss_summed(sizes, kernel, monkeypatch):
     """Three models whose tables differ in values and length (a trimmed window step's table is shorter): the
-    one-pass loss equals sum_i w_i * loss(model_i, batch_i) with the same gradients, in one weighted-rows call
-    per look-up instead of one per model; batches of different sizes take the per-model sum."""
+    window loss equals sum_i w_i * loss(model_i, batch_i) with the same gradients. On torch's ops: in one
+    weighted-rows call per look-up instead of one per model (batches of different sizes take the per-model
+    sum); with the C loss kernel, in none."""
+    if not kernel:
+        monkeypatch.setattr(cpu_kernels, "loss_usable", lambda *args: False)
     _, vocabs, data = _encoded()
     maker = BatchMaker(vocabs.item_categories.table, vocabs.sizes(), torch.device("cpu"))
     picks = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
@@ -100,7 +104,7 @@ def test_weighted_loss_equals_each_models_loss_summed(sizes, monkeypatch):
         calls.clear()
     (one_pass, grads, one_pass_calls), (summed, summed_grads, summed_calls) = results
     assert summed_calls == 5 * len(models)
-    assert one_pass_calls == (5 if len(set(sizes)) == 1 else summed_calls)
+    assert one_pass_calls == (0 if kernel else 5 if len(set(sizes)) == 1 else summed_calls)
     assert one_pass == pytest.approx(summed, rel=1e-6)
     for got, want in zip(grads, summed_grads, strict=True):
         for name, grad in want.items():
