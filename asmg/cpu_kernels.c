@@ -531,10 +531,10 @@ long asmg_last_use(long N, int S, const long *seg, const long *ids, int *scratch
  * [user ; history items' mean ; history's category means' mean ; item ; item's categories' mean], each a
  * weighted sum of table rows in the look-up kernel's order. Layer l's weight is [sizes[l+1], sizes[l]] (ReLU
  * between layers, none after the last, whose width is 1).
- * act [B, A] keeps each sample's features, hidden activations (after ReLU) and logit for the backward, wts
- * [B, K] the weight of every row it read (FOR_ROWS's order). Sums
- * over samples (the loss, the MLP's gradients) are taken over fixed chunks, then in chunk order; the tables'
- * gradients are summed row by row in sample order: results do not depend on the thread count. */
+ * act [B, A] keeps each sample's features, hidden activations (after ReLU) and logit for the backward; wts
+ * [B, K] the weight of every row it read (FOR_ROWS's order). Sums over samples (the loss, the MLP's gradients)
+ * are taken over fixed chunks, then in chunk order; the tables' gradients are summed in sample order: results
+ * do not depend on the thread count. */
 
 #define MAX_LAYERS 4
 #define MAX_WIDTH 128
@@ -563,31 +563,30 @@ static inline long loss_act_width(const LossBatch *p) {
     return a;
 }
 
-/* one sample's block weights, as model.py's _mean_weights: a mean over the set entries (none set: all zero) */
-static inline float mean_of(const unsigned char *mask, int n) {
+/* the divisor of model.py's _mean_weights: how many entries are set, at least 1 (none set: all weights zero) */
+static inline float set_count(const unsigned char *mask, int n) {
     int set = 0;
     for (int i = 0; i < n; i++) set += mask[i] != 0;
     return (float)(set < 1 ? 1 : set);
 }
 
-/* visit(table, row, weight, block) for every row a sample reads, block by block in feature order; returns 0, or
- * 1 for a row outside its table */
+/* VISIT(table, row, weight, block) for every row sample b reads, block by block in feature order */
 #define FOR_ROWS(p, b, VISIT)                                                                                      \
     do {                                                                                                           \
         const int L_ = (p)->L, C_ = (p)->C;                                                                        \
         const unsigned char *hm_ = (p)->history_mask + (b) * L_;                                                   \
-        float hn_ = mean_of(hm_, L_);                                                                              \
+        float hn_ = set_count(hm_, L_);                                                                            \
         VISIT(0, (p)->user[b], 1.0f, 0);                                                                           \
         for (int l_ = 0; l_ < L_; l_++) VISIT(1, (p)->history[(b) * L_ + l_], (float)hm_[l_] / hn_, 1);            \
         for (int l_ = 0; l_ < L_; l_++) {                                                                          \
             const unsigned char *cm_ = (p)->history_cat_mask + ((b) * L_ + l_) * C_;                               \
-            float slot_ = (float)hm_[l_] / hn_, cn_ = mean_of(cm_, C_);                                            \
+            float slot_ = (float)hm_[l_] / hn_, cn_ = set_count(cm_, C_);                                          \
             for (int c_ = 0; c_ < C_; c_++)                                                                        \
                 VISIT(2, (p)->history_cats[((b) * L_ + l_) * C_ + c_], (float)cm_[c_] / cn_ * slot_, 2);           \
         }                                                                                                          \
         VISIT(1, (p)->item[b], 1.0f, 3);                                                                           \
         const unsigned char *im_ = (p)->item_cat_mask + (b) * C_;                                                  \
-        float in_ = mean_of(im_, C_);                                                                              \
+        float in_ = set_count(im_, C_);                                                                            \
         for (int c_ = 0; c_ < C_; c_++) VISIT(2, (p)->item_cats[(b) * C_ + c_], (float)im_[c_] / in_, 4);          \
     } while (0)
 

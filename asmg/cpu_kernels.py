@@ -13,6 +13,7 @@ needed, so the build takes about a second and is cached per source, compiler and
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -243,6 +244,23 @@ def window_loss(models: list[dict[str, torch.Tensor]], batches: list, weights: l
     return WindowLoss.apply(batches, weights, layers, *params)
 
 
+ID_FIELDS = ("user", "item", "item_cats", "history", "history_cats")  # int64 ids, as LossBatch names them
+MASK_FIELDS = ("item_cat_mask", "history_mask", "history_cat_mask")  # bool, read as bytes
+
+
+@dataclass
+class _LossStep:
+    """One window step's kernel inputs (kept alive while C holds pointers to them) and forward outputs."""
+
+    spec: _LossBatch
+    inputs: list[torch.Tensor]
+    mlp: list[torch.Tensor]  # weight, bias of each layer
+    label: torch.Tensor
+    scale: float  # the step's weight over its batch size, rounded to float32 as torch's loss weight is
+    act: torch.Tensor
+    wts: torch.Tensor
+
+
 class WindowLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, batches, weights, layers: int, *params):  # noqa: ANN001, ANN205
@@ -252,67 +270,65 @@ class WindowLoss(torch.autograd.Function):
             own = [t.detach().contiguous() for t in params[s * per:(s + 1) * per]]
             tables, mlp = own[:3], own[3:]
             sizes = torch.tensor([mlp[0].shape[1], *(w.shape[0] for w in mlp[0::2])], dtype=torch.int32)
-            keep = [sizes, *own, *(t.contiguous() for t in (batch.user, batch.item, batch.item_cats, batch.history,
-                                                            batch.history_cats, batch.label)),
-                    *(m.contiguous().view(torch.uint8) for m in (batch.item_cat_mask, batch.history_mask,
-                                                                 batch.history_cat_mask))]
-            spec = _loss_batch(keep, layers)
+            ids = {f: getattr(batch, f).contiguous() for f in ID_FIELDS}
+            masks = {f: getattr(batch, f).contiguous().view(torch.uint8) for f in MASK_FIELDS}
+            label = batch.label.contiguous()
+            spec = _loss_batch(sizes, tables, ids, masks, label, layers)
             size = len(batch)
-            scale = float(torch.tensor(weight, dtype=torch.float32).div(max(size, 1)))
-            act = tables[0].new_empty(size, int(sizes.sum()))
-            wts = tables[0].new_empty(size, 2 + spec.L + spec.L * spec.C + spec.C)  # each row's weight
+            step = _LossStep(spec, [sizes, *tables, *ids.values(), *masks.values()], mlp, label,
+                             float(torch.tensor(weight, dtype=torch.float32).div(max(size, 1))),
+                             tables[0].new_empty(size, int(sizes.sum())),
+                             tables[0].new_empty(size, 2 + spec.L + spec.L * spec.C + spec.C))
             loss = ctypes.c_double()
             code = library().asmg_loss_forward(
-                ctypes.byref(spec), _table_ptrs(mlp[0::2]), _table_ptrs(mlp[1::2]), _ptr(keep[-4]),
-                ctypes.c_float(scale), _ptr(act), _ptr(wts), ctypes.byref(loss), torch.get_num_threads())
+                ctypes.byref(spec), _table_ptrs(mlp[0::2]), _table_ptrs(mlp[1::2]), _ptr(label),
+                ctypes.c_float(step.scale), _ptr(step.act), _ptr(step.wts), ctypes.byref(loss),
+                torch.get_num_threads())
             if code:
                 raise _loss_error(code, spec)
             total += loss.value
-            steps.append((spec, keep, mlp, scale, act, wts))
-        ctx.steps = steps  # the kernel's inputs and activations, for the backward (constants: no versions)
-        ctx.layers = layers
+            steps.append(step)
+        ctx.steps = steps  # constants of the step (no gradient), so kept as they are rather than saved
         return params[0].new_tensor(total)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         g = float(grad)
         out: list[torch.Tensor] = []
-        for spec, keep, mlp, scale, act, wts in ctx.steps:
-            size, dim = spec.B, spec.D
-            dtables = [torch.zeros(spec.n[t], dim) for t in range(3)]
+        for step in ctx.steps:
+            spec, mlp = step.spec, step.mlp
+            dtables = [torch.zeros(spec.n[t], spec.D) for t in range(3)]
             dmlp = [torch.empty_like(t) for t in mlp]
-            count = sum(t.numel() for t in mlp)
-            scratch = torch.empty(min(max(size, 1), CHUNKS) * count)
-            dfeat = torch.empty(size, 5 * dim)
+            scratch = torch.empty(min(max(spec.B, 1), CHUNKS) * sum(t.numel() for t in mlp))
+            dfeat = torch.empty(spec.B, 5 * spec.D)
             code = library().asmg_loss_backward(
-                ctypes.byref(spec), _table_ptrs(mlp[0::2]), _ptr(keep[-4]), ctypes.c_float(g * scale), _ptr(act),
-                _ptr(wts), _table_ptrs(dtables), _table_ptrs(dmlp[0::2]), _table_ptrs(dmlp[1::2]), _ptr(scratch),
-                _ptr(dfeat), torch.get_num_threads())
+                ctypes.byref(spec), _table_ptrs(mlp[0::2]), _ptr(step.label), ctypes.c_float(g * step.scale),
+                _ptr(step.act), _ptr(step.wts), _table_ptrs(dtables), _table_ptrs(dmlp[0::2]),
+                _table_ptrs(dmlp[1::2]), _ptr(scratch), _ptr(dfeat), torch.get_num_threads())
             if code:
                 raise _loss_error(code, spec)
             out += [*dtables, *dmlp]
         return None, None, None, *out
 
 
-def _loss_batch(keep: list[torch.Tensor], layers: int) -> _LossBatch:
-    sizes, user_t, item_t, cat_t = keep[:4]
-    user, item, item_cats, history, history_cats, _label, item_cat_mask, history_mask, history_cat_mask = keep[-9:]
-    batch, width = history.shape
-    cats = item_cats.shape[1] if item_cats.dim() == 2 else -1
-    shapes = [(user, (batch,)), (item, (batch,)), (_label, (batch,)), (item_cats, (batch, cats)),
-              (item_cat_mask, (batch, cats)), (history_mask, (batch, width)), (history_cats, (batch, width, cats)),
-              (history_cat_mask, (batch, width, cats))]
-    if any(tuple(t.shape) != shape for t, shape in shapes):
+def _loss_batch(sizes: torch.Tensor, tables: list[torch.Tensor], ids: dict[str, torch.Tensor],
+                masks: dict[str, torch.Tensor], label: torch.Tensor, layers: int) -> _LossBatch:
+    """The kernel's view of one step; a batch whose fields do not fit each other is refused here, not read."""
+    batch, width = ids["history"].shape
+    cats = ids["item_cats"].shape[1] if ids["item_cats"].dim() == 2 else -1
+    shapes = {"user": (batch,), "item": (batch,), "item_cats": (batch, cats), "history": (batch, width),
+              "history_cats": (batch, width, cats), "item_cat_mask": (batch, cats),
+              "history_mask": (batch, width), "history_cat_mask": (batch, width, cats)}
+    fields = {**ids, **masks}
+    if tuple(label.shape) != (batch,) or any(tuple(fields[f].shape) != shape for f, shape in shapes.items()):
         raise ValueError(f"a batch of {batch} x {width} history slots whose fields do not fit")
-    spec = _LossBatch(batch, user_t.shape[1], width, cats, layers, _ptr(sizes, _int_p))
-    for t, table in enumerate((user_t, item_t, cat_t)):
+    spec = _LossBatch(batch, tables[0].shape[1], width, cats, layers, _ptr(sizes, _int_p))
+    for t, table in enumerate(tables):
         spec.tables[t], spec.n[t] = _ptr(table), table.shape[0]
-    for name, ids in (("user", user), ("item", item), ("item_cats", item_cats), ("history", history),
-                      ("history_cats", history_cats)):
-        setattr(spec, name, _ptr(ids, _long_p))
-    for name, mask in (("item_cat_mask", item_cat_mask), ("history_mask", history_mask),
-                       ("history_cat_mask", history_cat_mask)):
-        setattr(spec, name, _ptr(mask, _byte_p))
+    for name, tensor in ids.items():
+        setattr(spec, name, _ptr(tensor, _long_p))
+    for name, tensor in masks.items():
+        setattr(spec, name, _ptr(tensor, _byte_p))
     return spec
 
 
